@@ -1,0 +1,429 @@
+//! The attribute macros of `runnel-sdk`. Use them through `runnel_sdk`
+//! (`#[runnel_sdk::filter]`, `#[runnel_sdk::map]`, `#[runnel_sdk::scorer]`);
+//! this crate's documentation is there.
+//!
+//! Each macro keeps the author's item as written and adds a hidden module that
+//! generates the component's bindings (through the SDK's re-export of
+//! wit-bindgen, so authors never depend on it) and exports them. A signature
+//! that cannot work is rejected here, with a sentence that says what to write.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{ToTokens, quote};
+use syn::{
+    FnArg, GenericArgument, Item, ItemFn, ItemImpl, LitStr, PathArguments, ReturnType, Type,
+    parse_macro_input, spanned::Spanned,
+};
+
+/// The contract. The one copy lives in the repository's `wit/`.
+const WIT: &str = include_str!("../../../wit/runnel.wit");
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Filter,
+    Map,
+    Scorer,
+}
+
+impl Kind {
+    fn attr(self) -> &'static str {
+        match self {
+            Kind::Filter => "#[runnel_sdk::filter]",
+            Kind::Map => "#[runnel_sdk::map]",
+            Kind::Scorer => "#[runnel_sdk::scorer]",
+        }
+    }
+
+    fn trait_name(self) -> &'static str {
+        match self {
+            Kind::Filter => "Filter",
+            Kind::Map => "Map",
+            Kind::Scorer => "Scorer",
+        }
+    }
+
+    fn fn_shape(self) -> &'static str {
+        match self {
+            Kind::Filter => "fn name(record: &Record) -> Result<bool>",
+            Kind::Map => "fn name(record: &Record) -> Result<Vec<Output>>",
+            Kind::Scorer => "",
+        }
+    }
+
+    fn usage(self) -> String {
+        match self {
+            Kind::Scorer => format!(
+                "{} goes on `impl runnel_sdk::Scorer for YourModel {{ .. }}`: a scorer is built from its \
+                 config and model bytes by `fn new(config: &Config, model: &[u8]) -> Result<Self>`, \
+                 then scores each record",
+                self.attr()
+            ),
+            _ => format!(
+                "{} goes on `{}`, or on `impl runnel_sdk::{} for YourType {{ .. }}` when it needs state built from its config",
+                self.attr(),
+                self.fn_shape(),
+                self.trait_name()
+            ),
+        }
+    }
+}
+
+/// Exports a filter: `fn(&Record) -> Result<bool>`, or `impl Filter for T`.
+#[proc_macro_attribute]
+pub fn filter(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Kind::Filter, attr, item)
+}
+
+/// Exports a map: `fn(&Record) -> Result<Vec<Output>>`, or `impl Map for T`.
+#[proc_macro_attribute]
+pub fn map(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Kind::Map, attr, item)
+}
+
+/// Exports a scorer: `impl Scorer for T`.
+#[proc_macro_attribute]
+pub fn scorer(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Kind::Scorer, attr, item)
+}
+
+fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = TokenStream2::from(attr);
+        return syn::Error::new_spanned(attr, format!("{} takes no arguments", kind.attr()))
+            .to_compile_error()
+            .into();
+    }
+    let item = parse_macro_input!(item as Item);
+    let glue = match &item {
+        Item::Fn(f) if kind != Kind::Scorer => check_fn(kind, f).map(|()| fn_glue(kind, f)),
+        Item::Impl(i) => check_impl(kind, i).map(|()| impl_glue(kind, i)),
+        other => Err(syn::Error::new(item_span(other), kind.usage())),
+    };
+    match glue {
+        Ok(glue) => quote! { #item #glue }.into(),
+        Err(e) => {
+            let e = e.to_compile_error();
+            quote! { #item #e }.into()
+        }
+    }
+}
+
+fn item_span(item: &Item) -> Span {
+    match item {
+        Item::Fn(f) => f.sig.span(),
+        Item::Struct(s) => s.ident.span(),
+        Item::Enum(e) => e.ident.span(),
+        other => other.span(),
+    }
+}
+
+fn check_fn(kind: Kind, f: &ItemFn) -> syn::Result<()> {
+    let sig = &f.sig;
+    let shape = kind.fn_shape();
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new_spanned(
+            a,
+            format!("a runnel function cannot be async: write `{shape}`"),
+        ));
+    }
+    if !sig.generics.params.is_empty()
+        && sig
+            .generics
+            .params
+            .iter()
+            .any(|p| !matches!(p, syn::GenericParam::Lifetime(_)))
+    {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            format!("a runnel function cannot be generic: write `{shape}`"),
+        ));
+    }
+    let inputs: Vec<&FnArg> = sig.inputs.iter().collect();
+    let arg_ok = match inputs.as_slice() {
+        [FnArg::Typed(t)] => is_record_ref(&t.ty),
+        _ => false,
+    };
+    if !arg_ok {
+        let span_of: TokenStream2 = if sig.inputs.is_empty() {
+            sig.ident.to_token_stream()
+        } else {
+            sig.inputs.to_token_stream()
+        };
+        return Err(syn::Error::new_spanned(
+            span_of,
+            format!(
+                "a runnel {} takes exactly one argument, the record, as `&Record`: write `{shape}`",
+                kind.trait_name().to_lowercase()
+            ),
+        ));
+    }
+    let ok_type = match &sig.output {
+        ReturnType::Type(_, ty) => result_ok_type(ty),
+        ReturnType::Default => None,
+    };
+    let ret_ok = match (kind, ok_type) {
+        (Kind::Filter, Some(t)) => is_named(t, "bool"),
+        (Kind::Map, Some(t)) => is_vec_of_output(t),
+        _ => false,
+    };
+    if !ret_ok {
+        let found = match &sig.output {
+            ReturnType::Default => "nothing".to_owned(),
+            ReturnType::Type(_, ty) => format!("`{}`", ty.to_token_stream())
+                .replace(" < ", "<")
+                .replace(" >", ">"),
+        };
+        let span_of: TokenStream2 = match &sig.output {
+            ReturnType::Default => sig.ident.to_token_stream(),
+            out => out.to_token_stream(),
+        };
+        let why = match kind {
+            Kind::Filter => {
+                "a runnel filter returns `Result<bool>`: Ok(true) keeps the record, Ok(false) drops it, \
+                 and Err sends it to the dead-letter topic"
+            }
+            _ => {
+                "a runnel map returns `Result<Vec<Output>>`: the records this one turns into (none, one \
+                 or several), or Err to send it to the dead-letter topic"
+            }
+        };
+        return Err(syn::Error::new_spanned(
+            span_of,
+            format!("{why}; this one returns {found}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_impl(kind: Kind, i: &ItemImpl) -> syn::Result<()> {
+    let Some((_, path, _)) = &i.trait_ else {
+        return Err(syn::Error::new_spanned(&i.self_ty, kind.usage()));
+    };
+    let name = path
+        .segments
+        .last()
+        .map(|s| s.ident.to_string())
+        .unwrap_or_default();
+    if name != kind.trait_name() {
+        let hint = match name.as_str() {
+            "Filter" => " (use #[runnel_sdk::filter] for a `Filter`)",
+            "Map" => " (use #[runnel_sdk::map] for a `Map`)",
+            "Scorer" => " (use #[runnel_sdk::scorer] for a `Scorer`)",
+            _ => "",
+        };
+        return Err(syn::Error::new_spanned(
+            path,
+            format!("{}{hint}", kind.usage()),
+        ));
+    }
+    if !i.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &i.generics,
+            format!(
+                "{} needs one concrete type, not a generic impl",
+                kind.attr()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `&Record`, `&Record<'_>`, `&runnel_sdk::Record<'a>`, not `&mut`.
+fn is_record_ref(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) if r.mutability.is_none() => is_named(&r.elem, "Record"),
+        _ => false,
+    }
+}
+
+fn is_named(ty: &Type, name: &str) -> bool {
+    match ty {
+        Type::Path(p) => {
+            p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == name)
+        }
+        _ => false,
+    }
+}
+
+/// `T` in `Result<T>` or `Result<T, E>`.
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    first_type_arg(ty, "Result")
+}
+
+fn first_type_arg<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    })
+}
+
+fn is_vec_of_output(ty: &Type) -> bool {
+    first_type_arg(ty, "Vec").is_some_and(|t| is_named(t, "Output"))
+}
+
+/// The hidden module that binds the world and exports the author's function.
+fn module(kind: Kind, state: TokenStream2, init: TokenStream2, call: TokenStream2) -> TokenStream2 {
+    let wit = LitStr::new(WIT, Span::call_site());
+    let world = match kind {
+        Kind::Filter => "filter",
+        Kind::Map => "%map",
+        Kind::Scorer => "scorer",
+    };
+    quote! {
+        #[doc(hidden)]
+        #[allow(dead_code, unused_imports, unsafe_code, clippy::all)]
+        mod __runnel_exports {
+            ::runnel_sdk::__private::wit_bindgen::generate!({
+                inline: #wit,
+                world: #world,
+                runtime_path: "::runnel_sdk::__private::wit_bindgen::rt",
+            });
+
+
+            #state
+
+            struct Component;
+
+            impl Guest for Component {
+                #init
+                #call
+            }
+
+            export!(Component);
+        }
+    }
+}
+
+fn fn_glue(kind: Kind, f: &ItemFn) -> TokenStream2 {
+    let name = &f.sig.ident;
+    let init = quote! {
+        fn init(_config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+            -> ::core::result::Result<(), ::std::string::String> {
+            ::core::result::Result::Ok(())
+        }
+    };
+    let call = match kind {
+        Kind::Filter => quote! {
+            fn filter(batch: runnel::stream::types::Batch) -> ::std::vec::Vec<::core::result::Result<bool, runnel::stream::types::RecordError>> {
+                ::runnel_sdk::__private::filter_batch(
+                    &batch.data, &batch.index,
+                    |r| super::#name(r).map_err(::runnel_sdk::Error::from),
+                    |message| runnel::stream::types::RecordError { message },
+                )
+            }
+        },
+        _ => map_call(quote! { super::#name(r).map_err(::runnel_sdk::Error::from) }),
+    };
+    module(kind, quote! {}, init, call)
+}
+
+fn map_call(per_record: TokenStream2) -> TokenStream2 {
+    outputs_call(quote! { map }, quote! { map_batch }, per_record)
+}
+
+fn outputs_call(
+    export: TokenStream2,
+    runner: TokenStream2,
+    per_record: TokenStream2,
+) -> TokenStream2 {
+    quote! {
+        fn #export(batch: runnel::stream::types::Batch) -> runnel::stream::types::Outputs {
+            let out = ::runnel_sdk::__private::#runner(
+                &batch.data, &batch.index,
+                |r| #per_record,
+                |message| runnel::stream::types::RecordError { message },
+            );
+            runnel::stream::types::Outputs {
+                results: out.results,
+                records: runnel::stream::types::Batch { data: out.data, index: out.index },
+            }
+        }
+    }
+}
+
+fn impl_glue(kind: Kind, i: &ItemImpl) -> TokenStream2 {
+    let self_ty = &i.self_ty;
+    let trait_path = match kind {
+        Kind::Filter => quote! { ::runnel_sdk::Filter },
+        Kind::Map => quote! { ::runnel_sdk::Map },
+        Kind::Scorer => quote! { ::runnel_sdk::Scorer },
+    };
+    let state = quote! {
+        type Impl = super::__RunnelImpl;
+        ::std::thread_local! {
+            static STATE: ::std::cell::RefCell<::core::option::Option<Impl>> =
+                const { ::std::cell::RefCell::new(::core::option::Option::None) };
+        }
+    };
+    let init = match kind {
+        Kind::Scorer => quote! {
+            fn init(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                model: ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<(), ::std::string::String> {
+                let config = ::runnel_sdk::__private::config(config);
+                ::runnel_sdk::__private::init_state(&STATE, <Impl as #trait_path>::new(&config, &model))
+            }
+        },
+        _ => quote! {
+            fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+                -> ::core::result::Result<(), ::std::string::String> {
+                let config = ::runnel_sdk::__private::config(config);
+                ::runnel_sdk::__private::init_state(&STATE, <Impl as #trait_path>::new(&config))
+            }
+        },
+    };
+    let call = match kind {
+        Kind::Filter => quote! {
+            fn filter(batch: runnel::stream::types::Batch) -> ::std::vec::Vec<::core::result::Result<bool, runnel::stream::types::RecordError>> {
+                ::runnel_sdk::__private::with_state(&STATE, |s| {
+                    ::runnel_sdk::__private::filter_batch(
+                        &batch.data, &batch.index,
+                        |r| <Impl as #trait_path>::filter(s, r),
+                        |message| runnel::stream::types::RecordError { message },
+                    )
+                })
+            }
+        },
+        Kind::Map => {
+            let body = map_call(quote! { <Impl as #trait_path>::map(s, r) });
+            wrap_state(body)
+        }
+        Kind::Scorer => {
+            let body = outputs_call(
+                quote! { score },
+                quote! { score_batch },
+                quote! { <Impl as #trait_path>::score(s, r) },
+            );
+            wrap_state(body)
+        }
+    };
+    let module = module(kind, state, init, call);
+    quote! {
+        #[doc(hidden)]
+        type __RunnelImpl = #self_ty;
+        #module
+    }
+}
+
+/// Rewrites `fn x(batch) -> T { body }` so that the body runs with `s`, the
+/// instance's state, in scope.
+fn wrap_state(f: TokenStream2) -> TokenStream2 {
+    let mut f: syn::ImplItemFn = match syn::parse2(f) {
+        Ok(f) => f,
+        Err(e) => return e.to_compile_error(),
+    };
+    let body = &f.block;
+    f.block = syn::parse_quote! {{
+        ::runnel_sdk::__private::with_state(&STATE, |s| #body)
+    }};
+    f.into_token_stream()
+}

@@ -1,0 +1,344 @@
+//! The author-facing record types: [`Record`] (a borrowed input), [`Output`]
+//! (an owned output) and [`Config`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use runnel_abi::{Frame, RecordRef};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// One input record, borrowed from the batch the host sent.
+#[derive(Clone, Copy)]
+pub struct Record<'a> {
+    raw: RecordRef<'a>,
+}
+
+impl fmt::Debug for Record<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.raw.fmt(f)
+    }
+}
+
+impl<'a> Record<'a> {
+    pub(crate) fn new(raw: RecordRef<'a>) -> Self {
+        Self { raw }
+    }
+
+    /// The record's key, if it has one.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.raw.key()
+    }
+
+    /// The record's value; `None` for a tombstone.
+    pub fn value(&self) -> Option<&'a [u8]> {
+        self.raw.value()
+    }
+
+    /// The key as UTF-8 text, or an error saying why it is not.
+    pub fn key_str(&self) -> Result<&'a str> {
+        utf8(self.key(), "key")
+    }
+
+    /// The value as UTF-8 text, or an error saying why it is not.
+    pub fn value_str(&self) -> Result<&'a str> {
+        utf8(self.value(), "value")
+    }
+
+    /// The value parsed as JSON. Borrowing types (`&str`,
+    /// `serde_json::value::RawValue`) borrow from the record.
+    pub fn value_json<T: Deserialize<'a>>(&self) -> Result<T> {
+        let value = self
+            .value()
+            .ok_or_else(|| Error::msg("the record has no value (a tombstone), expected JSON"))?;
+        serde_json::from_slice(value)
+            .map_err(|e| Error::msg(format!("the value is not the JSON expected: {e}")))
+    }
+
+    /// The headers in order, as `(name, value)`; a `None` value is a null header.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        // The host validated the frame, so every item is Ok.
+        self.raw.headers().map_while(|h| h.ok())
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v)
+    }
+
+    /// The partition the record was read from.
+    pub fn partition(&self) -> i32 {
+        self.raw.partition()
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.raw.offset()
+    }
+
+    /// The record's timestamp, in milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.raw.timestamp_ms()
+    }
+
+    /// An output with this record's key, value and headers: the identity map.
+    pub fn to_output(&self) -> Output {
+        Output {
+            key: self.key().map(<[u8]>::to_vec),
+            value: self.value().map(<[u8]>::to_vec),
+            headers: self
+                .headers()
+                .map(|(n, v)| (n.to_owned(), v.map(<[u8]>::to_vec)))
+                .collect(),
+            timestamp_ms: None,
+        }
+    }
+}
+
+fn utf8<'a>(bytes: Option<&'a [u8]>, what: &str) -> Result<&'a str> {
+    let bytes = bytes.ok_or_else(|| Error::msg(format!("the record has no {what}")))?;
+    std::str::from_utf8(bytes).map_err(|e| Error::msg(format!("the {what} is not UTF-8: {e}")))
+}
+
+/// A record to write to the output topic.
+///
+/// Its key defaults to none (a map that wants to keep the input's key says so
+/// with [`Output::with_key`]); its timestamp to the input record's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp_ms: Option<i64>,
+}
+
+impl Output {
+    /// An output with this value and no key.
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// An output whose value is `value` serialised as JSON.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::msg(format!("cannot serialise the output as JSON: {e}")))?;
+        Ok(Self::new(bytes))
+    }
+
+    /// An output with no value: a tombstone on a compacted topic.
+    pub fn tombstone() -> Self {
+        Self::default()
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the key to `key`, or to none.
+    pub fn with_key_opt(mut self, key: Option<&[u8]>) -> Self {
+        self.key = key.map(<[u8]>::to_vec);
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), Some(value.into())));
+        self
+    }
+
+    /// Sets the timestamp (milliseconds since the Unix epoch).
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    pub fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_deref()))
+    }
+
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp_ms
+    }
+
+    /// Appends this output to a packed batch.
+    pub(crate) fn encode(&self, into: &mut runnel_abi::BatchBuilder) {
+        let frame = |headers| Frame {
+            partition: -1,
+            offset: -1,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key(),
+            value: self.value(),
+            headers,
+        };
+        if self.headers.is_empty() {
+            into.push(&frame(&[]));
+        } else {
+            let pairs: Vec<(&str, Option<&[u8]>)> = self.headers().collect();
+            into.push(&frame(&pairs));
+        }
+    }
+}
+
+/// The deployment's config: key/value pairs given with `--config k=v`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    entries: Vec<(String, String)>,
+}
+
+impl Config {
+    pub fn new(entries: Vec<(String, String)>) -> Self {
+        Self { entries }
+    }
+
+    /// The value of `key`, if set (the last one wins when set twice).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key`, or an error naming the missing key.
+    pub fn require(&self, key: &str) -> Result<&str> {
+        self.get(key).ok_or_else(|| {
+            Error::msg(format!(
+                "missing config `{key}` (set it with --config {key}=...)"
+            ))
+        })
+    }
+
+    /// The value of `key` parsed as `T`, or `default` when unset; an error
+    /// names the key and the value that did not parse.
+    pub fn parse_or<T: FromStr>(&self, key: &str, default: T) -> Result<T>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e| Error::msg(format!("config `{key}` = {raw:?} is not valid: {e}"))),
+        }
+    }
+
+    /// Every entry, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_abi::{BatchBuilder, BatchRef};
+
+    fn with_record<R>(value: Option<&[u8]>, f: impl FnOnce(Record<'_>) -> R) -> R {
+        let mut b = BatchBuilder::default();
+        b.push(&Frame {
+            partition: 4,
+            offset: 9,
+            timestamp_ms: Some(77),
+            key: Some(b"key-1"),
+            value,
+            headers: &[("trace", Some(b"abc")), ("empty", None)],
+        });
+        let view = BatchRef::new(b.data(), b.index());
+        f(Record::new(view.get(0).unwrap()))
+    }
+
+    #[test]
+    fn accessors_borrow_the_batch() {
+        with_record(Some(br#"{"x": 3, "name": "ok"}"#), |r| {
+            assert_eq!(r.key_str().unwrap(), "key-1");
+            assert_eq!(
+                (r.partition(), r.offset(), r.timestamp_ms()),
+                (4, 9, Some(77))
+            );
+            assert_eq!(r.header("trace"), Some(&b"abc"[..]));
+            assert_eq!(r.header("empty"), None);
+            assert_eq!(r.headers().count(), 2);
+            #[derive(Deserialize)]
+            struct V<'a> {
+                x: i64,
+                name: &'a str,
+            }
+            let v: V<'_> = r.value_json().unwrap();
+            assert_eq!((v.x, v.name), (3, "ok"));
+        });
+    }
+
+    #[test]
+    fn helpers_say_what_is_wrong() {
+        with_record(None, |r| {
+            assert_eq!(
+                r.value_str().unwrap_err().message(),
+                "the record has no value"
+            );
+            let e = r.value_json::<serde_json::Value>().unwrap_err();
+            assert!(e.message().contains("tombstone"), "{e}");
+        });
+        with_record(Some(b"\xff\xfe"), |r| {
+            assert!(
+                r.value_str()
+                    .unwrap_err()
+                    .message()
+                    .starts_with("the value is not UTF-8")
+            );
+        });
+        with_record(Some(b"not json"), |r| {
+            let e = r.value_json::<serde_json::Value>().unwrap_err();
+            assert!(
+                e.message()
+                    .starts_with("the value is not the JSON expected"),
+                "{e}"
+            );
+        });
+    }
+
+    #[test]
+    fn identity_output_keeps_everything() {
+        with_record(Some(b"v"), |r| {
+            let out = r.to_output();
+            assert_eq!(out.key(), Some(&b"key-1"[..]));
+            assert_eq!(out.value(), Some(&b"v"[..]));
+            assert_eq!(out.headers().count(), 2);
+        });
+    }
+
+    #[test]
+    fn config_lookups() {
+        let c = Config::new(vec![
+            ("min".into(), "1.5".into()),
+            ("min".into(), "2".into()),
+            ("bad".into(), "x".into()),
+        ]);
+        assert_eq!(c.get("min"), Some("2"));
+        assert_eq!(c.parse_or("min", 0.0).unwrap(), 2.0);
+        assert_eq!(c.parse_or("absent", 7).unwrap(), 7);
+        assert_eq!(
+            c.parse_or::<i32>("bad", 0).unwrap_err().message(),
+            "config `bad` = \"x\" is not valid: invalid digit found in string"
+        );
+        assert_eq!(
+            c.require("field").unwrap_err().message(),
+            "missing config `field` (set it with --config field=...)"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The `runnel` command line.
+
+pub mod run;

@@ -1,0 +1,447 @@
+//! `runnel run`: a function over records from a file or stdin, without Kafka.
+//!
+//! It is the author's test harness: the same engine, limits and trap handling
+//! as a node, with records read from JSON lines (or one raw value per line)
+//! and outputs written as JSON lines.
+//!
+//! Exit codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | every record was processed without error |
+//! | 1 | runnel could not run (unreadable module, model or input file, broken output) |
+//! | 2 | the command line is wrong |
+//! | 3 | the module was refused: not a component, unknown world, over a limit, or its `init` failed |
+//! | 4 | some records failed (a malformed input line, an error the function returned, or a trap); the others were processed |
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use runnel_abi::{BatchBuilder, BatchRef, Frame, RecordRef};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::engine::{Engine, EngineConfig, Limits, Outcome, Worker, World, default_cache_dir};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_REFUSED: u8 = 3;
+pub const EXIT_RECORDS_FAILED: u8 = 4;
+
+/// How input lines are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line: `{"key": .., "value": .., "headers": {..}}`.
+    /// `value` (and `key`) is a string taken as UTF-8 bytes, or any other JSON
+    /// value taken as its compact text; `value_base64` / `key_base64` carry
+    /// binary. Optional: `partition`, `offset`, `timestamp_ms`.
+    Jsonl,
+    /// Each line is one record's value, with no key.
+    Lines,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The function: a WebAssembly component (`.wasm`) built with runnel-sdk.
+    pub module: PathBuf,
+    /// The model artifact given to a scorer's `init`.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// A config entry for the function's `init`; repeat for more.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub config: Vec<(String, String)>,
+    /// Where to read records from; `-` is stdin.
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub input: String,
+    /// How input lines are read.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// Records per call into the function.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: u32,
+    /// Memory limit of the function's instance, in MiB.
+    #[arg(long, default_value_t = 128, value_name = "MIB")]
+    pub memory_mib: u64,
+    /// Time limit of one call into the function, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Neither read nor write the compiled-module cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// One input line in `jsonl` format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputLine {
+    key: Option<Value>,
+    key_base64: Option<String>,
+    value: Option<Value>,
+    value_base64: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Option<String>>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    timestamp_ms: Option<i64>,
+}
+
+/// An input record, owned, with the line it came from.
+struct Input {
+    line: usize,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+fn bytes_of(
+    text: Option<Value>,
+    b64: Option<String>,
+    what: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err(format!("give `{what}` or `{what}_base64`, not both")),
+        (Some(Value::Null), None) | (None, None) => Ok(None),
+        (Some(Value::String(s)), None) => Ok(Some(s.into_bytes())),
+        (Some(other), None) => Ok(Some(other.to_string().into_bytes())),
+        (None, Some(b)) => BASE64
+            .decode(b)
+            .map(Some)
+            .map_err(|e| format!("`{what}_base64` is not base64: {e}")),
+    }
+}
+
+fn parse_line(format: Format, line_no: usize, text: &str) -> Result<Input, String> {
+    let offset = line_no as i64 - 1;
+    match format {
+        Format::Lines => Ok(Input {
+            line: line_no,
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: Some(text.as_bytes().to_vec()),
+            headers: Vec::new(),
+        }),
+        Format::Jsonl => {
+            let l: InputLine =
+                serde_json::from_str(text).map_err(|e| format!("not a JSON record: {e}"))?;
+            Ok(Input {
+                line: line_no,
+                partition: l.partition.unwrap_or(0),
+                offset: l.offset.unwrap_or(offset),
+                timestamp_ms: l.timestamp_ms,
+                key: bytes_of(l.key, l.key_base64, "key")?,
+                value: bytes_of(l.value, l.value_base64, "value")?,
+                headers: l
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, v.map(String::into_bytes)))
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// A record as one JSON line of output.
+fn output_json(line: usize, r: &RecordRef<'_>) -> Value {
+    let mut o = Map::new();
+    o.insert("line".into(), json!(line));
+    bytes_json(&mut o, "key", r.key());
+    bytes_json(&mut o, "value", r.value());
+    if r.header_count() > 0 {
+        let headers: Map<String, Value> = r
+            .headers()
+            .map_while(Result::ok)
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    v.map_or(Value::Null, |v| String::from_utf8_lossy(v).into()),
+                )
+            })
+            .collect();
+        o.insert("headers".into(), Value::Object(headers));
+    }
+    if let Some(ts) = r.timestamp_ms() {
+        o.insert("timestamp_ms".into(), json!(ts));
+    }
+    Value::Object(o)
+}
+
+fn bytes_json(o: &mut Map<String, Value>, name: &str, bytes: Option<&[u8]>) {
+    match bytes.map(std::str::from_utf8) {
+        None => {}
+        Some(Ok(s)) => {
+            o.insert(name.into(), Value::String(s.to_owned()));
+        }
+        Some(Err(_)) => {
+            o.insert(
+                format!("{name}_base64"),
+                Value::String(BASE64.encode(bytes.unwrap_or_default())),
+            );
+        }
+    }
+}
+
+/// Counts for the closing summary.
+#[derive(Debug, Default)]
+struct Tally {
+    records: u64,
+    outputs: u64,
+    dropped: u64,
+    failed: u64,
+}
+
+/// Runs `runnel run`, reading `input` (when `args.input` is `-`) and writing
+/// outputs to `out` and errors to `err`. Returns the exit code.
+pub fn run(
+    args: &RunArgs,
+    stdin: &mut dyn BufRead,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    match run_inner(args, stdin, out, err) {
+        Ok(code) => code,
+        Err((code, message)) => {
+            let _ = writeln!(err, "error: {message}");
+            code
+        }
+    }
+}
+
+fn run_inner(
+    args: &RunArgs,
+    stdin: &mut dyn BufRead,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, (u8, String)> {
+    let fail = |code: u8| move |e: String| (code, e);
+    let bytes = std::fs::read(&args.module).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot read {}: {e}", args.module.display()),
+        )
+    })?;
+    let engine = Engine::new(EngineConfig {
+        cache_dir: (!args.no_cache).then(default_cache_dir),
+        max_instances: 16,
+        ..EngineConfig::default()
+    })
+    .map_err(|e| (EXIT_FAILURE, e.to_string()))?;
+    let name = args
+        .module
+        .file_stem()
+        .map_or("function".into(), |s| s.to_string_lossy().into_owned());
+    let module = engine.load(&name, &bytes).map_err(|e| {
+        (
+            EXIT_REFUSED,
+            format!("{} was refused: {e}", args.module.display()),
+        )
+    })?;
+    let model: Option<Arc<[u8]>> = match (&args.model, module.world()) {
+        (Some(path), World::Scorer) => Some(
+            std::fs::read(path)
+                .map_err(|e| {
+                    (
+                        EXIT_FAILURE,
+                        format!("cannot read the model {}: {e}", path.display()),
+                    )
+                })?
+                .into(),
+        ),
+        (Some(_), world) => {
+            return Err((
+                EXIT_REFUSED,
+                format!(
+                    "--model is for scorers, and {} is a {world}",
+                    args.module.display()
+                ),
+            ));
+        }
+        (None, _) => None,
+    };
+    let limits = Limits {
+        memory_bytes: args.memory_mib << 20,
+        call_timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let mut worker = Worker::new(Arc::new(module), limits, args.config.clone(), model)
+        .map_err(|e| (EXIT_REFUSED, e.to_string()))?;
+
+    let mut file_reader;
+    let reader: &mut dyn BufRead = if args.input == "-" {
+        stdin
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .map_err(|e| (EXIT_FAILURE, format!("cannot read {}: {e}", args.input)))?;
+        file_reader = std::io::BufReader::new(file);
+        &mut file_reader
+    };
+
+    let mut tally = Tally::default();
+    let mut pending: Vec<Input> = Vec::with_capacity(args.batch_size as usize);
+    let mut batch = BatchBuilder::default();
+    let io_err = |e: std::io::Error| (EXIT_FAILURE, format!("cannot write output: {e}"));
+    let mut line_no = 0usize;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        let n = reader.read_line(&mut text).map_err(|e| {
+            (
+                EXIT_FAILURE,
+                format!("cannot read input line {}: {e}", line_no + 1),
+            )
+        })?;
+        let eof = n == 0;
+        if !eof {
+            line_no += 1;
+            let line = text.trim_end_matches(['\n', '\r']);
+            if !line.trim().is_empty() {
+                match parse_line(args.format, line_no, line) {
+                    Ok(input) => pending.push(input),
+                    Err(e) => {
+                        tally.records += 1;
+                        tally.failed += 1;
+                        writeln!(err, "line {line_no}: {e}").map_err(io_err)?;
+                    }
+                }
+            }
+        }
+        if pending.len() >= args.batch_size as usize || (eof && !pending.is_empty()) {
+            run_batch(&mut worker, &mut batch, &pending, &mut tally, out, err)
+                .map_err(fail(EXIT_REFUSED))?;
+            pending.clear();
+        }
+        if eof {
+            break;
+        }
+    }
+    out.flush().map_err(io_err)?;
+    let stats = worker.stats();
+    writeln!(
+        err,
+        "{} records: {} outputs, {} dropped, {} failed ({} traps, {} batches)",
+        tally.records, tally.outputs, tally.dropped, tally.failed, stats.traps, stats.batches
+    )
+    .map_err(io_err)?;
+    Ok(if tally.failed > 0 {
+        EXIT_RECORDS_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn run_batch(
+    worker: &mut Worker,
+    batch: &mut BatchBuilder,
+    inputs: &[Input],
+    tally: &mut Tally,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), String> {
+    batch.clear();
+    for i in inputs {
+        let headers: Vec<(&str, Option<&[u8]>)> = i
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        batch.push(&Frame {
+            partition: i.partition,
+            offset: i.offset,
+            timestamp_ms: i.timestamp_ms,
+            key: i.key.as_deref(),
+            value: i.value.as_deref(),
+            headers: &headers,
+        });
+    }
+    let processed = worker.process(batch).map_err(|e| e.to_string())?;
+    let view = BatchRef::new(batch.data(), batch.index());
+    let write_err = |e: std::io::Error| format!("cannot write output: {e}");
+    for (k, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
+        tally.records += 1;
+        match outcome {
+            Outcome::Keep => {
+                let record = view.get(k).map_err(|e| e.to_string())?;
+                tally.outputs += 1;
+                writeln!(out, "{}", output_json(input.line, &record)).map_err(write_err)?;
+            }
+            Outcome::Drop => tally.dropped += 1,
+            Outcome::Emit { .. } => {
+                for record in processed.outputs_of(k) {
+                    tally.outputs += 1;
+                    writeln!(out, "{}", output_json(input.line, &record)).map_err(write_err)?;
+                }
+            }
+            Outcome::Failed { message, .. } => {
+                tally.failed += 1;
+                writeln!(err, "line {}: {message}", input.line).map_err(write_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_lines_take_text_json_and_base64() {
+        let i = parse_line(
+            Format::Jsonl,
+            3,
+            r#"{"key":"k","value":{"a":1},"headers":{"h":"v"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (i.key.as_deref(), i.value.as_deref(), i.offset),
+            (Some(&b"k"[..]), Some(&br#"{"a":1}"#[..]), 2)
+        );
+        let i = parse_line(
+            Format::Jsonl,
+            1,
+            r#"{"value_base64":"/w==","partition":2,"offset":9}"#,
+        )
+        .unwrap();
+        assert_eq!((i.value, i.partition, i.offset), (Some(vec![0xff]), 2, 9));
+        assert!(
+            parse_line(Format::Jsonl, 1, r#"{"valu":"x"}"#)
+                .unwrap_err()
+                .contains("unknown field `valu`")
+        );
+        assert!(
+            parse_line(Format::Jsonl, 1, r#"{"value":"x","value_base64":"eA=="}"#)
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            parse_line(Format::Jsonl, 1, "nope")
+                .unwrap_err()
+                .starts_with("not a JSON record")
+        );
+    }
+
+    #[test]
+    fn config_entries_need_an_equals_sign() {
+        assert_eq!(
+            parse_key_value("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=x").is_err());
+    }
+}

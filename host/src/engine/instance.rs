@@ -1,0 +1,315 @@
+//! One instance of a function: its own `Store`, memory limit, deadline per call
+//! and log streams. An instance that trapped is never called again: the
+//! [`Worker`](super::Worker) drops it and instantiates a fresh one.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{self, Batch, Outputs, RecordError};
+use super::guest_log::{GuestLog, Stream};
+use super::{EPOCH_TICK, Limits, Module, WorldPre};
+
+/// Bytes, for people: "128 MiB", "1.5 GiB", "900 B".
+pub(crate) struct HumanBytes(pub u64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        match self.0 {
+            n if n >= 1 << 30 => write!(f, "{:.1} GiB", b / f64::from(1u32 << 30)),
+            n if n >= 1 << 20 => write!(f, "{:.1} MiB", b / f64::from(1u32 << 20)),
+            n if n >= 1 << 10 => write!(f, "{:.1} KiB", b / 1024.0),
+            n => write!(f, "{n} B"),
+        }
+    }
+}
+
+/// Why a call into a function failed. Every variant names the function and,
+/// where one applies, the limit it hit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("function `{function}` ran past its deadline of {limit:?} per call and was stopped")]
+    Deadline { function: Arc<str>, limit: Duration },
+    #[error(
+        "function `{function}` tried to grow its memory to {}, over its limit of {}",
+        HumanBytes(*requested),
+        HumanBytes(*limit)
+    )]
+    MemoryLimit {
+        function: Arc<str>,
+        requested: u64,
+        limit: u64,
+    },
+    #[error("function `{function}` overflowed its stack (unbounded recursion?)")]
+    StackOverflow { function: Arc<str> },
+    #[error("function `{function}` panicked: {message}")]
+    Panic { function: Arc<str>, message: String },
+    #[error("function `{function}` trapped: {trap}")]
+    Trap { function: Arc<str>, trap: String },
+    #[error("function `{function}` returned a malformed result: {reason}")]
+    BadOutput { function: Arc<str>, reason: String },
+    #[error("function `{function}` refused to start: {message}")]
+    InitFailed { function: Arc<str>, message: String },
+    #[error("cannot instantiate function `{function}`: {reason}")]
+    Instantiate { function: Arc<str>, reason: String },
+}
+
+impl CallError {
+    /// Whether the instance is dead (a bug in the function or a limit hit),
+    /// as opposed to refusing its config or failing to start.
+    pub fn is_trap(&self) -> bool {
+        !matches!(
+            self,
+            CallError::InitFailed { .. } | CallError::Instantiate { .. }
+        )
+    }
+}
+
+/// Refuses memory growth past the function's limit, remembering the request
+/// so the trap can say what was asked for.
+struct MemoryLimiter {
+    limit: u64,
+    exceeded: Option<u64>,
+}
+
+/// Tables hold function references; a guest needs a few thousand at most.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let desired = desired as u64;
+        if desired > self.limit {
+            self.exceeded = Some(desired);
+            return Err(wasmtime::Error::msg("memory limit exceeded"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+enum Bound {
+    Filter(bindings::filter::Filter),
+    Map(bindings::map::Map),
+    Scorer(bindings::scorer::Scorer),
+}
+
+/// What one call returned, before the worker checks it.
+pub(crate) enum RawResult {
+    Filter(Vec<Result<bool, RecordError>>),
+    Outputs(Outputs),
+}
+
+/// A live instance of a function.
+pub struct Instance {
+    store: Store<StoreState>,
+    bound: Bound,
+    function: Arc<str>,
+    limits: Limits,
+    stderr: GuestLog,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("function", &self.function)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Instance {
+    pub(crate) fn new(module: &Module, limits: Limits) -> Result<Self, CallError> {
+        let function = module.name.clone();
+        let stderr = GuestLog::new(function.clone(), Stream::Stderr);
+        // No preopens, no environment, no arguments, no network: a function
+        // sees only its records, clocks and randomness.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestLog::new(function.clone(), Stream::Stdout))
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes,
+                exceeded: None,
+            },
+        };
+        let mut store = Store::new(module.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
+        store.epoch_deadline_trap();
+        let instantiated = match &module.pre {
+            WorldPre::Filter(pre) => pre.instantiate(&mut store).map(Bound::Filter),
+            WorldPre::Map(pre) => pre.instantiate(&mut store).map(Bound::Map),
+            WorldPre::Scorer(pre) => pre.instantiate(&mut store).map(Bound::Scorer),
+        };
+        let mut instance = Self {
+            bound: match instantiated {
+                Ok(b) => b,
+                Err(e) => {
+                    let exceeded = store.data_mut().limiter.exceeded.take();
+                    return Err(match exceeded {
+                        Some(requested) => CallError::MemoryLimit {
+                            function,
+                            requested,
+                            limit: limits.memory_bytes,
+                        },
+                        None => CallError::Instantiate {
+                            function,
+                            reason: format!("{e:#}"),
+                        },
+                    });
+                }
+            },
+            store,
+            function,
+            limits,
+            stderr,
+        };
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(limits.call_timeout));
+        Ok(instance)
+    }
+
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// Calls the function's `init` with its config (and, for a scorer, the model).
+    #[allow(clippy::ptr_arg)]
+    pub fn init(
+        &mut self,
+        config: &Vec<(String, String)>,
+        model: Option<&[u8]>,
+    ) -> Result<(), CallError> {
+        self.begin_call();
+        // The bindings take the config as `&Vec`: `list<tuple<..>>` is lowered element by element.
+        let result = match &self.bound {
+            Bound::Filter(f) => f.call_init(&mut self.store, config),
+            Bound::Map(f) => f.call_init(&mut self.store, config),
+            Bound::Scorer(f) => f.call_init(&mut self.store, config, model.unwrap_or_default()),
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(CallError::InitFailed {
+                function: self.function.clone(),
+                message,
+            }),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    /// Runs one batch.
+    pub(crate) fn call(&mut self, batch: &Batch) -> Result<RawResult, CallError> {
+        self.begin_call();
+        let result = match &self.bound {
+            Bound::Filter(f) => f.call_filter(&mut self.store, batch).map(RawResult::Filter),
+            Bound::Map(f) => f.call_map(&mut self.store, batch).map(RawResult::Outputs),
+            Bound::Scorer(f) => f.call_score(&mut self.store, batch).map(RawResult::Outputs),
+        };
+        result.map_err(|e| self.classify(e))
+    }
+
+    fn begin_call(&mut self) {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        self.stderr.clear_tail();
+    }
+
+    /// Names what killed the instance.
+    fn classify(&mut self, error: wasmtime::Error) -> CallError {
+        let function = self.function.clone();
+        if let Some(requested) = self.store.data_mut().limiter.exceeded.take() {
+            return CallError::MemoryLimit {
+                function,
+                requested,
+                limit: self.limits.memory_bytes,
+            };
+        }
+        let said = self.stderr.tail();
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Deadline {
+                function,
+                limit: self.limits.call_timeout,
+            },
+            Some(Trap::StackOverflow) => CallError::StackOverflow { function },
+            Some(Trap::UnreachableCodeReached)
+                if said.as_deref().is_some_and(|s| s.contains("panicked")) =>
+            {
+                CallError::Panic {
+                    function,
+                    message: said.unwrap_or_default(),
+                }
+            }
+            _ => CallError::Trap {
+                function,
+                trap: match said {
+                    Some(said) => format!("{error:#} (the function wrote: {said})"),
+                    None => format!("{error:#}"),
+                },
+            },
+        }
+    }
+}
+
+/// Ticks from now until `timeout` has surely passed: one more than the
+/// division, since the current tick is already under way.
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes() {
+        assert_eq!(HumanBytes(900).to_string(), "900 B");
+        assert_eq!(HumanBytes(128 << 20).to_string(), "128.0 MiB");
+        assert_eq!(HumanBytes(3 << 29).to_string(), "1.5 GiB");
+    }
+
+    #[test]
+    fn deadlines_round_up() {
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
+        assert_eq!(deadline_ticks(Duration::from_millis(100)), 11);
+    }
+}

@@ -1,0 +1,437 @@
+//! The wasm engine: loads function components, checks that they implement one
+//! of runnel's worlds, and runs them over packed batches in a sandbox.
+//!
+//! Owns the wasmtime `Engine` (pooling allocator, copy-on-write memory,
+//! epoch interruption, `concurrency_support(false)`), the on-disk cache of
+//! compiled artifacts, and the per-instance limits (memory, deadline per call).
+//! It knows nothing of Kafka: [`Worker::process`] takes a batch and returns
+//! what happened to each record.
+//!
+//! Guests get WASI with nothing behind it: no preopened folders, no
+//! environment, no arguments, no sockets, an empty stdin. Their stdout and
+//! stderr become host log lines labelled with the function's name.
+
+mod bindings;
+mod cache;
+mod guest_log;
+mod instance;
+mod worker;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+
+pub use cache::{ArtifactCache, default_dir as default_cache_dir};
+pub use instance::{CallError, Instance};
+pub use worker::{Outcome, Processed, Worker};
+
+use instance::StoreState;
+
+/// How often the epoch ticks: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings. Limits per function are [`Limits`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where compiled artifacts are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// The largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// How many instances may exist at once (the size of the pooling allocator).
+    pub max_instances: u32,
+    /// The most linear memory any instance may have; a function's own limit
+    /// ([`Limits::memory_bytes`]) must not exceed it.
+    pub max_memory_bytes: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: Some(default_cache_dir()),
+            max_module_bytes: 32 << 20,
+            max_instances: 256,
+            max_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What one instance of a function may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory, in bytes. An ML scorer needs its model's size and more.
+    pub memory_bytes: u64,
+    /// Wall-clock time one call (`init`, or one batch) may take.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 128 << 20,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The kind of function a component is: which world of `runnel:stream` it
+/// implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    Filter,
+    Map,
+    Scorer,
+}
+
+impl World {
+    pub const ALL: [World; 3] = [World::Filter, World::Map, World::Scorer];
+
+    /// The function, besides `init`, that a component of this world exports.
+    fn export(self) -> &'static str {
+        match self {
+            World::Filter => "filter",
+            World::Map => "map",
+            World::Scorer => "score",
+        }
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            World::Filter => "filter",
+            World::Map => "map",
+            World::Scorer => "scorer",
+        })
+    }
+}
+
+/// Why a module was refused. Nothing is cached for a refused module.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the module is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic number)")]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, not a component: build the function for the \
+         `wasm32-wasip2` target (`cargo build --target wasm32-wasip2`), or wrap a core module \
+         with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error(
+        "unsupported WebAssembly version or layer {0:02x?} (expected a component, 0d 00 01 00)"
+    )]
+    UnknownVersion([u8; 4]),
+    #[error("the component does not compile: {0}")]
+    Invalid(String),
+    #[error(
+        "the component implements none of runnel's worlds (filter, map or scorer of \
+         runnel:stream@0.1.0, exporting `init` and `filter`, `map` or `score`); it exports: {exports}"
+    )]
+    UnknownWorld { exports: String },
+    #[error(
+        "the component exports the functions of more than one world ({0}); a function is exactly one kind"
+    )]
+    AmbiguousWorld(String),
+    #[error("the component's `{world}` exports do not match runnel:stream@0.1.0: {reason}")]
+    Signature { world: World, reason: String },
+    #[error("the component needs imports that runnel does not give functions: {0}")]
+    Imports(String),
+    #[error("cannot set up the engine: {0}")]
+    Engine(String),
+}
+
+/// A loaded, validated function component, ready to be instantiated many times.
+#[derive(Clone)]
+pub struct Module {
+    engine: Engine,
+    name: Arc<str>,
+    digest: String,
+    world: World,
+    size: usize,
+    from_cache: bool,
+    pre: WorldPre,
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("world", &self.world)
+            .field("size", &self.size)
+            .field("from_cache", &self.from_cache)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum WorldPre {
+    Filter(bindings::filter::FilterPre<StoreState>),
+    Map(bindings::map::MapPre<StoreState>),
+    Scorer(bindings::scorer::ScorerPre<StoreState>),
+}
+
+impl Module {
+    /// The name used in logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// sha256 of the module's bytes, in hex: its identity.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// Size of the module's bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// A fresh instance with its own store. Call [`Instance::init`] before any batch.
+    pub fn instantiate(&self, limits: Limits) -> Result<Instance, CallError> {
+        Instance::new(self, limits)
+    }
+}
+
+struct EngineInner {
+    wasmtime: wasmtime::Engine,
+    linker: Linker<StoreState>,
+    cache: Option<ArtifactCache>,
+    config: EngineConfig,
+}
+
+/// Compiles and validates function components. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self, LoadError> {
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            // A Rust wasm32-wasip2 component has a few core instances (the
+            // program and wit-component's shims), one memory and a table or two.
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(4))
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(16)
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
+            // Memories and tables stay mapped between instances of a module.
+            .max_unused_warm_slots(n / 2);
+        let mut wt = wasmtime::Config::new();
+        wt.wasm_component_model(true)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            // On by default since wasmtime 43; it makes every sync call
+            // several times slower and runnel's calls are sync.
+            .concurrency_support(false);
+        let wasmtime = wasmtime::Engine::new(&wt).map_err(engine_err)?;
+        let mut linker = Linker::new(&wasmtime);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        spawn_epoch_ticker(&wasmtime);
+        let cache = config
+            .cache_dir
+            .clone()
+            .map(|dir| ArtifactCache::new(dir, &wasmtime));
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                wasmtime,
+                linker,
+                cache,
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.inner.cache.as_ref()
+    }
+
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.wasmtime
+    }
+
+    /// Validates and compiles `bytes` (or loads the compiled code from the
+    /// cache). `name` labels the function in logs and errors.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Module, LoadError> {
+        let limit = self.inner.config.max_module_bytes;
+        if bytes.len() > limit {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        check_header(bytes)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let started = Instant::now();
+        let cached = self.cache().and_then(|c| c.get(self.wasmtime(), &digest));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => Component::new(self.wasmtime(), bytes)
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+        };
+        let world = detect_world(self.wasmtime(), &component)?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let signature = |e: wasmtime::Error| LoadError::Signature {
+            world,
+            reason: format!("{e:#}"),
+        };
+        let pre = match world {
+            World::Filter => {
+                WorldPre::Filter(bindings::filter::FilterPre::new(instance_pre).map_err(signature)?)
+            }
+            World::Map => {
+                WorldPre::Map(bindings::map::MapPre::new(instance_pre).map_err(signature)?)
+            }
+            World::Scorer => {
+                WorldPre::Scorer(bindings::scorer::ScorerPre::new(instance_pre).map_err(signature)?)
+            }
+        };
+        if !from_cache && let Some(cache) = self.cache() {
+            cache.put(&digest, &component);
+        }
+        tracing::debug!(function = name, %digest, %world, from_cache, elapsed = ?started.elapsed(), "module loaded");
+        Ok(Module {
+            engine: self.clone(),
+            name: name.into(),
+            digest,
+            world,
+            size: bytes.len(),
+            from_cache,
+            pre,
+        })
+    }
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    match [bytes[4], bytes[5], bytes[6], bytes[7]] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err(LoadError::CoreModule),
+        other => Err(LoadError::UnknownVersion(other)),
+    }
+}
+
+fn detect_world(engine: &wasmtime::Engine, component: &Component) -> Result<World, LoadError> {
+    let ty = component.component_type();
+    let funcs: Vec<String> = ty
+        .exports(engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let has = |f: &str| funcs.iter().any(|n| n == f);
+    let worlds: Vec<World> = World::ALL.into_iter().filter(|w| has(w.export())).collect();
+    match worlds.as_slice() {
+        [w] if has("init") => Ok(*w),
+        [] | [_] => {
+            let all: Vec<String> = ty.exports(engine).map(|(n, _)| format!("`{n}`")).collect();
+            Err(LoadError::UnknownWorld {
+                exports: if all.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    all.join(", ")
+                },
+            })
+        }
+        many => Err(LoadError::AmbiguousWorld(
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("runnel-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline fires; refuse to run rather than run unbounded.
+        panic!("cannot start the epoch thread that enforces call deadlines: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(LoadError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
+        assert!(matches!(check_header(b"\0asm\x0d\0\x01\0"), Ok(())));
+        assert!(matches!(
+            check_header(b"\0asm\x02\0\0\0"),
+            Err(LoadError::UnknownVersion(_))
+        ));
+    }
+
+    #[test]
+    fn a_core_module_is_refused_before_compiling() {
+        let engine = Engine::new(EngineConfig {
+            cache_dir: None,
+            max_instances: 4,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let core = b"\0asm\x01\0\0\0";
+        let err = engine.load("core", core).unwrap_err();
+        assert!(err.to_string().contains("not a component"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! runnel-host: runs sandboxed WebAssembly stream functions.
+//!
+//! - [`engine`] loads, validates and runs function components (wasmtime).
+//! - [`cli`] is the `runnel` command line.
+//!
+//! Run a function over records in memory:
+//!
+//! ```no_run
+//! use runnel_host::engine::{Engine, EngineConfig, Limits, Worker};
+//! use runnel_abi::{BatchBuilder, Frame};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let engine = Engine::new(EngineConfig::default())?;
+//! let module = engine.load("keep-big", &std::fs::read("threshold_filter.wasm")?)?;
+//! let config = vec![("field".to_owned(), "x".to_owned()), ("min".to_owned(), "10".to_owned())];
+//! let mut worker = Worker::new(module.into(), Limits::default(), config, None)?;
+//! let mut batch = BatchBuilder::default();
+//! batch.push(&Frame { partition: 0, offset: 0, timestamp_ms: None, key: None, value: Some(br#"{"x": 12}"#), headers: &[] });
+//! let processed = worker.process(&batch)?;
+//! println!("{:?}", processed.outcomes);
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+pub mod engine;

@@ -292,7 +292,10 @@ fn run_inner(
     };
 
     let mut tally = Tally::default();
-    let mut pending: Vec<Input> = Vec::with_capacity(args.batch_size as usize);
+    // Lines that did not parse stay in line order with the records, so that
+    // errors are reported in the order of the input.
+    let mut pending: Vec<Result<Input, (usize, String)>> =
+        Vec::with_capacity(args.batch_size as usize);
     let mut batch = BatchBuilder::default();
     let io_err = |e: std::io::Error| (EXIT_FAILURE, format!("cannot write output: {e}"));
     let mut line_no = 0usize;
@@ -310,14 +313,7 @@ fn run_inner(
             line_no += 1;
             let line = text.trim_end_matches(['\n', '\r']);
             if !line.trim().is_empty() {
-                match parse_line(args.format, line_no, line) {
-                    Ok(input) => pending.push(input),
-                    Err(e) => {
-                        tally.records += 1;
-                        tally.failed += 1;
-                        writeln!(err, "line {line_no}: {e}").map_err(io_err)?;
-                    }
-                }
+                pending.push(parse_line(args.format, line_no, line).map_err(|e| (line_no, e)));
             }
         }
         if pending.len() >= args.batch_size as usize || (eof && !pending.is_empty()) {
@@ -347,13 +343,15 @@ fn run_inner(
 fn run_batch(
     worker: &mut Worker,
     batch: &mut BatchBuilder,
-    inputs: &[Input],
+    pending: &[Result<Input, (usize, String)>],
     tally: &mut Tally,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), String> {
+    let write_err = |e: std::io::Error| format!("cannot write output: {e}");
+    let inputs: Vec<&Input> = pending.iter().filter_map(|p| p.as_ref().ok()).collect();
     batch.clear();
-    for i in inputs {
+    for i in &inputs {
         let headers: Vec<(&str, Option<&[u8]>)> = i
             .headers
             .iter()
@@ -368,20 +366,34 @@ fn run_batch(
             headers: &headers,
         });
     }
-    let processed = worker.process(batch).map_err(|e| e.to_string())?;
+    let processed = if inputs.is_empty() {
+        Default::default()
+    } else {
+        worker.process(batch).map_err(|e| e.to_string())?
+    };
     let view = BatchRef::new(batch.data(), batch.index());
-    let write_err = |e: std::io::Error| format!("cannot write output: {e}");
-    for (k, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
+    let mut k = 0;
+    for entry in pending {
         tally.records += 1;
+        let input = match entry {
+            Ok(input) => input,
+            Err((line, message)) => {
+                tally.failed += 1;
+                writeln!(err, "line {line}: {message}").map_err(write_err)?;
+                continue;
+            }
+        };
+        let outcome = &processed.outcomes[k];
+        k += 1;
         match outcome {
             Outcome::Keep => {
-                let record = view.get(k).map_err(|e| e.to_string())?;
+                let record = view.get(k - 1).map_err(|e| e.to_string())?;
                 tally.outputs += 1;
                 writeln!(out, "{}", output_json(input.line, &record)).map_err(write_err)?;
             }
             Outcome::Drop => tally.dropped += 1,
             Outcome::Emit { .. } => {
-                for record in processed.outputs_of(k) {
+                for record in processed.outputs_of(k - 1) {
                     tally.outputs += 1;
                     writeln!(out, "{}", output_json(input.line, &record)).map_err(write_err)?;
                 }

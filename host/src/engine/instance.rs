@@ -265,12 +265,21 @@ impl Instance {
             };
         }
         let said = self.stderr.tail();
-        match error.downcast_ref::<Trap>() {
+        let trap = error.downcast_ref::<Trap>().copied();
+        match trap {
             Some(Trap::Interrupt) => CallError::Deadline {
                 function,
                 limit: self.limits.call_timeout,
             },
             Some(Trap::StackOverflow) => CallError::StackOverflow { function },
+            // Rust keeps large locals on a "shadow stack" at the bottom of
+            // linear memory; overflowing it wraps the stack pointer below
+            // zero, to just under 4 GiB.
+            Some(Trap::MemoryOutOfBounds)
+                if fault_address(&error).is_some_and(|a| a >= SHADOW_STACK_WRAP) =>
+            {
+                CallError::StackOverflow { function }
+            }
             Some(Trap::UnreachableCodeReached)
                 if said.as_deref().is_some_and(|s| s.contains("panicked")) =>
             {
@@ -279,15 +288,46 @@ impl Instance {
                     message: said.unwrap_or_default(),
                 }
             }
-            _ => CallError::Trap {
-                function,
-                trap: match said {
-                    Some(said) => format!("{error:#} (the function wrote: {said})"),
-                    None => format!("{error:#}"),
-                },
-            },
+            _ => {
+                let mut trap = trap.map_or_else(|| format!("{error:#}"), |t| t.to_string());
+                if let Some(at) = innermost_function(&error) {
+                    trap.push_str(&format!(" in `{at}`"));
+                }
+                if let Some(said) = said {
+                    trap.push_str(&format!(" (the function wrote: {said})"));
+                }
+                CallError::Trap { function, trap }
+            }
         }
     }
+}
+
+/// Addresses at or above this, in a memory fault, come from a shadow-stack
+/// pointer that went below zero.
+const SHADOW_STACK_WRAP: u64 = 0xFFF0_0000;
+
+/// The faulting address of an out-of-bounds access, from wasmtime's message.
+fn fault_address(error: &wasmtime::Error) -> Option<u64> {
+    let text = format!("{error:#}");
+    let hex = text.split("memory fault at wasm address 0x").nth(1)?;
+    let end = hex
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(hex.len());
+    u64::from_str_radix(&hex[..end], 16).ok()
+}
+
+/// The name of the function where the trap happened, if the module kept names.
+fn innermost_function(error: &wasmtime::Error) -> Option<String> {
+    let backtrace = error.downcast_ref::<wasmtime::WasmBacktrace>()?;
+    let frame = backtrace.frames().first()?;
+    let name = frame.func_name()?;
+    // Drop the hash that Rust's mangling leaves: `crate::f::h0123abcd`.
+    Some(match name.rsplit_once("::h") {
+        Some((path, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            path.to_owned()
+        }
+        _ => name.to_owned(),
+    })
 }
 
 /// Ticks from now until `timeout` has surely passed: one more than the

@@ -1,0 +1,49 @@
+//! A filter that misbehaves when a record asks it to: its value says how.
+//!
+//! `loop` spins forever, `alloc` allocates without bound, `recurse` overflows
+//! the shadow stack in linear memory, `deep` the wasm stack, `panic` panics, `print` writes to stdout and stderr, `error`
+//! returns a per-record error; anything else is kept.
+
+use runnel_sdk::{Record, Result, bail};
+
+#[runnel_sdk::filter]
+fn hostile(record: &Record) -> Result<bool> {
+    match record.value_str()? {
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "recurse" => Ok(recurse(std::hint::black_box(1)) > 0),
+        "deep" => Ok(deep(std::hint::black_box(1)) > 0),
+        "panic" => panic!("asked to panic by offset {}", record.offset()),
+        "print" => {
+            println!("hello from stdout");
+            eprintln!("hello from stderr");
+            Ok(true)
+        }
+        "error" => bail!("asked to fail"),
+        _ => Ok(true),
+    }
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let buf = std::hint::black_box([n; 64]);
+    recurse(buf[3] + 1) + buf[7]
+}
+
+/// Recursion whose frames stay on the wasm stack: no local lives in memory.
+#[inline(never)]
+fn deep(n: u64) -> u64 {
+    if n == u64::MAX { 0 } else { deep(n + 1).wrapping_mul(3).wrapping_add(n) }
+}

@@ -1,6 +1,8 @@
 //! The engine against real components: world detection, the compiled-module
 //! cache, refused uploads, and functions that misbehave on purpose.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

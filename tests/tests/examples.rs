@@ -3,6 +3,8 @@
 //! expected stdout and stderr. `RUNNEL_BLESS=1 cargo test` rewrites the
 //! expectations from the current output.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+
 use std::path::{Path, PathBuf};
 
 use clap::Parser;

@@ -87,13 +87,13 @@ pub fn scorer(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = parse_macro_input!(item as Item);
     if !attr.is_empty() {
         let attr = TokenStream2::from(attr);
-        return syn::Error::new_spanned(attr, format!("{} takes no arguments", kind.attr()))
-            .to_compile_error()
-            .into();
+        let e = syn::Error::new_spanned(attr, format!("{} takes no arguments", kind.attr()))
+            .to_compile_error();
+        return quote! { #item #e }.into();
     }
-    let item = parse_macro_input!(item as Item);
     let glue = match &item {
         Item::Fn(f) if kind != Kind::Scorer => check_fn(kind, f).map(|()| fn_glue(kind, f)),
         Item::Impl(i) => check_impl(kind, i).map(|()| impl_glue(kind, i)),

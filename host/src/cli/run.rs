@@ -39,7 +39,8 @@ pub enum Format {
     /// One JSON object per line: `{"key": .., "value": .., "headers": {..}}`.
     /// `value` (and `key`) is a string taken as UTF-8 bytes, or any other JSON
     /// value taken as its compact text; `value_base64` / `key_base64` carry
-    /// binary. Optional: `partition`, `offset`, `timestamp_ms`.
+    /// binary. Optional: `partition`, `offset`, `timestamp_ms`. The output of
+    /// `runnel run` is valid input, so functions chain with a pipe.
     Jsonl,
     /// Each line is one record's value, with no key.
     Lines,
@@ -86,6 +87,9 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputLine {
+    /// Written by `runnel run` on its outputs; ignored, so that runs chain.
+    #[serde(default, rename = "line")]
+    _line: Option<u64>,
     key: Option<Value>,
     key_base64: Option<String>,
     value: Option<Value>,
@@ -98,6 +102,7 @@ struct InputLine {
 }
 
 /// An input record, owned, with the line it came from.
+#[derive(Debug)]
 struct Input {
     line: usize,
     partition: i32,

@@ -17,11 +17,15 @@ impl Scorer for Echo {
         if model.is_empty() {
             bail!("the model is empty");
         }
-        Ok(Echo { prefix: String::from_utf8(model.to_vec())? })
+        Ok(Echo {
+            prefix: String::from_utf8(model.to_vec())?,
+        })
     }
 
     fn score(&mut self, record: &Record) -> Result<Output> {
         let value = record.value_str()?;
-        Ok(Output::new(format!("{}{value}", self.prefix)).with_key_opt(record.key()).with_header("scored-by", "echo"))
+        Ok(Output::new(format!("{}{value}", self.prefix))
+            .with_key_opt(record.key())
+            .with_header("scored-by", "echo"))
     }
 }

@@ -45,5 +45,9 @@ fn recurse(n: u64) -> u64 {
 /// Recursion whose frames stay on the wasm stack: no local lives in memory.
 #[inline(never)]
 fn deep(n: u64) -> u64 {
-    if n == u64::MAX { 0 } else { deep(n + 1).wrapping_mul(3).wrapping_add(n) }
+    if n == u64::MAX {
+        0
+    } else {
+        deep(n + 1).wrapping_mul(3).wrapping_add(n)
+    }
 }

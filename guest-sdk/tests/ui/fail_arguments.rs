@@ -1,0 +1,8 @@
+use runnel_sdk::{Record, Result};
+
+#[runnel_sdk::filter(batch = 10)]
+fn keep(record: &Record) -> Result<bool> {
+    Ok(record.value().is_some())
+}
+
+fn main() {}

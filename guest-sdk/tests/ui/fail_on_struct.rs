@@ -1,0 +1,4 @@
+#[runnel_sdk::map]
+struct NotAFunction;
+
+fn main() {}

@@ -16,7 +16,7 @@
 //! let mut worker = Worker::new(module.into(), Limits::default(), config, None)?;
 //! let mut batch = BatchBuilder::default();
 //! batch.push(&Frame { partition: 0, offset: 0, timestamp_ms: None, key: None, value: Some(br#"{"x": 12}"#), headers: &[] });
-//! let processed = worker.process(&batch)?;
+//! let processed = worker.process(&mut batch)?;
 //! println!("{:?}", processed.outcomes);
 //! # Ok(()) }
 //! ```

@@ -7,7 +7,9 @@
 //! table shows CPU cost rather than memory bandwidth.
 //!
 //! Run: `cargo bench -p runnel-bench --bench engine`. Nothing is asserted: the
-//! table is the result.
+//! table is the result. To see where guest time goes, build with
+//! `--features runnel-host/profiling` and run the bench binary under
+//! `RUNNEL_PERFMAP=1 perf record`: perf then names the guest's functions.
 
 use std::sync::Arc;
 

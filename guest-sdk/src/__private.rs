@@ -32,40 +32,57 @@ pub fn with_state<T, R>(state: &'static State<T>, f: impl FnOnce(&mut T) -> R) -
     })
 }
 
-/// Runs a filter over a packed batch.
-pub fn filter_batch<E>(
+/// What a filter decided for one batch: see `verdicts` in the WIT.
+#[derive(Debug)]
+pub struct Verdicts<F> {
+    pub keep: Vec<u8>,
+    pub failures: Vec<F>,
+}
+
+/// Runs a filter over a packed batch. `fail` builds the WIT `failure` of
+/// record `index`.
+pub fn filter_batch<F>(
     data: &[u8],
     index: &[u32],
     mut f: impl FnMut(&Record<'_>) -> Result<bool>,
-    err: impl Fn(String) -> E,
-) -> Vec<Result<bool, E>> {
+    fail: impl Fn(u32, String) -> F,
+) -> Verdicts<F> {
     let batch = BatchRef::new(data, index);
-    let mut out = Vec::with_capacity(batch.len());
-    for raw in batch.iter() {
-        out.push(match raw {
-            Ok(raw) => f(&Record::new(raw)).map_err(|e| err(e.message)),
-            Err(e) => Err(err(e.to_string())),
+    let mut keep = Vec::with_capacity(batch.len());
+    let mut failures = Vec::new();
+    for (i, raw) in batch.iter().enumerate() {
+        let verdict = match raw {
+            Ok(raw) => f(&Record::new(raw)).map_err(|e| e.message),
+            Err(e) => Err(e.to_string()),
+        };
+        keep.push(match verdict {
+            Ok(k) => u8::from(k),
+            Err(message) => {
+                failures.push(fail(i as u32, message));
+                0
+            }
         });
     }
-    out
+    Verdicts { keep, failures }
 }
 
 /// What a map or scorer produced for one batch: see `outputs` in the WIT.
 #[derive(Debug)]
-pub struct Outputs<E> {
-    pub results: Vec<Result<u32, E>>,
+pub struct Outputs<F> {
+    pub counts: Vec<u32>,
     pub data: Vec<u8>,
     pub index: Vec<u32>,
+    pub failures: Vec<F>,
 }
 
 /// Runs a map over a packed batch.
-pub fn map_batch<E>(
+pub fn map_batch<F>(
     data: &[u8],
     index: &[u32],
     mut f: impl FnMut(&Record<'_>) -> Result<Vec<Output>>,
-    err: impl Fn(String) -> E,
-) -> Outputs<E> {
-    run(data, index, err, |record, out| {
+    fail: impl Fn(u32, String) -> F,
+) -> Outputs<F> {
+    run(data, index, fail, |record, out| {
         let outputs = f(record)?;
         for o in &outputs {
             o.encode(out);
@@ -76,39 +93,51 @@ pub fn map_batch<E>(
 }
 
 /// Runs a scorer over a packed batch.
-pub fn score_batch<E>(
+pub fn score_batch<F>(
     data: &[u8],
     index: &[u32],
     mut f: impl FnMut(&Record<'_>) -> Result<Output>,
-    err: impl Fn(String) -> E,
-) -> Outputs<E> {
-    run(data, index, err, |record, out| {
+    fail: impl Fn(u32, String) -> F,
+) -> Outputs<F> {
+    run(data, index, fail, |record, out| {
         f(record)?.encode(out);
         Ok(1)
     })
 }
 
-fn run<E>(
+fn run<F>(
     data: &[u8],
     index: &[u32],
-    err: impl Fn(String) -> E,
+    fail: impl Fn(u32, String) -> F,
     mut each: impl FnMut(&Record<'_>, &mut BatchBuilder) -> Result<u32>,
-) -> Outputs<E> {
+) -> Outputs<F> {
     let batch = BatchRef::new(data, index);
     // Outputs are usually about as large as inputs.
     let mut out = BatchBuilder::with_capacity(batch.len(), data.len());
-    let mut results = Vec::with_capacity(batch.len());
-    for raw in batch.iter() {
-        results.push(match raw {
-            Ok(raw) => each(&Record::new(raw), &mut out).map_err(|e| err(e.message)),
-            Err(e) => Err(err(e.to_string())),
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut failures = Vec::new();
+    for (i, raw) in batch.iter().enumerate() {
+        let produced = out.len();
+        let result = match raw {
+            Ok(raw) => each(&Record::new(raw), &mut out).map_err(|e| e.message),
+            Err(e) => Err(e.to_string()),
+        };
+        counts.push(match result {
+            Ok(n) => n,
+            Err(message) => {
+                // Outputs written before the error are not the record's.
+                out.truncate(produced);
+                failures.push(fail(i as u32, message));
+                0
+            }
         });
     }
     let (data, index) = out.into_parts();
     Outputs {
-        results,
+        counts,
         data,
         index,
+        failures,
     }
 }
 
@@ -120,60 +149,55 @@ mod tests {
     #[test]
     fn filter_reports_each_record() {
         let (data, index) = batch(&[b"1", b"x", b"3"]);
-        let out = filter_batch(
-            &data,
-            &index,
-            |r| Ok(r.value_str()?.parse::<i32>()? > 1),
-            |m| m,
-        );
+        let keep = |r: &Record<'_>| Ok(r.value_str()?.parse::<i32>()? > 1);
+        let out = filter_batch(&data, &index, keep, |i, m| (i, m));
+        assert_eq!(out.keep, vec![0, 0, 1]);
         assert_eq!(
-            out,
-            vec![
-                Ok(false),
-                Err("invalid digit found in string".to_owned()),
-                Ok(true)
-            ]
+            out.failures,
+            vec![(1, "invalid digit found in string".to_owned())]
         );
     }
 
     #[test]
     fn map_counts_outputs_per_record() {
-        let (data, index) = batch(&[b"a,b", b"", b"c"]);
-        let out = map_batch(
-            &data,
-            &index,
-            |r| {
-                let v = r.value_str()?;
-                if v.is_empty() {
-                    crate::bail!("empty line");
-                }
-                Ok(v.split(',').map(|s| Output::new(s).with_key("k")).collect())
-            },
-            |m| m,
-        );
-        assert_eq!(
-            out.results,
-            vec![Ok(2), Err("empty line".to_owned()), Ok(1)]
-        );
+        let (data, index) = batch(&[b"a,b", b"", b"c,"]);
+        let split = |r: &Record<'_>| {
+            let v = r.value_str()?;
+            if v.is_empty() {
+                crate::bail!("empty line");
+            }
+            Ok(v.split(',').map(|s| Output::new(s).with_key("k")).collect())
+        };
+        let out = map_batch(&data, &index, split, |i, m| (i, m));
+        assert_eq!(out.counts, vec![2, 0, 2]);
+        assert_eq!(out.failures, vec![(1, "empty line".to_owned())]);
         let view = BatchRef::new(&out.data, &out.index);
         let values: Vec<_> = view
             .iter()
             .map(|r| r.unwrap().value().unwrap().to_vec())
             .collect();
-        assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            values,
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"".to_vec()]
+        );
         assert_eq!(view.get(0).unwrap().key(), Some(&b"k"[..]));
         assert_eq!(view.get(0).unwrap().partition(), -1);
     }
 
     #[test]
-    fn a_corrupt_batch_fails_per_record() {
-        let out = filter_batch(&[1, 2, 3], &[0], |_| Ok(true), |m| m);
+    fn a_failed_record_leaves_no_outputs() {
+        let (data, index) = batch(&[b"x"]);
+        let out = score_batch(&data, &index, |_| crate::bail!("no"), |i, m| (i, m));
         assert_eq!(
-            out,
-            vec![Err(
-                "record 0 of the batch is malformed: frame shorter than its fixed header"
-                    .to_owned()
-            )]
+            (out.counts, out.index.len(), out.failures),
+            (vec![0], 0, vec![(0, "no".to_owned())])
         );
+    }
+
+    #[test]
+    fn a_corrupt_batch_fails_per_record() {
+        let out = filter_batch(&[1, 2, 3], &[0], |_| Ok(true), |i, m| (i, m));
+        let reason = "record 0 of the batch is malformed: frame shorter than its fixed header";
+        assert_eq!(out.failures, vec![(0, reason.to_owned())]);
     }
 }

@@ -127,6 +127,14 @@ impl BatchBuilder {
         self.index.is_empty()
     }
 
+    /// Forgets the records from the `len`-th on.
+    pub fn truncate(&mut self, len: usize) {
+        if let Some(&start) = self.index.get(len) {
+            self.data.truncate(start as usize);
+            self.index.truncate(len);
+        }
+    }
+
     /// Forgets every record, keeping the buffers.
     pub fn clear(&mut self) {
         self.data.clear();

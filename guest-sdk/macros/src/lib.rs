@@ -311,18 +311,26 @@ fn fn_glue(kind: Kind, f: &ItemFn) -> TokenStream2 {
         }
     };
     let call = match kind {
-        Kind::Filter => quote! {
-            fn filter(batch: runnel::stream::types::Batch) -> ::std::vec::Vec<::core::result::Result<bool, runnel::stream::types::RecordError>> {
-                ::runnel_sdk::__private::filter_batch(
-                    &batch.data, &batch.index,
-                    |r| super::#name(r).map_err(::runnel_sdk::Error::from),
-                    |message| runnel::stream::types::RecordError { message },
-                )
-            }
-        },
+        Kind::Filter => filter_call(quote! { super::#name(r).map_err(::runnel_sdk::Error::from) }),
         _ => map_call(quote! { super::#name(r).map_err(::runnel_sdk::Error::from) }),
     };
     module(kind, quote! {}, init, call)
+}
+
+fn filter_call(per_record: TokenStream2) -> TokenStream2 {
+    quote! {
+        fn filter(batch: runnel::stream::types::Batch) -> runnel::stream::types::Verdicts {
+            let out = ::runnel_sdk::__private::filter_batch(
+                &batch.data, &batch.index,
+                |r| #per_record,
+                |index, message| runnel::stream::types::Failure {
+                    index,
+                    error: runnel::stream::types::RecordError { message },
+                },
+            );
+            runnel::stream::types::Verdicts { keep: out.keep, failures: out.failures }
+        }
+    }
 }
 
 fn map_call(per_record: TokenStream2) -> TokenStream2 {
@@ -339,11 +347,15 @@ fn outputs_call(
             let out = ::runnel_sdk::__private::#runner(
                 &batch.data, &batch.index,
                 |r| #per_record,
-                |message| runnel::stream::types::RecordError { message },
+                |index, message| runnel::stream::types::Failure {
+                    index,
+                    error: runnel::stream::types::RecordError { message },
+                },
             );
             runnel::stream::types::Outputs {
-                results: out.results,
+                counts: out.counts,
                 records: runnel::stream::types::Batch { data: out.data, index: out.index },
+                failures: out.failures,
             }
         }
     }
@@ -382,17 +394,7 @@ fn impl_glue(kind: Kind, i: &ItemImpl) -> TokenStream2 {
         },
     };
     let call = match kind {
-        Kind::Filter => quote! {
-            fn filter(batch: runnel::stream::types::Batch) -> ::std::vec::Vec<::core::result::Result<bool, runnel::stream::types::RecordError>> {
-                ::runnel_sdk::__private::with_state(&STATE, |s| {
-                    ::runnel_sdk::__private::filter_batch(
-                        &batch.data, &batch.index,
-                        |r| <Impl as #trait_path>::filter(s, r),
-                        |message| runnel::stream::types::RecordError { message },
-                    )
-                })
-            }
-        },
+        Kind::Filter => wrap_state(filter_call(quote! { <Impl as #trait_path>::filter(s, r) })),
         Kind::Map => {
             let body = map_call(quote! { <Impl as #trait_path>::map(s, r) });
             wrap_state(body)

@@ -24,4 +24,4 @@ pub mod scorer {
     });
 }
 
-pub use filter::runnel::stream::types::{Batch, Outputs, RecordError};
+pub use filter::runnel::stream::types::{Batch, Failure, Outputs, Verdicts};

@@ -10,7 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{self, Batch, Outputs, RecordError};
+use super::bindings::{self, Batch, Outputs, Verdicts};
 use super::guest_log::{GuestLog, Stream};
 use super::{EPOCH_TICK, Limits, Module, WorldPre};
 
@@ -128,7 +128,7 @@ enum Bound {
 
 /// What one call returned, before the worker checks it.
 pub(crate) enum RawResult {
-    Filter(Vec<Result<bool, RecordError>>),
+    Filter(Verdicts),
     Outputs(Outputs),
 }
 

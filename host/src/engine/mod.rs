@@ -255,6 +255,10 @@ impl Engine {
             // On by default since wasmtime 43; it makes every sync call
             // several times slower and runnel's calls are sync.
             .concurrency_support(false);
+        #[cfg(feature = "profiling")]
+        if std::env::var_os("RUNNEL_PERFMAP").is_some() {
+            wt.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let wasmtime = wasmtime::Engine::new(&wt).map_err(engine_err)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;

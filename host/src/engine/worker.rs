@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use runnel_abi::{BatchBuilder, BatchRef, RecordRef};
 
-use super::bindings::Batch;
+use super::bindings::{Batch, Failure};
 use super::instance::{CallError, Instance, RawResult};
 use super::{Limits, Module};
 
@@ -212,37 +212,33 @@ fn failed(trap: &CallError) -> Outcome {
 }
 
 /// Turns what the guest returned into outcomes, refusing anything that does
-/// not add up: a result per input record, and every output frame well formed.
+/// not add up: a verdict or count per input record, failures in order and in
+/// range, and every output frame well formed.
 fn check(raw: RawResult, n: usize) -> Result<Processed, String> {
     match raw {
-        RawResult::Filter(results) => {
-            if results.len() != n {
+        RawResult::Filter(v) => {
+            if v.keep.len() != n {
                 return Err(format!(
-                    "{} filter results for a batch of {n} records",
-                    results.len()
+                    "{} verdicts for a batch of {n} records",
+                    v.keep.len()
                 ));
             }
-            let outcomes = results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(true) => Outcome::Keep,
-                    Ok(false) => Outcome::Drop,
-                    Err(e) => Outcome::Failed {
-                        message: e.message,
-                        trapped: false,
-                    },
-                })
+            let mut outcomes: Vec<Outcome> = v
+                .keep
+                .iter()
+                .map(|&k| if k == 0 { Outcome::Drop } else { Outcome::Keep })
                 .collect();
+            apply_failures(&mut outcomes, v.failures)?;
             Ok(Processed {
                 outcomes,
                 outputs: BatchBuilder::default(),
             })
         }
         RawResult::Outputs(o) => {
-            if o.results.len() != n {
+            if o.counts.len() != n {
                 return Err(format!(
-                    "{} results for a batch of {n} records",
-                    o.results.len()
+                    "{} output counts for a batch of {n} records",
+                    o.counts.len()
                 ));
             }
             let frames = o.records.index.len();
@@ -252,29 +248,47 @@ fn check(raw: RawResult, n: usize) -> Result<Processed, String> {
             }
             let mut next: u64 = 0;
             let mut outcomes = Vec::with_capacity(n);
-            for r in o.results {
-                outcomes.push(match r {
-                    Ok(0) => Outcome::Drop,
-                    Ok(count) => {
-                        let first = next as u32;
-                        next += u64::from(count);
-                        Outcome::Emit { first, count }
-                    }
-                    Err(e) => Outcome::Failed {
-                        message: e.message,
-                        trapped: false,
-                    },
+            for &count in &o.counts {
+                outcomes.push(if count == 0 {
+                    Outcome::Drop
+                } else {
+                    let first = next as u32;
+                    next += u64::from(count);
+                    Outcome::Emit { first, count }
                 });
             }
             if next != frames as u64 {
                 return Err(format!(
-                    "the results count {next} output records but {frames} were returned"
+                    "the counts add up to {next} output records but {frames} were returned"
                 ));
             }
+            for f in &o.failures {
+                if o.counts.get(f.index as usize).is_some_and(|&c| c != 0) {
+                    return Err(format!(
+                        "record {} both failed and produced outputs",
+                        f.index
+                    ));
+                }
+            }
+            apply_failures(&mut outcomes, o.failures)?;
             Ok(Processed {
                 outcomes,
                 outputs: BatchBuilder::from_parts(o.records.data, o.records.index),
             })
         }
     }
+}
+
+fn apply_failures(outcomes: &mut [Outcome], failures: Vec<Failure>) -> Result<(), String> {
+    let n = outcomes.len();
+    for f in failures {
+        let slot = outcomes
+            .get_mut(f.index as usize)
+            .ok_or_else(|| format!("a failure names record {} of a batch of {n}", f.index))?;
+        *slot = Outcome::Failed {
+            message: f.error.message,
+            trapped: false,
+        };
+    }
+    Ok(())
 }

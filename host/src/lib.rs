@@ -1,7 +1,9 @@
 //! runnel-host: runs sandboxed WebAssembly stream functions.
 //!
 //! - [`engine`] loads, validates and runs function components (wasmtime).
-//! - [`cli`] is the `runnel` command line.
+//! - [`runner`] binds them to Kafka topics: the worker pool, at-least-once.
+//! - [`kafka`] holds the rdkafka client settings; [`broker`] the embedded broker.
+//! - [`config`] reads `runnel.toml`; [`cli`] is the `runnel` command line.
 //!
 //! Run a function over records in memory:
 //!
@@ -21,5 +23,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod kafka;
+pub mod runner;

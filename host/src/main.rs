@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
 use runnel_host::cli::run::{RunArgs, run};
 use tracing_subscriber::EnvFilter;
 
@@ -11,13 +12,9 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "runnel", version, about, long_about = None)]
 struct Cli {
     /// Log filter, in `tracing` syntax (for instance `info` or `runnel=debug`).
-    #[arg(
-        long,
-        global = true,
-        env = "RUNNEL_LOG",
-        default_value = "warn,runnel::guest=info"
-    )]
-    log: String,
+    /// Default: `warn,runnel::guest=info` for `run`, `info` otherwise.
+    #[arg(long, global = true, env = "RUNNEL_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,13 +24,26 @@ enum Command {
     /// Run a function over records from a file or stdin, without Kafka, and
     /// print its outputs as JSON lines (the author's test harness).
     Run(RunArgs),
+    /// Run an embedded Kafka-compatible broker (Tansu) alone, so that nodes
+    /// can be started, killed and restarted against it.
+    Broker(BrokerArgs),
+    /// Run the deployments of a runnel.toml against a Kafka cluster.
+    Serve(ServeArgs),
+    /// Start an embedded broker, create the deployments' topics, and run the
+    /// deployments against it: one node on a laptop.
+    Dev(DevArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("warning: ignoring --log {:?}: {e}", cli.log);
-        EnvFilter::new("warn")
+    let default = match cli.command {
+        Command::Run(_) => "warn,runnel::guest=info",
+        _ => "info",
+    };
+    let log = cli.log.as_deref().unwrap_or(default);
+    let filter = EnvFilter::try_new(log).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring --log {log:?}: {e}");
+        EnvFilter::new(default)
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -50,6 +60,31 @@ fn main() -> ExitCode {
                 &mut std::io::stderr(),
             );
             ExitCode::from(code)
+        }
+        Command::Broker(args) => block_on(runnel_host::cli::node::broker(args)),
+        Command::Serve(args) => block_on(runnel_host::cli::node::serve(args)),
+        Command::Dev(args) => block_on(runnel_host::cli::node::dev(args)),
+    }
+}
+
+/// Runs a long-running command on a multi-threaded runtime; errors are
+/// printed with their causes and exit 1.
+fn block_on(f: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -41,3 +41,5 @@ pub fn batch_of(values: &[&str]) -> BatchBuilder {
     }
     b
 }
+
+pub mod kafka;

@@ -1,3 +1,4 @@
 //! The `runnel` command line.
 
+pub mod node;
 pub mod run;

@@ -1,0 +1,148 @@
+//! `runnel broker`, `runnel serve` and `runnel dev`: the long-running commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::broker::{BrokerOptions, EmbeddedBroker, Storage};
+use crate::config::NodeConfig;
+use crate::engine::{Engine, EngineConfig, default_cache_dir};
+use crate::kafka::{KafkaOptions, ensure_topics};
+use crate::runner::{Deployment, Node};
+
+#[derive(Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// Address to listen on. Loopback unless told: the embedded broker has no authentication.
+    #[arg(long, env = "RUNNEL_BROKER_LISTEN", default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+    /// Keep the broker's data in this SQLite file (needs the `sqlite` feature);
+    /// without it, data lives in memory and is gone when the process ends.
+    #[arg(long, env = "RUNNEL_BROKER_DATA", value_name = "FILE")]
+    pub data: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    fn options(&self) -> BrokerOptions {
+        BrokerOptions {
+            listen: self.listen,
+            storage: self.data.clone().map_or(Storage::Memory, Storage::Sqlite),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Bootstrap address of the Kafka cluster, `HOST:PORT`.
+    #[arg(long, env = "RUNNEL_BROKERS")]
+    pub brokers: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The deployments to run.
+    #[arg(long, env = "RUNNEL_CONFIG", default_value = "runnel.toml")]
+    pub config: PathBuf,
+    /// A librdkafka property for every client (TLS, SASL, tuning); repeat for more.
+    #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
+    pub kafka: Vec<(String, String)>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Partitions of the topics `dev` creates for the deployments.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(args.options()).await?;
+    println!(
+        "runnel: broker listening, bootstrap address {}",
+        broker.bootstrap()
+    );
+    shutdown_signal().await;
+    drop(broker);
+    Ok(())
+}
+
+fn load(node: &NodeArgs) -> anyhow::Result<(NodeConfig, Vec<Deployment>)> {
+    let config = NodeConfig::load(&node.config)?;
+    let engine = Engine::new(EngineConfig {
+        cache_dir: Some(default_cache_dir()),
+        ..EngineConfig::default()
+    })?;
+    let deployments = config
+        .deployments
+        .iter()
+        .cloned()
+        .map(|spec| Deployment::load(&engine, spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((config, deployments))
+}
+
+async fn run_node(kafka: KafkaOptions, deployments: Vec<Deployment>) -> anyhow::Result<()> {
+    let names: Vec<String> = deployments.iter().map(|d| d.spec.name.clone()).collect();
+    let node = Node::start(&kafka, deployments)?;
+    println!(
+        "runnel: running {} deployment(s) against {}: {}",
+        names.len(),
+        kafka.brokers,
+        names.join(", ")
+    );
+    shutdown_signal().await;
+    println!("runnel: stopping (flushing outputs, committing offsets)");
+    tokio::task::spawn_blocking(move || node.stop())
+        .await
+        .context("stopping the node")?;
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (_, deployments) = load(&args.node)?;
+    let kafka = KafkaOptions {
+        brokers: args.brokers,
+        properties: args.node.kafka,
+    };
+    run_node(kafka, deployments).await
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let (config, deployments) = load(&args.node)?;
+    let broker = EmbeddedBroker::start(args.broker.options()).await?;
+    println!(
+        "runnel: broker listening, bootstrap address {}",
+        broker.bootstrap()
+    );
+    let kafka = KafkaOptions {
+        brokers: broker.bootstrap(),
+        properties: args.node.kafka,
+    };
+    let mut topics: Vec<String> = Vec::new();
+    for d in &config.deployments {
+        topics.extend(d.input.iter().cloned());
+        topics.push(d.output.clone());
+        topics.push(d.dead_letter_topic());
+    }
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    ensure_topics(&kafka, &topics, args.partitions).await?;
+    run_node(kafka, deployments).await?;
+    drop(broker);
+    Ok(())
+}

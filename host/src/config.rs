@@ -1,0 +1,204 @@
+//! `runnel.toml`: the deployments a node runs, declared in a file (for
+//! GitOps). Every field has a `///` saying what it does; unknown keys are
+//! errors, so a typo is caught instead of ignored.
+//!
+//! ```toml
+//! [[deployment]]
+//! name = "delays"
+//! module = "examples/target/wasm32-wasip2/release/threshold_filter.wasm"
+//! input = ["flights"]
+//! output = "delayed-flights"
+//! config = { field = "dep_delay", min = "15" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The deployments this node runs.
+    #[serde(default, rename = "deployment")]
+    pub deployments: Vec<DeploymentSpec>,
+}
+
+/// One function bound to its topics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Unique name; the consumer group is `runnel.<name>`.
+    pub name: String,
+    /// Path of the function's component (`.wasm`), relative to the file.
+    pub module: PathBuf,
+    /// Path of a scorer's model artifact, relative to the file.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// Topics to read.
+    pub input: Vec<String>,
+    /// Topic to write outputs to.
+    pub output: String,
+    /// Topic for records that failed; default `<output>.dlq`.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// Key/value config given to the function's `init`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Memory limit of one instance, in MiB.
+    #[serde(default = "defaults::memory_mib")]
+    pub memory_mib: u64,
+    /// Time limit of one call into the function, in milliseconds.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Records per call into the function.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// How long to wait for a batch to fill before running it anyway, in ms.
+    #[serde(default = "defaults::linger_ms")]
+    pub linger_ms: u64,
+}
+
+mod defaults {
+    pub fn memory_mib() -> u64 {
+        128
+    }
+    pub fn timeout_ms() -> u64 {
+        5000
+    }
+    pub fn batch_size() -> usize {
+        256
+    }
+    pub fn linger_ms() -> u64 {
+        20
+    }
+}
+
+impl DeploymentSpec {
+    /// The dead-letter topic, defaulted.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.output))
+    }
+
+    /// The consumer group of this deployment.
+    pub fn group(&self) -> String {
+        format!("runnel.{}", self.name)
+    }
+}
+
+/// Why the file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid runnel.toml: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl NodeConfig {
+    /// Reads and checks the file; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for d in &mut config.deployments {
+            d.module = base.join(&d.module);
+            d.model = d.model.as_ref().map(|m| base.join(m));
+        }
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for d in &self.deployments {
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(format!(
+                    "deployment name {:?} must be non-empty ASCII letters, digits, `-`, `_` or `.`",
+                    d.name
+                ));
+            }
+            if !names.insert(&d.name) {
+                return Err(format!("two deployments are named {:?}", d.name));
+            }
+            if d.input.is_empty() {
+                return Err(format!("deployment {:?} has no input topic", d.name));
+            }
+            if d.input.contains(&d.output) {
+                return Err(format!(
+                    "deployment {:?} writes to its own input topic {:?}",
+                    d.name, d.output
+                ));
+            }
+            if d.batch_size == 0 {
+                return Err(format!(
+                    "deployment {:?}: batch_size must be at least 1",
+                    d.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = NodeConfig::parse(
+            r#"
+            [[deployment]]
+            name = "d"
+            module = "f.wasm"
+            input = ["in"]
+            output = "out"
+            config = { field = "x" }
+            "#,
+        )
+        .unwrap();
+        let d = &c.deployments[0];
+        assert_eq!((d.batch_size, d.linger_ms, d.memory_mib), (256, 20, 128));
+        assert_eq!(d.dead_letter_topic(), "out.dlq");
+        assert_eq!(d.group(), "runnel.d");
+        assert_eq!(d.config["field"], "x");
+    }
+
+    #[test]
+    fn typos_and_bad_specs_are_errors() {
+        let e = NodeConfig::parse("[[deployment]]\nname = \"d\"\nmodul = \"x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `modul`"), "{e}");
+        let c = NodeConfig::parse(
+            "[[deployment]]\nname = \"d\"\nmodule = \"f\"\ninput = [\"t\"]\noutput = \"t\"\n",
+        )
+        .unwrap();
+        assert!(c.check().unwrap_err().contains("its own input topic"));
+    }
+}

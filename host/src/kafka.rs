@@ -1,0 +1,104 @@
+//! rdkafka client settings, in one place: what runnel's consumers, producers
+//! and admin clients are configured with, and how user properties (TLS, SASL,
+//! tuning) pass through to librdkafka.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// One bootstrap address, `HOST:PORT` (or several, comma-separated).
+    pub brokers: String,
+    /// librdkafka properties applied to every client, after runnel's own:
+    /// `security.protocol`, `sasl.*`, `ssl.*`, tuning.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaOptions {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            properties: Vec::new(),
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "runnel")
+            // Tansu and small clusters answer quickly; keep reconnects snappy.
+            .set("reconnect.backoff.max.ms", "2000")
+            .set("topic.metadata.refresh.interval.ms", "5000");
+        c
+    }
+
+    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A group consumer that stores offsets only when told (after the outputs
+    /// of a record are acknowledged) and commits what was stored every second.
+    pub fn consumer(&self, group: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "100");
+        self.finish(c)
+    }
+
+    /// A producer that waits for every in-sync replica and batches for a
+    /// few milliseconds.
+    pub fn producer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "120000");
+        self.finish(c)
+    }
+
+    pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+        self.finish(self.base())
+            .create()
+            .with_context(|| format!("cannot create a Kafka admin client for {}", self.brokers))
+    }
+}
+
+/// Creates the topics that do not exist yet, with `partitions` partitions.
+pub async fn ensure_topics(
+    kafka: &KafkaOptions,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin = kafka.admin()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .with_context(|| format!("cannot create topics on {}", kafka.brokers))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,733 @@
+//! One deployment's loop: poll, batch per partition, run, produce, store
+//! offsets. See the module documentation of [`super`] for the guarantees.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use runnel_abi::{BatchBuilder, Frame, RecordRef};
+use serde::Serialize;
+
+use super::tracker::Tracker;
+use super::{Deployment, headers};
+use crate::engine::{Outcome, Worker};
+use crate::kafka::KafkaOptions;
+
+/// Longest wait between attempts to start a function that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a revoke or a stop waits for outstanding outputs.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a deployment is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum DeploymentState {
+    Starting,
+    Running,
+    /// The function cannot start; retrying after `retry_in_ms`.
+    BackingOff {
+        error: String,
+        retry_in_ms: u64,
+    },
+    Stopped,
+}
+
+/// A deployment's progress, for logs, status and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentStatus {
+    pub name: String,
+    pub module: String,
+    pub state: DeploymentState,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub filtered: u64,
+    pub dead_lettered: u64,
+    pub traps: u64,
+    pub last_error: Option<String>,
+}
+
+impl DeploymentStatus {
+    pub(super) fn new(d: &Deployment) -> Self {
+        Self {
+            name: d.spec.name.clone(),
+            module: d.module.digest().to_owned(),
+            state: DeploymentState::Starting,
+            records_in: 0,
+            records_out: 0,
+            filtered: 0,
+            dead_lettered: 0,
+            traps: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// An input record copied out of the consumer, waiting for its batch.
+struct Input {
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Input {
+    fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+}
+
+/// Records waiting to be run, per (topic, partition), with when the oldest arrived.
+type Buffers = HashMap<(String, i32), (Instant, Vec<Input>)>;
+
+/// Which input an output belongs to, carried through the producer.
+struct Ack {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+}
+
+/// State shared by the loop, the delivery callback (producer thread) and the
+/// rebalance callback (inside the consumer's poll).
+struct Shared {
+    tracker: Mutex<Tracker>,
+    buffers: Mutex<Buffers>,
+    /// Outputs whose delivery failed, to send again: nothing is given up.
+    retries: Mutex<Vec<Retry>>,
+    producer: Mutex<Option<Arc<ThreadedProducer<DeliveryContext>>>>,
+    name: String,
+}
+
+struct Retry {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    timestamp: Option<i64>,
+    ack: Box<Ack>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct DeliveryContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        match result {
+            Ok(_) => lock(&self.shared.tracker).ack(&ack.topic, ack.partition, ack.offset),
+            Err((e, m)) => {
+                tracing::warn!(deployment = self.shared.name, error = %e, topic = m.topic(),
+                    "an output was not delivered; sending it again");
+                lock(&self.shared.retries).push(Retry {
+                    topic: m.topic().to_owned(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
+                    timestamp: m.timestamp().to_millis(),
+                    ack,
+                });
+            }
+        }
+    }
+}
+
+struct RebalanceContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            if let Rebalance::Error(e) = rebalance {
+                tracing::error!(deployment = self.shared.name, error = %e, "rebalance failed");
+            }
+            return;
+        };
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        tracing::info!(deployment = self.shared.name, partitions = ?revoked, "partitions revoked: committing");
+        // Records not yet run belong to the next owner, which reads them from
+        // the committed offset.
+        {
+            let mut buffers = lock(&self.shared.buffers);
+            for tp in &revoked {
+                buffers.remove(tp);
+            }
+        }
+        commit_final(&self.shared, consumer, &revoked);
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let assigned: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            tracing::info!(deployment = self.shared.name, partitions = ?assigned, "partitions assigned");
+        }
+    }
+}
+
+/// Flushes the producer, then commits what may be committed for `partitions`
+/// synchronously and forgets them.
+fn commit_final(
+    shared: &Shared,
+    consumer: &BaseConsumer<RebalanceContext>,
+    partitions: &[(String, i32)],
+) {
+    let producer = lock(&shared.producer).clone();
+    if let Some(p) = producer
+        && let Err(e) = p.flush(FLUSH_TIMEOUT)
+    {
+        tracing::warn!(deployment = shared.name, error = %e, "outputs still in flight after 30 s; their inputs will be read again");
+    }
+    let mut tpl = TopicPartitionList::new();
+    {
+        let mut tracker = lock(&shared.tracker);
+        for (topic, partition) in partitions {
+            if let Some(next) = tracker.remove(topic, *partition) {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(next));
+            }
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+    {
+        tracing::warn!(deployment = shared.name, error = %e, "final commit failed; records after the last commit will be read again");
+    }
+}
+
+/// Runs one deployment until `stop` is set.
+pub(super) fn run(
+    d: Deployment,
+    kafka: KafkaOptions,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<DeploymentStatus>>,
+) {
+    let name = d.spec.name.clone();
+    if let Err(e) = run_inner(&d, &kafka, &stop, &status) {
+        tracing::error!(deployment = name, error = %format!("{e:#}"), "the deployment stopped");
+        lock(&status).last_error = Some(format!("{e:#}"));
+    }
+    lock(&status).state = DeploymentState::Stopped;
+}
+
+fn run_inner(
+    d: &Deployment,
+    kafka: &KafkaOptions,
+    stop: &AtomicBool,
+    status: &Mutex<DeploymentStatus>,
+) -> anyhow::Result<()> {
+    let spec = &d.spec;
+    let shared = Arc::new(Shared {
+        tracker: Mutex::default(),
+        buffers: Mutex::default(),
+        retries: Mutex::default(),
+        producer: Mutex::default(),
+        name: spec.name.clone(),
+    });
+    let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
+        kafka
+            .producer()
+            .create_with_context(DeliveryContext {
+                shared: shared.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("cannot create the producer: {e}"))?,
+    );
+    *lock(&shared.producer) = Some(producer.clone());
+    check_topics(
+        &producer,
+        &[&spec.output, &spec.dead_letter_topic()],
+        &spec.name,
+        status,
+    );
+    let consumer: BaseConsumer<RebalanceContext> = kafka
+        .consumer(&spec.group())
+        .create_with_context(RebalanceContext {
+            shared: shared.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("cannot create the consumer: {e}"))?;
+    let inputs: Vec<&str> = spec.input.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&inputs)
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {inputs:?}: {e}"))?;
+
+    let mut run = Runner {
+        d,
+        producer: &producer,
+        shared: &shared,
+        status,
+        worker: None,
+        batch: BatchBuilder::default(),
+        dead_letter: spec.dead_letter_topic(),
+        module_header: format!("sha256:{}", d.module.digest()),
+        backoff: None,
+        warned_missing: None,
+    };
+    let linger = Duration::from_millis(spec.linger_ms);
+    let poll_timeout = linger.clamp(Duration::from_millis(1), Duration::from_millis(100));
+    while !stop.load(Ordering::SeqCst) {
+        run.resend_failed();
+        if let Some(until) = run.backoff_until() {
+            // The function cannot start: keep the group membership alive
+            // without taking new records.
+            let _ = consumer.assignment().map(|a| consumer.pause(&a));
+            let _ = consumer.poll(Duration::from_millis(100));
+            if Instant::now() < until {
+                continue;
+            }
+            let _ = consumer.assignment().map(|a| consumer.resume(&a));
+        }
+        match consumer.poll(poll_timeout) {
+            Some(Ok(m)) => run.buffer(&m),
+            Some(Err(e)) => run.consumer_error(&e),
+            None => {}
+        }
+        // Drain what is already fetched before running batches.
+        for _ in 0..spec.batch_size {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => run.buffer(&m),
+                Some(Err(e)) => run.consumer_error(&e),
+                None => break,
+            }
+        }
+        run.run_ready(linger);
+        store_moved(&shared, &consumer);
+    }
+    tracing::info!(
+        deployment = spec.name,
+        "stopping: flushing outputs and committing"
+    );
+    lock(&shared.buffers).clear();
+    let assigned: Vec<(String, i32)> = consumer
+        .assignment()
+        .map(|a| {
+            a.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect()
+        })
+        .unwrap_or_default();
+    commit_final(&shared, &consumer, &assigned);
+    consumer.unsubscribe();
+    drop(consumer);
+    *lock(&shared.producer) = None;
+    Ok(())
+}
+
+/// Says so when an output topic is missing: outputs wait in the producer (and
+/// their inputs stay uncommitted) until it exists, so nothing is lost, but
+/// nothing moves either.
+fn check_topics(
+    producer: &ThreadedProducer<DeliveryContext>,
+    topics: &[&str],
+    name: &str,
+    status: &Mutex<DeploymentStatus>,
+) {
+    for topic in topics {
+        let missing = match producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+        {
+            Ok(md) => {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == *topic && t.error().is_some())
+                    || md.topics().is_empty()
+            }
+            Err(e) => {
+                tracing::warn!(deployment = name, error = %e, "cannot read the cluster's metadata");
+                false
+            }
+        };
+        if missing {
+            let message =
+                format!("output topic {topic:?} does not exist: outputs wait until it is created");
+            tracing::warn!(deployment = name, "{message}");
+            lock(status).last_error = Some(message);
+        }
+    }
+}
+
+/// Stores the offsets whose outputs are all acknowledged; the periodic commit
+/// carries them.
+fn store_moved(shared: &Shared, consumer: &BaseConsumer<RebalanceContext>) {
+    let moved = lock(&shared.tracker).take_moved();
+    if moved.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in &moved {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // A partition revoked meanwhile: its final offsets were committed then.
+        tracing::debug!(error = %e, "storing offsets");
+    }
+}
+
+struct Runner<'a> {
+    d: &'a Deployment,
+    producer: &'a ThreadedProducer<DeliveryContext>,
+    shared: &'a Shared,
+    status: &'a Mutex<DeploymentStatus>,
+    worker: Option<Worker>,
+    batch: BatchBuilder,
+    dead_letter: String,
+    module_header: String,
+    backoff: Option<(Instant, Duration)>,
+    warned_missing: Option<Instant>,
+}
+
+impl Runner<'_> {
+    fn buffer(&mut self, m: &BorrowedMessage<'_>) {
+        let mut buffers = lock(&self.shared.buffers);
+        let entry = buffers
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        if entry.1.is_empty() {
+            entry.0 = Instant::now();
+        }
+        entry.1.push(Input::from_message(m));
+    }
+
+    fn consumer_error(&mut self, e: &KafkaError) {
+        let missing = matches!(
+            e,
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+            )
+        );
+        if missing {
+            if self
+                .warned_missing
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+            {
+                tracing::warn!(deployment = self.d.spec.name, topics = ?self.d.spec.input,
+                    "an input topic does not exist (yet); waiting for it");
+                self.warned_missing = Some(Instant::now());
+                lock(self.status).last_error = Some(format!("input topic missing: {e}"));
+            }
+        } else {
+            tracing::warn!(deployment = self.d.spec.name, error = %e, "consumer error");
+        }
+    }
+
+    fn backoff_until(&self) -> Option<Instant> {
+        self.backoff.map(|(until, _)| until)
+    }
+
+    /// Runs every partition's batch that is full or has lingered long enough.
+    fn run_ready(&mut self, linger: Duration) {
+        let size = self.d.spec.batch_size;
+        let ready: Vec<((String, i32), Vec<Input>)> = {
+            let mut buffers = lock(&self.shared.buffers);
+            let keys: Vec<(String, i32)> = buffers
+                .iter()
+                .filter(|(_, (since, recs))| {
+                    !recs.is_empty() && (recs.len() >= size || since.elapsed() >= linger)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let (_, recs) = buffers.get_mut(&k)?;
+                    let take = recs.len().min(size);
+                    let batch: Vec<Input> = recs.drain(..take).collect();
+                    Some((k, batch))
+                })
+                .collect()
+        };
+        for ((topic, partition), records) in ready {
+            if let Err(records) = self.run_batch(&topic, partition, records) {
+                // The function could not start: put the records back in front.
+                let mut buffers = lock(&self.shared.buffers);
+                let entry = buffers
+                    .entry((topic, partition))
+                    .or_insert_with(|| (Instant::now(), Vec::new()));
+                let rest = std::mem::take(&mut entry.1);
+                entry.1 = records;
+                entry.1.extend(rest);
+                return;
+            }
+        }
+    }
+
+    fn worker(&mut self) -> Result<&mut Worker, String> {
+        if self.worker.is_none() {
+            let d = self.d;
+            let config: Vec<(String, String)> = d.spec.config.clone().into_iter().collect();
+            match Worker::new(d.module.clone(), d.limits(), config, d.model.clone()) {
+                Ok(w) => {
+                    self.worker = Some(w);
+                    self.backoff = None;
+                    lock(self.status).state = DeploymentState::Running;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(self.worker.as_mut().expect("set above"))
+    }
+
+    fn fail_start(&mut self, error: String) {
+        let delay = self.backoff.map_or(Duration::from_millis(100), |(_, d)| {
+            (d * 2).min(MAX_BACKOFF)
+        });
+        tracing::error!(deployment = self.d.spec.name, error, retry_in = ?delay, "the function cannot start; backing off");
+        self.backoff = Some((Instant::now() + delay, delay));
+        self.worker = None;
+        let mut s = lock(self.status);
+        s.state = DeploymentState::BackingOff {
+            error: error.clone(),
+            retry_in_ms: delay.as_millis() as u64,
+        };
+        s.last_error = Some(error);
+    }
+
+    /// Runs one batch and produces what it made. Gives the records back if
+    /// the function cannot start.
+    fn run_batch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Vec<Input>,
+    ) -> Result<(), Vec<Input>> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        for r in &records {
+            let headers: Vec<(&str, Option<&[u8]>)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            batch.push(&Frame {
+                partition,
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                headers: &headers,
+            });
+        }
+        let processed = match self.worker().map(|w| w.process(&mut batch)) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.batch = batch;
+                self.fail_start(e.to_string());
+                return Err(records);
+            }
+            Err(e) => {
+                self.batch = batch;
+                self.fail_start(e);
+                return Err(records);
+            }
+        };
+        let traps_before = self.status_traps();
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let mut counts = (0u64, 0u64, 0u64); // out, filtered, dead-lettered
+        let view = runnel_abi::BatchRef::new(batch.data(), batch.index());
+        for (i, (input, outcome)) in records.iter().zip(&processed.outcomes).enumerate() {
+            let ack = || {
+                Box::new(Ack {
+                    topic: topic_arc.clone(),
+                    partition,
+                    offset: input.offset,
+                })
+            };
+            match outcome {
+                Outcome::Keep => {
+                    lock(&self.shared.tracker).add(topic, partition, input.offset, 1);
+                    if let Ok(record) = view.get(i) {
+                        self.send_output(&record, input.timestamp_ms, ack());
+                    }
+                    counts.0 += 1;
+                }
+                Outcome::Drop => {
+                    lock(&self.shared.tracker).add(topic, partition, input.offset, 0);
+                    counts.1 += 1;
+                }
+                Outcome::Emit { count, .. } => {
+                    lock(&self.shared.tracker).add(topic, partition, input.offset, *count);
+                    for record in processed.outputs_of(i) {
+                        self.send_output(&record, input.timestamp_ms, ack());
+                        counts.0 += 1;
+                    }
+                }
+                Outcome::Failed { message, trapped } => {
+                    lock(&self.shared.tracker).add(topic, partition, input.offset, 1);
+                    self.send_dead_letter(topic, partition, input, message, *trapped, ack());
+                    counts.2 += 1;
+                }
+            }
+        }
+        let worker_traps = self.worker.as_ref().map_or(0, |w| w.stats().traps);
+        {
+            let mut s = lock(self.status);
+            s.records_in += records.len() as u64;
+            s.records_out += counts.0;
+            s.filtered += counts.1;
+            s.dead_lettered += counts.2;
+            s.traps = s.traps.max(traps_before).max(worker_traps);
+        }
+        self.batch = batch;
+        Ok(())
+    }
+
+    fn status_traps(&self) -> u64 {
+        lock(self.status).traps
+    }
+
+    fn send_output(&self, record: &RecordRef<'_>, input_ts: Option<i64>, ack: Box<Ack>) {
+        let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 2);
+        for (k, v) in record.headers().map_while(Result::ok) {
+            h = h.insert(Header { key: k, value: v });
+        }
+        h = h
+            .insert(Header {
+                key: headers::DEPLOYMENT,
+                value: Some(self.d.spec.name.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::MODULE,
+                value: Some(self.module_header.as_bytes()),
+            });
+        let timestamp = record.timestamp_ms().or(input_ts);
+        self.send(
+            &self.d.spec.output,
+            record.key(),
+            record.value(),
+            h,
+            timestamp,
+            ack,
+        );
+    }
+
+    fn send_dead_letter(
+        &self,
+        topic: &str,
+        partition: i32,
+        input: &Input,
+        message: &str,
+        trapped: bool,
+        ack: Box<Ack>,
+    ) {
+        let mut h = OwnedHeaders::new_with_capacity(input.headers.len() + 7);
+        for (k, v) in &input.headers {
+            h = h.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let partition_s = partition.to_string();
+        let offset_s = input.offset.to_string();
+        for (k, v) in [
+            (headers::ERROR, message),
+            (headers::ERROR_KIND, if trapped { "trap" } else { "error" }),
+            (headers::DEPLOYMENT, self.d.spec.name.as_str()),
+            (headers::MODULE, self.module_header.as_str()),
+            (headers::SOURCE_TOPIC, topic),
+            (headers::SOURCE_PARTITION, partition_s.as_str()),
+            (headers::SOURCE_OFFSET, offset_s.as_str()),
+        ] {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        self.send(
+            &self.dead_letter,
+            input.key.as_deref(),
+            input.value.as_deref(),
+            h,
+            input.timestamp_ms,
+            ack,
+        );
+    }
+
+    /// Produces one record, waiting while the producer's queue is full (that
+    /// is the backpressure: the loop stops taking records).
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+        ts: Option<i64>,
+        ack: Box<Ack>,
+    ) {
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Ack>> =
+            BaseRecord::with_opaque_to(topic, ack).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Some(ts) = ts {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, back)) => {
+                    tracing::error!(deployment = self.d.spec.name, topic, error = %e, "cannot produce; retrying");
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    fn resend_failed(&self) {
+        let retries = std::mem::take(&mut *lock(&self.shared.retries));
+        for r in retries {
+            self.send(
+                &r.topic,
+                r.key.as_deref(),
+                r.value.as_deref(),
+                r.headers,
+                r.timestamp,
+                r.ack,
+            );
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The worker pool: runs deployments against a Kafka-protocol cluster.
+//!
+//! # Delivery semantics: at least once
+//!
+//! Each deployment is a consumer group, `runnel.<name>` (cooperative-sticky
+//! assignment), read by a dedicated thread that also runs the function, so
+//! wasm never blocks the I/O runtime and records of a partition are handled in
+//! order. Records are batched per partition (by count, or when the oldest has
+//! waited `linger_ms`), run through the function, and every output — or the
+//! record itself, to the dead-letter topic, when it failed — is produced with
+//! a delivery callback.
+//!
+//! An input offset is *stored* only when every record it produced has been
+//! acknowledged by the broker (`enable.auto.offset.store=false`; see
+//! [`tracker`]), and stored offsets are committed every second. So a crash
+//! loses nothing acknowledged: records after the last commit are read again
+//! and processed again — duplicates are possible, losses are not. When
+//! partitions are revoked (a rebalance) or the node stops, batches not yet
+//! run are dropped (the next owner reads them), the producer is flushed and
+//! the stored offsets are committed synchronously before the partitions go.
+//!
+//! # Failures
+//!
+//! A record the function rejects, or that makes it trap, goes to the
+//! dead-letter topic with headers saying why (see [`headers`]); the stream goes
+//! on. A function that cannot even start (its `init` fails or traps) backs off
+//! exponentially up to 30 s, pausing its partitions and saying so in its
+//! status; other deployments are not touched. A missing input topic is
+//! reported and waited for.
+//!
+//! Owns consumers, producers and workers; knows nothing of how deployments
+//! are declared (a file today, the registry later).
+
+mod deployment;
+pub mod headers;
+pub mod tracker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::DeploymentSpec;
+use crate::engine::{Engine, Limits, Module};
+use crate::kafka::KafkaOptions;
+
+pub use deployment::{DeploymentState, DeploymentStatus};
+
+/// What one deployment needs to run: its spec, its loaded module and model.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub spec: DeploymentSpec,
+    pub module: Arc<Module>,
+    pub model: Option<Arc<[u8]>>,
+}
+
+impl Deployment {
+    /// Loads the module (and model) a spec names, validating it.
+    pub fn load(engine: &Engine, spec: DeploymentSpec) -> anyhow::Result<Self> {
+        let bytes = read(&spec.module, &spec.name, "module")?;
+        let module = engine.load(&spec.name, &bytes).with_context(|| {
+            format!(
+                "deployment {:?}: {} was refused",
+                spec.name,
+                spec.module.display()
+            )
+        })?;
+        let model = match &spec.model {
+            Some(path) => Some(Arc::from(read(path, &spec.name, "model")?)),
+            None => None,
+        };
+        Ok(Self {
+            spec,
+            module: Arc::new(module),
+            model,
+        })
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.spec.memory_mib << 20,
+            call_timeout: Duration::from_millis(self.spec.timeout_ms),
+        }
+    }
+}
+
+fn read(path: &PathBuf, name: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "deployment {name:?}: cannot read its {what} {}",
+            path.display()
+        )
+    })
+}
+
+struct Running {
+    name: String,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<DeploymentStatus>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A node: every deployment it was given, each on its own thread.
+pub struct Node {
+    running: Vec<Running>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("deployments", &self.running.len())
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts every deployment. Returns once their threads are running; each
+    /// connects, joins its group and reports its progress in its status.
+    pub fn start(kafka: &KafkaOptions, deployments: Vec<Deployment>) -> anyhow::Result<Self> {
+        let mut running = Vec::new();
+        for d in deployments {
+            let stop = Arc::new(AtomicBool::new(false));
+            let status = Arc::new(Mutex::new(DeploymentStatus::new(&d)));
+            let name = d.spec.name.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("runnel-{name}"))
+                .spawn({
+                    let (kafka, stop, status) = (kafka.clone(), stop.clone(), status.clone());
+                    move || deployment::run(d, kafka, stop, status)
+                })
+                .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
+            running.push(Running {
+                name,
+                stop,
+                status,
+                thread: Some(thread),
+            });
+        }
+        Ok(Self { running })
+    }
+
+    /// A snapshot of every deployment's status.
+    pub fn status(&self) -> Vec<DeploymentStatus> {
+        self.running
+            .iter()
+            .map(|r| {
+                r.status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Stops every deployment cleanly: outputs flushed, offsets committed,
+    /// groups left.
+    pub fn stop(mut self) {
+        for r in &self.running {
+            r.stop.store(true, Ordering::SeqCst);
+        }
+        for r in &mut self.running {
+            if let Some(t) = r.thread.take()
+                && t.join().is_err()
+            {
+                tracing::error!(deployment = r.name, "the deployment's thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for r in &self.running {
+            r.stop.store(true, Ordering::SeqCst);
+        }
+        for r in &mut self.running {
+            if let Some(t) = r.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Which input offsets may be committed.
+//!
+//! An input record is done when every record it produced (outputs, or its
+//! dead letter) has been acknowledged by the broker. Records of a partition
+//! are processed in order, but acknowledgements arrive in any order; the
+//! committable offset of a partition is one past the longest prefix of done
+//! records. Nothing past an unacknowledged output is ever committed: that is
+//! the at-least-once guarantee.
+
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug, Default)]
+struct Partition {
+    /// Offsets in processing order, with their unacknowledged output count.
+    pending: VecDeque<(i64, u32)>,
+    /// The next offset to consume: what a commit stores.
+    committable: Option<i64>,
+    /// Whether `committable` moved since it was last taken.
+    moved: bool,
+}
+
+impl Partition {
+    fn advance(&mut self) {
+        while let Some(&(offset, 0)) = self.pending.front() {
+            self.pending.pop_front();
+            self.committable = Some(offset + 1);
+            self.moved = true;
+        }
+    }
+}
+
+/// Offsets in flight, per (topic, partition).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    partitions: HashMap<(String, i32), Partition>,
+}
+
+impl Tracker {
+    /// Records that `offset` was processed and produced `outputs` records
+    /// still to be acknowledged. Offsets of a partition must come in order.
+    pub fn add(&mut self, topic: &str, partition: i32, offset: i64, outputs: u32) {
+        let p = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        debug_assert!(
+            p.pending.back().is_none_or(|&(last, _)| last < offset),
+            "offsets out of order"
+        );
+        p.pending.push_back((offset, outputs));
+        p.advance();
+    }
+
+    /// One output of `offset` was acknowledged.
+    pub fn ack(&mut self, topic: &str, partition: i32, offset: i64) {
+        let Some(p) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
+            return;
+        };
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+            p.pending[i].1 = p.pending[i].1.saturating_sub(1);
+            p.advance();
+        }
+    }
+
+    /// The partitions whose committable offset moved since the last call.
+    pub fn take_moved(&mut self) -> Vec<(String, i32, i64)> {
+        let mut moved = Vec::new();
+        for ((topic, partition), p) in &mut self.partitions {
+            if p.moved {
+                p.moved = false;
+                if let Some(o) = p.committable {
+                    moved.push((topic.clone(), *partition, o));
+                }
+            }
+        }
+        moved
+    }
+
+    /// Forgets a partition (revoked), returning its committable offset.
+    pub fn remove(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions
+            .remove(&(topic.to_owned(), partition))
+            .and_then(|p| p.committable)
+    }
+
+    /// Outputs not yet acknowledged, over all partitions.
+    pub fn in_flight(&self) -> u64 {
+        self.partitions
+            .values()
+            .flat_map(|p| &p.pending)
+            .map(|&(_, n)| u64::from(n))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_the_acknowledged_prefix() {
+        let mut t = Tracker::default();
+        t.add("t", 0, 10, 2);
+        t.add("t", 0, 11, 0);
+        t.add("t", 0, 12, 1);
+        assert!(t.take_moved().is_empty());
+        t.ack("t", 0, 12);
+        assert!(t.take_moved().is_empty(), "12 is done but 10 is not");
+        t.ack("t", 0, 10);
+        assert!(t.take_moved().is_empty());
+        t.ack("t", 0, 10);
+        assert_eq!(t.take_moved(), vec![("t".to_owned(), 0, 13)]);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn records_without_outputs_are_done_at_once() {
+        let mut t = Tracker::default();
+        t.add("t", 1, 5, 0);
+        assert_eq!(t.take_moved(), vec![("t".to_owned(), 1, 6)]);
+        assert_eq!(t.remove("t", 1), Some(6));
+        assert_eq!(t.remove("t", 1), None);
+        t.ack("t", 1, 5); // a late ack of a forgotten partition is ignored
+    }
+}

@@ -1,0 +1,133 @@
+//! Helpers for tests against a real Kafka-protocol broker: the embedded Tansu
+//! broker on a free loopback port, random topic names, a producer and a
+//! reader. No mocks.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use runnel_host::broker::{BrokerOptions, EmbeddedBroker};
+use runnel_host::kafka::{KafkaOptions, ensure_topics};
+
+/// A name no other test uses: `<prefix>-<pid>-<nanos>-<counter>`.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Starts the embedded broker on a free loopback port.
+pub async fn broker() -> (EmbeddedBroker, KafkaOptions) {
+    let broker = EmbeddedBroker::start(BrokerOptions::default())
+        .await
+        .expect("the embedded broker starts");
+    let kafka = KafkaOptions::new(broker.bootstrap());
+    (broker, kafka)
+}
+
+pub async fn topics(kafka: &KafkaOptions, names: &[&str], partitions: i32) {
+    ensure_topics(kafka, names, partitions)
+        .await
+        .expect("topics are created");
+}
+
+/// A record to produce: key, value, headers.
+pub type Rec = (Option<String>, String, Vec<(String, String)>);
+
+/// Produces `records` to `topic` and waits for every acknowledgement.
+pub async fn produce(kafka: &KafkaOptions, topic: &str, records: &[Rec]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let sends = records.iter().map(|(k, v, hs)| {
+        let mut headers = OwnedHeaders::new();
+        for (hk, hv) in hs {
+            headers = headers.insert(Header {
+                key: hk,
+                value: Some(hv.as_bytes()),
+            });
+        }
+        let mut r = FutureRecord::to(topic)
+            .payload(v.as_bytes())
+            .headers(headers);
+        if let Some(k) = k {
+            r = r.key(k.as_bytes());
+        }
+        producer.send(r, Duration::from_secs(30))
+    });
+    for result in futures_join(sends).await {
+        result.map_err(|(e, _)| e).expect("produced");
+    }
+}
+
+async fn futures_join<F: Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in fs.collect::<Vec<_>>() {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Reads `topic` from the beginning until `count` records arrived or
+/// `timeout` passed, then a little longer to catch records beyond `count`.
+pub async fn read(
+    kafka: &KafkaOptions,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let brokers = kafka.brokers.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        let mut extra: Option<Instant> = None;
+        while Instant::now() < deadline && extra.is_none_or(|t| Instant::now() < t) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+            if out.len() >= count && extra.is_none() {
+                extra = Some(Instant::now() + Duration::from_millis(500));
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader thread")
+}
+
+/// A header's value as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+pub fn value(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
+}
+
+pub fn key(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()
+}

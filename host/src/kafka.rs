@@ -85,6 +85,10 @@ pub async fn ensure_topics(
     partitions: i32,
 ) -> anyhow::Result<()> {
     let admin = kafka.admin()?;
+    // A topic named twice in one request makes the whole request malformed.
+    let mut topics = topics.to_vec();
+    topics.sort_unstable();
+    topics.dedup();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))

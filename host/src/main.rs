@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
 use runnel_host::cli::run::{RunArgs, run};
+use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs};
 use tracing_subscriber::EnvFilter;
 
 /// runnel: sandboxed WebAssembly stream functions on Kafka.
@@ -12,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "runnel", version, about, long_about = None)]
 struct Cli {
     /// Log filter, in `tracing` syntax (for instance `info` or `runnel=debug`).
-    /// Default: `warn,runnel::guest=info` for `run`, `info` otherwise.
+    /// Default: `warn,runnel::guest=info` for `run`, and runnel's own info lines otherwise.
     #[arg(long, global = true, env = "RUNNEL_LOG")]
     log: Option<String>,
     #[command(subcommand)]
@@ -32,13 +33,18 @@ enum Command {
     /// Start an embedded broker, create the deployments' topics, and run the
     /// deployments against it: one node on a laptop.
     Dev(DevArgs),
+    /// Write records to a topic, from JSON lines or raw lines (as `run` reads them).
+    Produce(ProduceArgs),
+    /// Print a topic's records as JSON lines, from the beginning.
+    Consume(ConsumeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.command {
         Command::Run(_) => "warn,runnel::guest=info",
-        _ => "info",
+        // The embedded broker logs every request at info.
+        _ => "warn,runnel_host=info,runnel::guest=info",
     };
     let log = cli.log.as_deref().unwrap_or(default);
     let filter = EnvFilter::try_new(log).unwrap_or_else(|e| {
@@ -64,6 +70,28 @@ fn main() -> ExitCode {
         Command::Broker(args) => block_on(runnel_host::cli::node::broker(args)),
         Command::Serve(args) => block_on(runnel_host::cli::node::serve(args)),
         Command::Dev(args) => block_on(runnel_host::cli::node::dev(args)),
+        Command::Produce(args) => report(
+            runnel_host::cli::topic::produce(&args)
+                .map(|n| eprintln!("runnel: {n} records produced to {}", args.topic)),
+        ),
+        Command::Consume(args) => {
+            let stdout = std::io::stdout();
+            let result = runnel_host::cli::topic::consume(
+                &args,
+                &mut std::io::BufWriter::new(stdout.lock()),
+            );
+            report(result.map(|n| eprintln!("runnel: {n} records read from {}", args.topic)))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -2,3 +2,4 @@
 
 pub mod node;
 pub mod run;
+pub mod topic;

@@ -103,14 +103,14 @@ struct InputLine {
 
 /// An input record, owned, with the line it came from.
 #[derive(Debug)]
-struct Input {
-    line: usize,
-    partition: i32,
-    offset: i64,
-    timestamp_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+pub(crate) struct Input {
+    pub(crate) line: usize,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 fn bytes_of(
@@ -130,7 +130,7 @@ fn bytes_of(
     }
 }
 
-fn parse_line(format: Format, line_no: usize, text: &str) -> Result<Input, String> {
+pub(crate) fn parse_line(format: Format, line_no: usize, text: &str) -> Result<Input, String> {
     let offset = line_no as i64 - 1;
     match format {
         Format::Lines => Ok(Input {
@@ -163,7 +163,7 @@ fn parse_line(format: Format, line_no: usize, text: &str) -> Result<Input, Strin
 }
 
 /// A record as one JSON line of output.
-fn output_json(line: usize, r: &RecordRef<'_>) -> Value {
+pub(crate) fn output_json(line: usize, r: &RecordRef<'_>) -> Value {
     let mut o = Map::new();
     o.insert("line".into(), json!(line));
     bytes_json(&mut o, "key", r.key());

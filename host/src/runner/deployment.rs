@@ -69,37 +69,15 @@ impl DeploymentStatus {
     }
 }
 
-/// An input record copied out of the consumer, waiting for its batch.
-struct Input {
-    offset: i64,
-    timestamp_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+/// Records of one partition waiting to be run, packed as the function will
+/// receive them (copied once out of the consumer's buffers), and when the
+/// oldest arrived.
+struct Pending {
+    since: Instant,
+    batch: BatchBuilder,
 }
 
-impl Input {
-    fn from_message(m: &BorrowedMessage<'_>) -> Self {
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self {
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers,
-        }
-    }
-}
-
-/// Records waiting to be run, per (topic, partition), with when the oldest arrived.
-type Buffers = HashMap<(String, i32), (Instant, Vec<Input>)>;
+type Buffers = HashMap<(String, i32), Pending>;
 
 /// Which input an output belongs to, carried through the producer.
 struct Ack {
@@ -293,7 +271,6 @@ fn run_inner(
         shared: &shared,
         status,
         worker: None,
-        batch: BatchBuilder::default(),
         dead_letter: spec.dead_letter_topic(),
         module_header: format!("sha256:{}", d.module.digest()),
         backoff: None,
@@ -407,7 +384,6 @@ struct Runner<'a> {
     shared: &'a Shared,
     status: &'a Mutex<DeploymentStatus>,
     worker: Option<Worker>,
-    batch: BatchBuilder,
     dead_letter: String,
     module_header: String,
     backoff: Option<(Instant, Duration)>,
@@ -416,14 +392,33 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn buffer(&mut self, m: &BorrowedMessage<'_>) {
-        let mut buffers = lock(&self.shared.buffers);
-        let entry = buffers
-            .entry((m.topic().to_owned(), m.partition()))
-            .or_insert_with(|| (Instant::now(), Vec::new()));
-        if entry.1.is_empty() {
-            entry.0 = Instant::now();
+        let key = (m.topic().to_owned(), m.partition());
+        let full = {
+            let mut buffers = lock(&self.shared.buffers);
+            let pending = buffers.entry(key.clone()).or_insert_with(|| Pending {
+                since: Instant::now(),
+                batch: BatchBuilder::default(),
+            });
+            if pending.batch.is_empty() {
+                pending.since = Instant::now();
+            }
+            let headers: Vec<(&str, Option<&[u8]>)> = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default();
+            pending.batch.push(&Frame {
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key(),
+                value: m.payload(),
+                headers: &headers,
+            });
+            pending.batch.len() >= self.d.spec.batch_size
+        };
+        if full {
+            self.run_partition(key);
         }
-        entry.1.push(Input::from_message(m));
     }
 
     fn consumer_error(&mut self, e: &KafkaError) {
@@ -452,40 +447,39 @@ impl Runner<'_> {
         self.backoff.map(|(until, _)| until)
     }
 
-    /// Runs every partition's batch that is full or has lingered long enough.
+    /// Runs every partition's batch that has lingered long enough.
     fn run_ready(&mut self, linger: Duration) {
-        let size = self.d.spec.batch_size;
-        let ready: Vec<((String, i32), Vec<Input>)> = {
-            let mut buffers = lock(&self.shared.buffers);
-            let keys: Vec<(String, i32)> = buffers
-                .iter()
-                .filter(|(_, (since, recs))| {
-                    !recs.is_empty() && (recs.len() >= size || since.elapsed() >= linger)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| {
-                    let (_, recs) = buffers.get_mut(&k)?;
-                    let take = recs.len().min(size);
-                    let batch: Vec<Input> = recs.drain(..take).collect();
-                    Some((k, batch))
-                })
-                .collect()
-        };
-        for ((topic, partition), records) in ready {
-            if let Err(records) = self.run_batch(&topic, partition, records) {
-                // The function could not start: put the records back in front.
-                let mut buffers = lock(&self.shared.buffers);
-                let entry = buffers
-                    .entry((topic, partition))
-                    .or_insert_with(|| (Instant::now(), Vec::new()));
-                let rest = std::mem::take(&mut entry.1);
-                entry.1 = records;
-                entry.1.extend(rest);
+        let ready: Vec<(String, i32)> = lock(&self.shared.buffers)
+            .iter()
+            .filter(|(_, p)| !p.batch.is_empty() && p.since.elapsed() >= linger)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ready {
+            if !self.run_partition(key) {
                 return;
             }
         }
+    }
+
+    /// Runs the records waiting for one partition. False if the function
+    /// could not start: the records stay where they were.
+    fn run_partition(&mut self, key: (String, i32)) -> bool {
+        let Some(mut pending) = lock(&self.shared.buffers).remove(&key) else {
+            return true;
+        };
+        if self
+            .backoff
+            .is_some_and(|(until, _)| Instant::now() < until)
+        {
+            lock(&self.shared.buffers).insert(key, pending);
+            return false;
+        }
+        let ran = self.run_batch(&key.0, key.1, &mut pending.batch);
+        if ran {
+            pending.batch.clear();
+        }
+        lock(&self.shared.buffers).insert(key, pending);
+        ran
     }
 
     fn worker(&mut self) -> Result<&mut Worker, String> {
@@ -519,97 +513,71 @@ impl Runner<'_> {
         s.last_error = Some(error);
     }
 
-    /// Runs one batch and produces what it made. Gives the records back if
-    /// the function cannot start.
-    fn run_batch(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        records: Vec<Input>,
-    ) -> Result<(), Vec<Input>> {
-        let mut batch = std::mem::take(&mut self.batch);
-        batch.clear();
-        for r in &records {
-            let headers: Vec<(&str, Option<&[u8]>)> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref()))
-                .collect();
-            batch.push(&Frame {
-                partition,
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key.as_deref(),
-                value: r.value.as_deref(),
-                headers: &headers,
-            });
-        }
-        let processed = match self.worker().map(|w| w.process(&mut batch)) {
+    /// Runs one batch and produces what it made. False, with the batch
+    /// untouched, if the function cannot start.
+    fn run_batch(&mut self, topic: &str, partition: i32, batch: &mut BatchBuilder) -> bool {
+        let processed = match self.worker().map(|w| w.process(batch)) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
-                self.batch = batch;
                 self.fail_start(e.to_string());
-                return Err(records);
+                return false;
             }
             Err(e) => {
-                self.batch = batch;
                 self.fail_start(e);
-                return Err(records);
+                return false;
             }
         };
-        let traps_before = self.status_traps();
+        let view = runnel_abi::BatchRef::new(batch.data(), batch.index());
+        let inputs: Vec<RecordRef<'_>> = view.iter().map_while(Result::ok).collect();
+        // Every input is in the tracker before any of its outputs can be
+        // acknowledged.
+        {
+            let mut tracker = lock(&self.shared.tracker);
+            for (input, outcome) in inputs.iter().zip(&processed.outcomes) {
+                let outputs = match outcome {
+                    Outcome::Keep | Outcome::Failed { .. } => 1,
+                    Outcome::Drop => 0,
+                    Outcome::Emit { count, .. } => *count,
+                };
+                tracker.add(topic, partition, input.offset(), outputs);
+            }
+        }
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut counts = (0u64, 0u64, 0u64); // out, filtered, dead-lettered
-        let view = runnel_abi::BatchRef::new(batch.data(), batch.index());
-        for (i, (input, outcome)) in records.iter().zip(&processed.outcomes).enumerate() {
+        for (i, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
             let ack = || {
                 Box::new(Ack {
                     topic: topic_arc.clone(),
                     partition,
-                    offset: input.offset,
+                    offset: input.offset(),
                 })
             };
             match outcome {
                 Outcome::Keep => {
-                    lock(&self.shared.tracker).add(topic, partition, input.offset, 1);
-                    if let Ok(record) = view.get(i) {
-                        self.send_output(&record, input.timestamp_ms, ack());
-                    }
+                    self.send_output(input, input.timestamp_ms(), ack());
                     counts.0 += 1;
                 }
-                Outcome::Drop => {
-                    lock(&self.shared.tracker).add(topic, partition, input.offset, 0);
-                    counts.1 += 1;
-                }
-                Outcome::Emit { count, .. } => {
-                    lock(&self.shared.tracker).add(topic, partition, input.offset, *count);
+                Outcome::Drop => counts.1 += 1,
+                Outcome::Emit { .. } => {
                     for record in processed.outputs_of(i) {
-                        self.send_output(&record, input.timestamp_ms, ack());
+                        self.send_output(&record, input.timestamp_ms(), ack());
                         counts.0 += 1;
                     }
                 }
                 Outcome::Failed { message, trapped } => {
-                    lock(&self.shared.tracker).add(topic, partition, input.offset, 1);
                     self.send_dead_letter(topic, partition, input, message, *trapped, ack());
                     counts.2 += 1;
                 }
             }
         }
         let worker_traps = self.worker.as_ref().map_or(0, |w| w.stats().traps);
-        {
-            let mut s = lock(self.status);
-            s.records_in += records.len() as u64;
-            s.records_out += counts.0;
-            s.filtered += counts.1;
-            s.dead_lettered += counts.2;
-            s.traps = s.traps.max(traps_before).max(worker_traps);
-        }
-        self.batch = batch;
-        Ok(())
-    }
-
-    fn status_traps(&self) -> u64 {
-        lock(self.status).traps
+        let mut s = lock(self.status);
+        s.records_in += inputs.len() as u64;
+        s.records_out += counts.0;
+        s.filtered += counts.1;
+        s.dead_lettered += counts.2;
+        s.traps = s.traps.max(worker_traps);
+        true
     }
 
     fn send_output(&self, record: &RecordRef<'_>, input_ts: Option<i64>, ack: Box<Ack>) {
@@ -641,20 +609,17 @@ impl Runner<'_> {
         &self,
         topic: &str,
         partition: i32,
-        input: &Input,
+        input: &RecordRef<'_>,
         message: &str,
         trapped: bool,
         ack: Box<Ack>,
     ) {
-        let mut h = OwnedHeaders::new_with_capacity(input.headers.len() + 7);
-        for (k, v) in &input.headers {
-            h = h.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
+        let mut h = OwnedHeaders::new_with_capacity(input.header_count() + 7);
+        for (k, v) in input.headers().map_while(Result::ok) {
+            h = h.insert(Header { key: k, value: v });
         }
         let partition_s = partition.to_string();
-        let offset_s = input.offset.to_string();
+        let offset_s = input.offset().to_string();
         for (k, v) in [
             (headers::ERROR, message),
             (headers::ERROR_KIND, if trapped { "trap" } else { "error" }),
@@ -671,10 +636,10 @@ impl Runner<'_> {
         }
         self.send(
             &self.dead_letter,
-            input.key.as_deref(),
-            input.value.as_deref(),
+            input.key(),
+            input.value(),
             h,
-            input.timestamp_ms,
+            input.timestamp_ms(),
             ack,
         );
     }

@@ -25,7 +25,7 @@ use runnel_host::runner::{Deployment, Node};
 use runnel_tests::kafka::{broker, topics, unique};
 use runnel_tests::{engine, guests};
 
-const N: usize = 100_000;
+const N: usize = 200_000;
 const PARTITIONS: i32 = 2;
 
 fn cpu_seconds() -> f64 {
@@ -70,8 +70,10 @@ fn produce_input(kafka: &KafkaOptions, topic: &str) {
     p.flush(Duration::from_secs(60)).expect("flushed");
 }
 
-/// Counts records arriving on `topic` until `expect`, returning when the last arrived.
-fn wait_for(kafka: &KafkaOptions, topic: &str, expect: usize) -> Instant {
+/// Counts records arriving on `topic` until `expect`, returning when the
+/// first and the last arrived: the rate between them is the steady state,
+/// without the time it takes to join the group.
+fn wait_for(kafka: &KafkaOptions, topic: &str, expect: usize) -> (Instant, Instant) {
     let c: BaseConsumer = kafka
         .consumer(&unique("reader"))
         .set("enable.auto.commit", "false")
@@ -79,14 +81,16 @@ fn wait_for(kafka: &KafkaOptions, topic: &str, expect: usize) -> Instant {
         .expect("reader");
     c.subscribe(&[topic]).expect("subscribe");
     let mut n = 0;
+    let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     while n < expect && Instant::now() < deadline {
         if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
             n += 1;
         }
     }
     assert_eq!(n, expect, "outputs on {topic}");
-    Instant::now()
+    (first.unwrap_or_else(Instant::now), Instant::now())
 }
 
 struct Ctx {
@@ -122,7 +126,7 @@ fn native(
         .create()
         .expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let cpu0 = cpu_seconds();
     let reader = {
         let (kafka, output) = (kafka.clone(), output.to_owned());
         std::thread::spawn(move || wait_for(&kafka, &output, expect))
@@ -159,8 +163,8 @@ fn native(
             let _ = consumer.store_offsets(&tpl);
         }
     }
-    let done = reader.join().expect("reader");
-    (done - t0, cpu_seconds() - cpu0)
+    let (first, last) = reader.join().expect("reader");
+    (last - first, cpu_seconds() - cpu0)
 }
 
 fn runnel(
@@ -189,12 +193,12 @@ fn runnel(
         linger_ms: 5,
     };
     let d = Deployment::load(&engine, spec).expect("loads");
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let cpu0 = cpu_seconds();
     let node = Node::start(kafka, vec![d]).expect("starts");
-    let done = wait_for(kafka, output, expect);
+    let (first, last) = wait_for(kafka, output, expect);
     let cpu = cpu_seconds() - cpu0;
     node.stop();
-    (done - t0, cpu)
+    (last - first, cpu)
 }
 
 fn main() {
@@ -249,6 +253,7 @@ fn main() {
     println!("| pipeline | records/s | CPU µs/record | runnel/native throughput |");
     println!("|---|---:|---:|---:|");
     for (i, (name, (wall, cpu), _)) in rows.iter().enumerate() {
+        // Input records per second between the first and the last output.
         let rate = N as f64 / wall.as_secs_f64();
         let ratio = if i % 2 == 1 {
             let native = N as f64 / rows[i - 1].1.0.as_secs_f64();

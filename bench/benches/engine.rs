@@ -56,6 +56,19 @@ fn pack(batch: &mut BatchBuilder, chunk: &[Owned], base: usize) {
     }
 }
 
+/// Every batch of `size` records, packed beforehand.
+fn prepack(records: &[Owned], size: usize) -> Vec<BatchBuilder> {
+    records
+        .chunks(size)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut b = BatchBuilder::default();
+            pack(&mut b, chunk, c * size);
+            b
+        })
+        .collect()
+}
+
 /// The guests' functions, compiled natively: the same logic on the bytes a
 /// native consumer holds.
 #[inline(never)]
@@ -144,15 +157,7 @@ fn main() {
             assert_eq!(kept, N);
         });
         // The same, with every batch packed beforehand: the call alone.
-        let mut packed: Vec<BatchBuilder> = records
-            .chunks(size)
-            .enumerate()
-            .map(|(c, chunk)| {
-                let mut b = BatchBuilder::default();
-                pack(&mut b, chunk, c * size);
-                b
-            })
-            .collect();
+        let mut packed = prepack(&records, size);
         let call = best_of(RUNS, || {
             let mut kept = 0usize;
             for _ in 0..PASSES {
@@ -193,15 +198,7 @@ fn main() {
             }
             assert_eq!(bytes, N * VALUE);
         });
-        let mut packed: Vec<BatchBuilder> = records
-            .chunks(size)
-            .enumerate()
-            .map(|(c, chunk)| {
-                let mut b = BatchBuilder::default();
-                pack(&mut b, chunk, c * size);
-                b
-            })
-            .collect();
+        let mut packed = prepack(&records, size);
         let call = best_of(RUNS, || {
             let mut bytes = 0usize;
             for _ in 0..PASSES {

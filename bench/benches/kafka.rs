@@ -18,11 +18,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use runnel_host::config::DeploymentSpec;
 use runnel_host::kafka::KafkaOptions;
 use runnel_host::runner::tracker::Tracker;
 use runnel_host::runner::{Deployment, Node};
-use runnel_tests::kafka::{broker, topics, unique};
+use runnel_tests::kafka::{broker, spec, topics, unique};
 use runnel_tests::{engine, guests};
 
 const N: usize = 200_000;
@@ -176,22 +175,10 @@ fn runnel(
     expect: usize,
 ) -> (Duration, f64) {
     let engine = engine(None);
-    let spec = DeploymentSpec {
-        name: unique("bench"),
-        module: module.into(),
-        model: None,
-        input: vec![input.to_owned()],
-        output: output.to_owned(),
-        dead_letter: None,
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        memory_mib: 64,
-        timeout_ms: 5000,
-        batch_size: 256,
-        linger_ms: 5,
-    };
+    let mut spec = spec("bench", module, input, output, config);
+    spec.batch_size = 256;
+    spec.linger_ms = 5;
+    spec.timeout_ms = 5000;
     let d = Deployment::load(&engine, spec).expect("loads");
     let cpu0 = cpu_seconds();
     let node = Node::start(kafka, vec![d]).expect("starts");

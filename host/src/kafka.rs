@@ -8,6 +8,7 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
 /// How to reach the cluster.
@@ -105,4 +106,21 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// Appends a consumed record to a packed batch: the one copy out of
+/// librdkafka's buffers.
+pub fn push_message(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMessage<'_>) {
+    let headers: Vec<(&str, Option<&[u8]>)> = m
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    batch.push(&runnel_abi::Frame {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key(),
+        value: m.payload(),
+        headers: &headers,
+    });
 }

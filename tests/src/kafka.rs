@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use runnel_host::broker::{BrokerOptions, EmbeddedBroker};
+use runnel_host::config::DeploymentSpec;
 use runnel_host::kafka::{KafkaOptions, ensure_topics};
 
 /// A name no other test uses: `<prefix>-<pid>-<nanos>-<counter>`.
@@ -130,4 +131,31 @@ pub fn value(m: &OwnedMessage) -> String {
 
 pub fn key(m: &OwnedMessage) -> String {
     String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()
+}
+
+/// A deployment of `module` from `input` to `output` (dead letters to
+/// `<output>.dlq`) under a unique name, with small batches for tests.
+pub fn spec(
+    name: &str,
+    module: &str,
+    input: &str,
+    output: &str,
+    config: &[(&str, &str)],
+) -> DeploymentSpec {
+    DeploymentSpec {
+        name: unique(name),
+        module: module.into(),
+        model: None,
+        input: vec![input.to_owned()],
+        output: output.to_owned(),
+        dead_letter: None,
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        memory_mib: 64,
+        timeout_ms: 2000,
+        batch_size: 32,
+        linger_ms: 10,
+    }
 }

@@ -4,39 +4,13 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use runnel_host::config::DeploymentSpec;
 use runnel_host::engine::Engine;
 use runnel_host::runner::{Deployment, Node};
-use runnel_tests::kafka::{Rec, broker, header, key, produce, read, topics, unique, value};
+use runnel_tests::kafka::{Rec, broker, header, key, produce, read, spec, topics, unique, value};
 use runnel_tests::{engine, guests};
-
-fn spec(
-    name: &str,
-    module: &str,
-    input: &str,
-    output: &str,
-    config: &[(&str, &str)],
-) -> DeploymentSpec {
-    DeploymentSpec {
-        name: unique(name),
-        module: PathBuf::from(module),
-        model: None,
-        input: vec![input.to_owned()],
-        output: output.to_owned(),
-        dead_letter: None,
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        memory_mib: 64,
-        timeout_ms: 2000,
-        batch_size: 32,
-        linger_ms: 10,
-    }
-}
 
 fn deploy(engine: &Engine, spec: DeploymentSpec) -> Deployment {
     Deployment::load(engine, spec).unwrap()

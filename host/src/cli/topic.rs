@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use runnel_abi::{BatchBuilder, BatchRef, Frame};
+use runnel_abi::{BatchBuilder, BatchRef};
 
 use super::run::{Format, output_json, parse_line};
-use crate::kafka::KafkaOptions;
+use crate::kafka::{KafkaOptions, push_message};
 
 #[derive(Debug, clap::Args)]
 pub struct ProduceArgs {
@@ -126,19 +126,8 @@ pub fn consume(args: &ConsumeArgs, out: &mut dyn Write) -> anyhow::Result<u64> {
         };
         let m = m.with_context(|| format!("cannot read {}", args.topic))?;
         last = Instant::now();
-        let headers: Vec<(&str, Option<&[u8]>)> = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-            .unwrap_or_default();
         frame.clear();
-        frame.push(&Frame {
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key: m.key(),
-            value: m.payload(),
-            headers: &headers,
-        });
+        push_message(&mut frame, &m);
         let record = BatchRef::new(frame.data(), frame.index()).get(0)?;
         let mut line = output_json(0, &record);
         if let Some(o) = line.as_object_mut() {

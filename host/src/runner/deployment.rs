@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use runnel_abi::{BatchBuilder, Frame, RecordRef};
+use runnel_abi::{BatchBuilder, RecordRef};
 use serde::Serialize;
 
 use super::tracker::Tracker;
 use super::{Deployment, headers};
 use crate::engine::{Outcome, Worker};
-use crate::kafka::KafkaOptions;
+use crate::kafka::{KafkaOptions, push_message};
 
 /// Longest wait between attempts to start a function that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -402,18 +402,7 @@ impl Runner<'_> {
             if pending.batch.is_empty() {
                 pending.since = Instant::now();
             }
-            let headers: Vec<(&str, Option<&[u8]>)> = m
-                .headers()
-                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-                .unwrap_or_default();
-            pending.batch.push(&Frame {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                key: m.key(),
-                value: m.payload(),
-                headers: &headers,
-            });
+            push_message(&mut pending.batch, m);
             pending.batch.len() >= self.d.spec.batch_size
         };
         if full {

@@ -58,6 +58,11 @@ pub struct DeploymentSpec {
     /// How long to wait for a batch to fill before running it anyway, in ms.
     #[serde(default = "defaults::linger_ms")]
     pub linger_ms: u64,
+    /// Worker threads, each with its own instance, running partitions in
+    /// parallel (a partition always runs on the same one, in order).
+    /// Default: one per core.
+    #[serde(default = "defaults::workers")]
+    pub workers: usize,
 }
 
 mod defaults {
@@ -72,6 +77,9 @@ mod defaults {
     }
     pub fn linger_ms() -> u64 {
         20
+    }
+    pub fn workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 }
 
@@ -154,6 +162,12 @@ impl NodeConfig {
                 return Err(format!(
                     "deployment {:?} writes to its own input topic {:?}",
                     d.name, d.output
+                ));
+            }
+            if d.workers == 0 {
+                return Err(format!(
+                    "deployment {:?}: workers must be at least 1",
+                    d.name
                 ));
             }
             if d.batch_size == 0 {

@@ -157,5 +157,6 @@ pub fn spec(
         timeout_ms: 2000,
         batch_size: 32,
         linger_ms: 10,
+        workers: 2,
     }
 }

@@ -224,3 +224,38 @@ async fn a_function_that_refuses_its_config_backs_off_and_says_so() {
     }
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_move_between_nodes_without_losing_a_record() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 4).await;
+    const N: usize = 2000;
+    let records: Vec<Rec> = (0..N)
+        .map(|i| (Some(format!("k{i}")), format!("v{i}"), vec![]))
+        .collect();
+    let engine = engine(None);
+    let d = spec("moving", guests::IDENTITY_MAP, &input, &output, &[]);
+
+    // Node A alone, then B joins (partitions move to it), then A leaves
+    // cleanly (its partitions move back to B), while records keep coming.
+    let a = Node::start(&kafka, vec![deploy(&engine, d.clone())]).unwrap();
+    produce(&kafka, &input, &records[..N / 2]).await;
+    read(&kafka, &output, 200, WAIT).await;
+    let b = Node::start(&kafka, vec![deploy(&engine, d)]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&kafka, &input, &records[N / 2..]).await;
+    tokio::task::spawn_blocking(move || a.stop()).await.unwrap();
+    let out = read(&kafka, &output, N, WAIT).await;
+    let got: BTreeSet<String> = out.iter().map(value).collect();
+    assert_eq!(
+        got.len(),
+        N,
+        "{} distinct of {N}, {} outputs",
+        got.len(),
+        out.len()
+    );
+    let b_in = b.status()[0].records_in;
+    assert!(b_in > 0, "node B never got a partition");
+    b.stop();
+}

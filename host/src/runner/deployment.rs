@@ -1,8 +1,9 @@
 //! One deployment's loop: poll, batch per partition, run, produce, store
 //! offsets. See the module documentation of [`super`] for the guarantees.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -94,7 +95,39 @@ struct Shared {
     /// Outputs whose delivery failed, to send again: nothing is given up.
     retries: Mutex<Vec<Retry>>,
     producer: Mutex<Option<Arc<ThreadedProducer<DeliveryContext>>>>,
+    /// The queues of the deployment's worker threads.
+    workers: Mutex<Vec<SyncSender<Job>>>,
+    /// Partitions being revoked: a worker waiting for its function to start
+    /// gives up their batches (the next owner reads them).
+    abandon: Mutex<HashSet<(String, i32)>>,
     name: String,
+}
+
+/// Work for a worker thread.
+enum Job {
+    /// Run a batch of one partition.
+    Batch {
+        topic: String,
+        partition: i32,
+        batch: BatchBuilder,
+    },
+    /// Answer once every job sent before this one is done.
+    Sync(SyncSender<()>),
+}
+
+/// Waits until every worker has finished what it was given.
+fn sync_workers(shared: &Shared) {
+    let senders = lock(&shared.workers).clone();
+    let mut waits = Vec::new();
+    for tx in senders {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        if tx.send(Job::Sync(done_tx)).is_ok() {
+            waits.push(done_rx);
+        }
+    }
+    for w in waits {
+        let _ = w.recv();
+    }
 }
 
 struct Retry {
@@ -166,7 +199,11 @@ impl ConsumerContext for RebalanceContext {
                 buffers.remove(tp);
             }
         }
+        // Batches already handed to workers finish first.
+        lock(&self.shared.abandon).extend(revoked.iter().cloned());
+        sync_workers(&self.shared);
         commit_final(&self.shared, consumer, &revoked);
+        lock(&self.shared.abandon).clear();
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -218,7 +255,7 @@ pub(super) fn run(
     status: Arc<Mutex<DeploymentStatus>>,
 ) {
     let name = d.spec.name.clone();
-    if let Err(e) = run_inner(&d, &kafka, &stop, &status) {
+    if let Err(e) = run_inner(Arc::new(d), &kafka, &stop, &status) {
         tracing::error!(deployment = name, error = %format!("{e:#}"), "the deployment stopped");
         lock(&status).last_error = Some(format!("{e:#}"));
     }
@@ -226,10 +263,10 @@ pub(super) fn run(
 }
 
 fn run_inner(
-    d: &Deployment,
+    d: Arc<Deployment>,
     kafka: &KafkaOptions,
-    stop: &AtomicBool,
-    status: &Mutex<DeploymentStatus>,
+    stop: &Arc<AtomicBool>,
+    status: &Arc<Mutex<DeploymentStatus>>,
 ) -> anyhow::Result<()> {
     let spec = &d.spec;
     let shared = Arc::new(Shared {
@@ -237,6 +274,8 @@ fn run_inner(
         buffers: Mutex::default(),
         retries: Mutex::default(),
         producer: Mutex::default(),
+        workers: Mutex::default(),
+        abandon: Mutex::default(),
         name: spec.name.clone(),
     });
     let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
@@ -254,6 +293,35 @@ fn run_inner(
         &spec.name,
         status,
     );
+
+    // The pool: each partition always goes to the same worker, so its
+    // records stay in order; partitions on different workers run in parallel.
+    let mut threads = Vec::new();
+    for i in 0..spec.workers.max(1) {
+        // Two batches queued per worker: enough to overlap, small enough that
+        // a slow function stops the consumer (backpressure) within two batches.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
+        lock(&shared.workers).push(tx);
+        let mut exec = Exec {
+            d: d.clone(),
+            producer: producer.clone(),
+            shared: shared.clone(),
+            status: status.clone(),
+            stop: stop.clone(),
+            worker: None,
+            skipping: HashSet::new(),
+            traps_seen: 0,
+            dead_letter: spec.dead_letter_topic(),
+            module_header: format!("sha256:{}", d.module.digest()),
+            backoff: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("runnel-{}-{i}", spec.name))
+            .spawn(move || exec.serve(&rx))
+            .map_err(|e| anyhow::anyhow!("cannot start a worker thread: {e}"))?;
+        threads.push(thread);
+    }
+
     let consumer: BaseConsumer<RebalanceContext> = kafka
         .consumer(&spec.group())
         .create_with_context(RebalanceContext {
@@ -265,52 +333,43 @@ fn run_inner(
         .subscribe(&inputs)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {inputs:?}: {e}"))?;
 
-    let mut run = Runner {
-        d,
-        producer: &producer,
+    let mut poller = Poller {
+        d: &d,
         shared: &shared,
         status,
-        worker: None,
-        dead_letter: spec.dead_letter_topic(),
-        module_header: format!("sha256:{}", d.module.digest()),
-        backoff: None,
         warned_missing: None,
     };
     let linger = Duration::from_millis(spec.linger_ms);
     let poll_timeout = linger.clamp(Duration::from_millis(1), Duration::from_millis(100));
     while !stop.load(Ordering::SeqCst) {
-        run.resend_failed();
-        if let Some(until) = run.backoff_until() {
-            // The function cannot start: keep the group membership alive
-            // without taking new records.
-            let _ = consumer.assignment().map(|a| consumer.pause(&a));
-            let _ = consumer.poll(Duration::from_millis(100));
-            if Instant::now() < until {
-                continue;
-            }
-            let _ = consumer.assignment().map(|a| consumer.resume(&a));
-        }
+        resend_failed(&shared, &producer);
         match consumer.poll(poll_timeout) {
-            Some(Ok(m)) => run.buffer(&m),
-            Some(Err(e)) => run.consumer_error(&e),
+            Some(Ok(m)) => poller.buffer(&m),
+            Some(Err(e)) => poller.consumer_error(&e),
             None => {}
         }
-        // Drain what is already fetched before running batches.
+        // Drain what is already fetched before dispatching batches.
         for _ in 0..spec.batch_size {
             match consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => run.buffer(&m),
-                Some(Err(e)) => run.consumer_error(&e),
+                Some(Ok(m)) => poller.buffer(&m),
+                Some(Err(e)) => poller.consumer_error(&e),
                 None => break,
             }
         }
-        run.run_ready(linger);
+        poller.dispatch_ready(linger);
         store_moved(&shared, &consumer);
     }
     tracing::info!(
         deployment = spec.name,
-        "stopping: flushing outputs and committing"
+        "stopping: finishing batches, flushing outputs and committing"
     );
     lock(&shared.buffers).clear();
+    sync_workers(&shared);
+    lock(&shared.workers).clear();
+    for t in threads {
+        let _ = t.join();
+    }
+    resend_failed(&shared, &producer);
     let assigned: Vec<(String, i32)> = consumer
         .assignment()
         .map(|a| {
@@ -378,19 +437,16 @@ fn store_moved(shared: &Shared, consumer: &BaseConsumer<RebalanceContext>) {
     }
 }
 
-struct Runner<'a> {
+/// The consumer's side: buffers records per partition and hands full (or
+/// lingering) batches to the partition's worker.
+struct Poller<'a> {
     d: &'a Deployment,
-    producer: &'a ThreadedProducer<DeliveryContext>,
     shared: &'a Shared,
     status: &'a Mutex<DeploymentStatus>,
-    worker: Option<Worker>,
-    dead_letter: String,
-    module_header: String,
-    backoff: Option<(Instant, Duration)>,
     warned_missing: Option<Instant>,
 }
 
-impl Runner<'_> {
+impl Poller<'_> {
     fn buffer(&mut self, m: &BorrowedMessage<'_>) {
         let key = (m.topic().to_owned(), m.partition());
         let full = {
@@ -406,7 +462,7 @@ impl Runner<'_> {
             pending.batch.len() >= self.d.spec.batch_size
         };
         if full {
-            self.run_partition(key);
+            self.dispatch(key);
         }
     }
 
@@ -432,54 +488,107 @@ impl Runner<'_> {
         }
     }
 
-    fn backoff_until(&self) -> Option<Instant> {
-        self.backoff.map(|(until, _)| until)
-    }
-
-    /// Runs every partition's batch that has lingered long enough.
-    fn run_ready(&mut self, linger: Duration) {
+    /// Hands every partition's batch that has lingered long enough to its worker.
+    fn dispatch_ready(&mut self, linger: Duration) {
         let ready: Vec<(String, i32)> = lock(&self.shared.buffers)
             .iter()
             .filter(|(_, p)| !p.batch.is_empty() && p.since.elapsed() >= linger)
             .map(|(k, _)| k.clone())
             .collect();
         for key in ready {
-            if !self.run_partition(key) {
-                return;
+            self.dispatch(key);
+        }
+    }
+
+    /// Sends a partition's waiting records to its worker; blocks while that
+    /// worker's queue is full, which stops the consumer: backpressure.
+    fn dispatch(&mut self, key: (String, i32)) {
+        let Some(pending) = lock(&self.shared.buffers).remove(&key) else {
+            return;
+        };
+        let senders = lock(&self.shared.workers).clone();
+        if senders.is_empty() {
+            return;
+        }
+        let tx = &senders[key.1.unsigned_abs() as usize % senders.len()];
+        let job = Job::Batch {
+            topic: key.0,
+            partition: key.1,
+            batch: pending.batch,
+        };
+        if tx.send(job).is_err() {
+            tracing::error!(deployment = self.d.spec.name, "a worker thread is gone");
+        }
+    }
+}
+
+/// A worker thread: runs batches through its own instance of the function
+/// and produces what they made.
+struct Exec {
+    d: Arc<Deployment>,
+    producer: Arc<ThreadedProducer<DeliveryContext>>,
+    shared: Arc<Shared>,
+    status: Arc<Mutex<DeploymentStatus>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<Worker>,
+    /// Partitions whose batch was given up: their later batches are given
+    /// up too, or a commit after them would skip the records never run.
+    skipping: HashSet<(String, i32)>,
+    traps_seen: u64,
+    dead_letter: String,
+    module_header: String,
+    backoff: Option<(Instant, Duration)>,
+}
+
+impl Exec {
+    fn serve(&mut self, jobs: &Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            match job {
+                Job::Sync(done) => {
+                    // Every batch of a revoked partition was before this.
+                    self.skipping.clear();
+                    let _ = done.send(());
+                }
+                Job::Batch {
+                    topic,
+                    partition,
+                    mut batch,
+                } => {
+                    let key = (topic, partition);
+                    if self.skipping.contains(&key) {
+                        continue;
+                    }
+                    // A function that cannot start keeps its batch and retries
+                    // after the backoff; the full queue stops the consumer.
+                    while !self.run_batch(&key.0, key.1, &mut batch) {
+                        let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
+                        while Instant::now() < until && !self.give_up(&key) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        if self.give_up(&key) {
+                            // Not run, so never committed: read again later.
+                            self.skipping.insert(key);
+                            break;
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Runs the records waiting for one partition. False if the function
-    /// could not start: the records stay where they were.
-    fn run_partition(&mut self, key: (String, i32)) -> bool {
-        let Some(mut pending) = lock(&self.shared.buffers).remove(&key) else {
-            return true;
-        };
-        if self
-            .backoff
-            .is_some_and(|(until, _)| Instant::now() < until)
-        {
-            lock(&self.shared.buffers).insert(key, pending);
-            return false;
-        }
-        let ran = self.run_batch(&key.0, key.1, &mut pending.batch);
-        if ran {
-            pending.batch.clear();
-        }
-        lock(&self.shared.buffers).insert(key, pending);
-        ran
+    fn give_up(&self, key: &(String, i32)) -> bool {
+        self.stop.load(Ordering::SeqCst) || lock(&self.shared.abandon).contains(key)
     }
 
     fn worker(&mut self) -> Result<&mut Worker, String> {
         if self.worker.is_none() {
-            let d = self.d;
+            let d = &self.d;
             let config: Vec<(String, String)> = d.spec.config.clone().into_iter().collect();
             match Worker::new(d.module.clone(), d.limits(), config, d.model.clone()) {
                 Ok(w) => {
                     self.worker = Some(w);
                     self.backoff = None;
-                    lock(self.status).state = DeploymentState::Running;
+                    lock(&self.status).state = DeploymentState::Running;
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -494,7 +603,8 @@ impl Runner<'_> {
         tracing::error!(deployment = self.d.spec.name, error, retry_in = ?delay, "the function cannot start; backing off");
         self.backoff = Some((Instant::now() + delay, delay));
         self.worker = None;
-        let mut s = lock(self.status);
+        self.traps_seen = 0;
+        let mut s = lock(&self.status);
         s.state = DeploymentState::BackingOff {
             error: error.clone(),
             retry_in_ms: delay.as_millis() as u64,
@@ -560,12 +670,13 @@ impl Runner<'_> {
             }
         }
         let worker_traps = self.worker.as_ref().map_or(0, |w| w.stats().traps);
-        let mut s = lock(self.status);
+        let mut s = lock(&self.status);
         s.records_in += inputs.len() as u64;
         s.records_out += counts.0;
         s.filtered += counts.1;
         s.dead_lettered += counts.2;
-        s.traps = s.traps.max(worker_traps);
+        s.traps += worker_traps.saturating_sub(self.traps_seen);
+        self.traps_seen = worker_traps;
         true
     }
 
@@ -633,8 +744,7 @@ impl Runner<'_> {
         );
     }
 
-    /// Produces one record, waiting while the producer's queue is full (that
-    /// is the backpressure: the loop stops taking records).
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         topic: &str,
@@ -644,44 +754,72 @@ impl Runner<'_> {
         ts: Option<i64>,
         ack: Box<Ack>,
     ) {
-        let mut record: BaseRecord<'_, [u8], [u8], Box<Ack>> =
-            BaseRecord::with_opaque_to(topic, ack).headers(headers);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        if let Some(ts) = ts {
-            record = record.timestamp(ts);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, back)) => {
-                    tracing::error!(deployment = self.d.spec.name, topic, error = %e, "cannot produce; retrying");
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+        send(
+            &self.producer,
+            &self.d.spec.name,
+            topic,
+            key,
+            value,
+            headers,
+            ts,
+            ack,
+        );
+    }
+}
+
+/// Produces one record, waiting while the producer's queue is full (that is
+/// the backpressure: the worker, then the consumer, stop taking records).
+#[allow(clippy::too_many_arguments)]
+fn send(
+    producer: &ThreadedProducer<DeliveryContext>,
+    deployment: &str,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: OwnedHeaders,
+    ts: Option<i64>,
+    ack: Box<Ack>,
+) {
+    let mut record: BaseRecord<'_, [u8], [u8], Box<Ack>> =
+        BaseRecord::with_opaque_to(topic, ack).headers(headers);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    if let Some(ts) = ts {
+        record = record.timestamp(ts);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, back)) => {
+                tracing::error!(deployment, topic, error = %e, "cannot produce; retrying");
+                record = back;
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
+}
 
-    fn resend_failed(&self) {
-        let retries = std::mem::take(&mut *lock(&self.shared.retries));
-        for r in retries {
-            self.send(
-                &r.topic,
-                r.key.as_deref(),
-                r.value.as_deref(),
-                r.headers,
-                r.timestamp,
-                r.ack,
-            );
-        }
+/// Sends again the outputs whose delivery failed.
+fn resend_failed(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>) {
+    let retries = std::mem::take(&mut *lock(&shared.retries));
+    for r in retries {
+        send(
+            producer,
+            &shared.name,
+            &r.topic,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            r.headers,
+            r.timestamp,
+            r.ack,
+        );
     }
 }

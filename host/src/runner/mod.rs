@@ -3,29 +3,34 @@
 //! # Delivery semantics: at least once
 //!
 //! Each deployment is a consumer group, `runnel.<name>` (cooperative-sticky
-//! assignment), read by a dedicated thread that also runs the function, so
-//! wasm never blocks the I/O runtime and records of a partition are handled in
-//! order. Records are batched per partition (by count, or when the oldest has
-//! waited `linger_ms`), run through the function, and every output — or the
-//! record itself, to the dead-letter topic, when it failed — is produced with
-//! a delivery callback.
+//! assignment), read by a thread of its own. Records are batched per partition
+//! (by count, or when the oldest has waited `linger_ms`) and handed to a pool
+//! of worker threads (`workers`, default one per core), each with its own
+//! instance of the function: a partition always goes to the same worker, so
+//! its records are run in order, and partitions on different workers run in
+//! parallel. Wasm never runs on the I/O runtime. Every output — or the record
+//! itself, to the dead-letter topic, when it failed — is produced with a
+//! delivery callback. A worker's queue holds two batches: when the function
+//! falls behind, the consumer stops taking records (backpressure), so memory
+//! stays bounded under any backlog.
 //!
 //! An input offset is *stored* only when every record it produced has been
 //! acknowledged by the broker (`enable.auto.offset.store=false`; see
 //! [`tracker`]), and stored offsets are committed every second. So a crash
 //! loses nothing acknowledged: records after the last commit are read again
 //! and processed again — duplicates are possible, losses are not. When
-//! partitions are revoked (a rebalance) or the node stops, batches not yet
-//! run are dropped (the next owner reads them), the producer is flushed and
-//! the stored offsets are committed synchronously before the partitions go.
+//! partitions are revoked (a rebalance) or the node stops, records not yet
+//! handed to a worker are dropped (the next owner reads them), the batches
+//! the workers hold finish, the producer is flushed and the stored offsets
+//! are committed synchronously before the partitions go.
 //!
 //! # Failures
 //!
 //! A record the function rejects, or that makes it trap, goes to the
 //! dead-letter topic with headers saying why (see [`headers`]); the stream goes
 //! on. A function that cannot even start (its `init` fails or traps) backs off
-//! exponentially up to 30 s, pausing its partitions and saying so in its
-//! status; other deployments are not touched. A missing input topic is
+//! exponentially up to 30 s, holding its batch (so the consumer stops) and
+//! saying so in its status; other deployments are not touched. A missing input topic is
 //! reported and waited for.
 //!
 //! Owns consumers, producers and workers; knows nothing of how deployments
@@ -103,7 +108,7 @@ struct Running {
     thread: Option<JoinHandle<()>>,
 }
 
-/// A node: every deployment it was given, each on its own thread.
+/// A node: every deployment it was given, each with its consumer thread and worker pool.
 pub struct Node {
     running: Vec<Running>,
 }

@@ -173,12 +173,15 @@ fn runnel(
     module: &str,
     config: &[(&str, &str)],
     expect: usize,
+    workers: usize,
 ) -> (Duration, f64) {
     let engine = engine(None);
     let mut spec = spec("bench", module, input, output, config);
     spec.batch_size = 256;
     spec.linger_ms = 5;
     spec.timeout_ms = 5000;
+    spec.workers = workers;
+    spec.workers = workers;
     let d = Deployment::load(&engine, spec).expect("loads");
     let cpu0 = cpu_seconds();
     let node = Node::start(kafka, vec![d]).expect("starts");
@@ -196,7 +199,7 @@ fn main() {
         .expect("runtime");
     let (_broker, kafka) = rt.block_on(broker());
     let input = unique("bench-in");
-    let outs: Vec<String> = (0..4).map(|i| unique(&format!("bench-out{i}"))).collect();
+    let outs: Vec<String> = (0..6).map(|i| unique(&format!("bench-out{i}"))).collect();
     let mut all: Vec<&str> = vec![&input];
     all.extend(outs.iter().map(String::as_str));
     rt.block_on(topics(&kafka, &all, PARTITIONS));
@@ -208,46 +211,48 @@ fn main() {
     println!("(input produced in {:.2} s)", t.elapsed().as_secs_f64());
     println!();
     let kept = N / 2;
+    let filter_cfg: &[(&str, &str)] = &[("field", "n"), ("min", "50")];
+    let f = guests::THRESHOLD_FILTER;
     let rows = [
         (
             "identity, native rdkafka loop",
             native(&kafka, &input, &outs[0], |_| true, N),
-            N,
+            None,
         ),
         (
-            "identity, runnel (identity-map.wasm)",
-            runnel(&kafka, &input, &outs[1], guests::IDENTITY_MAP, &[], N),
-            N,
+            "identity, runnel, 1 worker",
+            runnel(&kafka, &input, &outs[1], guests::IDENTITY_MAP, &[], N, 1),
+            Some(0),
+        ),
+        (
+            "identity, runnel, 2 workers",
+            runnel(&kafka, &input, &outs[2], guests::IDENTITY_MAP, &[], N, 2),
+            Some(0),
         ),
         (
             "filter n >= 50, native rdkafka loop",
-            native(&kafka, &input, &outs[2], keep_half, kept),
-            kept,
+            native(&kafka, &input, &outs[3], keep_half, kept),
+            None,
         ),
         (
-            "filter n >= 50, runnel (threshold_filter.wasm)",
-            runnel(
-                &kafka,
-                &input,
-                &outs[3],
-                guests::THRESHOLD_FILTER,
-                &[("field", "n"), ("min", "50")],
-                kept,
-            ),
-            kept,
+            "filter n >= 50, runnel, 1 worker",
+            runnel(&kafka, &input, &outs[4], f, filter_cfg, kept, 1),
+            Some(3),
+        ),
+        (
+            "filter n >= 50, runnel, 2 workers",
+            runnel(&kafka, &input, &outs[5], f, filter_cfg, kept, 2),
+            Some(3),
         ),
     ];
     println!("| pipeline | records/s | CPU µs/record | runnel/native throughput |");
     println!("|---|---:|---:|---:|");
-    for (i, (name, (wall, cpu), _)) in rows.iter().enumerate() {
+    for (name, (wall, cpu), native) in &rows {
         // Input records per second between the first and the last output.
         let rate = N as f64 / wall.as_secs_f64();
-        let ratio = if i % 2 == 1 {
-            let native = N as f64 / rows[i - 1].1.0.as_secs_f64();
-            format!("{:.2}", rate / native)
-        } else {
-            String::new()
-        };
+        let ratio = native.map_or(String::new(), |i| {
+            format!("{:.2}", rate / (N as f64 / rows[i].1.0.as_secs_f64()))
+        });
         println!(
             "| {name} | {rate:.0} | {:.1} | {ratio} |",
             cpu * 1e6 / N as f64

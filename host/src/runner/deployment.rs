@@ -185,11 +185,7 @@ impl ConsumerContext for RebalanceContext {
             }
             return;
         };
-        let revoked: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect();
+        let revoked = partitions(tpl);
         tracing::info!(deployment = self.shared.name, partitions = ?revoked, "partitions revoked: committing");
         // Records not yet run belong to the next owner, which reads them from
         // the committed offset.
@@ -208,14 +204,18 @@ impl ConsumerContext for RebalanceContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let assigned: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect();
+            let assigned = partitions(tpl);
             tracing::info!(deployment = self.shared.name, partitions = ?assigned, "partitions assigned");
         }
     }
+}
+
+/// The (topic, partition) pairs of a list.
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 /// Flushes the producer, then commits what may be committed for `partitions`
@@ -370,14 +370,9 @@ fn run_inner(
         let _ = t.join();
     }
     resend_failed(&shared, &producer);
-    let assigned: Vec<(String, i32)> = consumer
+    let assigned = consumer
         .assignment()
-        .map(|a| {
-            a.elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect()
-        })
+        .map(|a| partitions(&a))
         .unwrap_or_default();
     commit_final(&shared, &consumer, &assigned);
     consumer.unsubscribe();

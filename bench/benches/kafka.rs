@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel_host::kafka::KafkaOptions;
@@ -26,6 +26,9 @@ use runnel_tests::{engine, guests};
 
 const N: usize = 200_000;
 const PARTITIONS: i32 = 2;
+/// A provenance header of the size runnel writes (`sha256:` and 64 hex digits).
+const MODULE_HEADER: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 fn cpu_seconds() -> f64 {
     // utime + stime of this process, from /proc (clock ticks of 10 ms).
@@ -112,6 +115,7 @@ fn native(
     output: &str,
     keep: fn(&[u8]) -> bool,
     expect: usize,
+    provenance: bool,
 ) -> (Duration, f64) {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let producer: ThreadedProducer<Ctx> = kafka
@@ -147,6 +151,20 @@ fn native(
                 .payload(v);
             if let Some(k) = m.key() {
                 r = r.key(k);
+            }
+            if provenance {
+                // The two headers runnel adds to every output.
+                r = r.headers(
+                    OwnedHeaders::new_with_capacity(2)
+                        .insert(Header {
+                            key: "runnel-deployment",
+                            value: Some("bench"),
+                        })
+                        .insert(Header {
+                            key: "runnel-module",
+                            value: Some(MODULE_HEADER),
+                        }),
+                );
             }
             while let Err((_, back)) = producer.send(r) {
                 r = back;
@@ -199,7 +217,7 @@ fn main() {
         .expect("runtime");
     let (_broker, kafka) = rt.block_on(broker());
     let input = unique("bench-in");
-    let outs: Vec<String> = (0..6).map(|i| unique(&format!("bench-out{i}"))).collect();
+    let outs: Vec<String> = (0..8).map(|i| unique(&format!("bench-out{i}"))).collect();
     let mut all: Vec<&str> = vec![&input];
     all.extend(outs.iter().map(String::as_str));
     rt.block_on(topics(&kafka, &all, PARTITIONS));
@@ -216,7 +234,7 @@ fn main() {
     let rows = [
         (
             "identity, native rdkafka loop",
-            native(&kafka, &input, &outs[0], |_| true, N),
+            native(&kafka, &input, &outs[0], |_| true, N, false),
             None,
         ),
         (
@@ -231,7 +249,7 @@ fn main() {
         ),
         (
             "filter n >= 50, native rdkafka loop",
-            native(&kafka, &input, &outs[3], keep_half, kept),
+            native(&kafka, &input, &outs[3], keep_half, kept, false),
             None,
         ),
         (
@@ -243,6 +261,16 @@ fn main() {
             "filter n >= 50, runnel, 2 workers",
             runnel(&kafka, &input, &outs[5], f, filter_cfg, kept, 2),
             Some(3),
+        ),
+        (
+            "identity, native loop writing runnel's two provenance headers",
+            native(&kafka, &input, &outs[6], |_| true, N, true),
+            None,
+        ),
+        (
+            "identity, runnel, 2 workers (vs the row above)",
+            runnel(&kafka, &input, &outs[7], guests::IDENTITY_MAP, &[], N, 2),
+            Some(6),
         ),
     ];
     println!("| pipeline | records/s | CPU µs/record | runnel/native throughput |");

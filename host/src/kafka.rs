@@ -124,3 +124,62 @@ pub fn push_message(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMessage<'_
         headers: &headers,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+
+    /// librdkafka is built with TLS, and SASL PLAIN/SCRAM/OAUTHBEARER (which
+    /// need no Cyrus SASL): clients accept the settings of a managed Kafka.
+    #[test]
+    fn tls_and_sasl_settings_pass_through() {
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_SSL", Some("PLAIN")),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+        ] {
+            let mut kafka = KafkaOptions::new("127.0.0.1:1");
+            kafka
+                .properties
+                .push(("security.protocol".into(), protocol.into()));
+            if let Some(m) = mechanism {
+                kafka.properties.push(("sasl.mechanisms".into(), m.into()));
+                kafka
+                    .properties
+                    .push(("sasl.username".into(), "user".into()));
+                kafka
+                    .properties
+                    .push(("sasl.password".into(), "secret".into()));
+            }
+            let producer: Result<BaseProducer, _> = kafka.producer().create();
+            assert!(
+                producer.is_ok(),
+                "{protocol} {mechanism:?}: {:?}",
+                producer.err()
+            );
+            let consumer: Result<BaseConsumer, _> = kafka.consumer("g").create();
+            assert!(
+                consumer.is_ok(),
+                "{protocol} {mechanism:?}: {:?}",
+                consumer.err()
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_setting_is_refused_with_its_name() {
+        let mut kafka = KafkaOptions::new("127.0.0.1:1");
+        kafka
+            .properties
+            .push(("security.protocol".into(), "carrier-pigeon".into()));
+        let err = kafka
+            .producer()
+            .create::<BaseProducer>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("security.protocol"), "{err}");
+    }
+}

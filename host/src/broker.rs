@@ -3,8 +3,8 @@
 //! process on a loopback port. It speaks the real protocol over TCP, so
 //! rdkafka, kcat or any librdkafka 2.12+ / Java client can use it.
 //!
-//! Storage is in memory unless a SQLite file is asked for (which needs the
-//! `sqlite` feature of runnel-host). Tansu has no transactions, so exactly-once
+//! Storage is in memory unless a SQLite file is asked for (the `sqlite`
+//! feature of runnel-host, on by default). Tansu has no transactions, so exactly-once
 //! needs a real Kafka; runnel's at-least-once delivery does not use them.
 //!
 //! Owns the broker's task and nothing else: it knows nothing of functions.
@@ -25,7 +25,7 @@ pub enum Storage {
     /// Gone when the process ends.
     #[default]
     Memory,
-    /// A SQLite file that survives restarts (feature `sqlite`).
+    /// A SQLite file that survives restarts (feature `sqlite`, on by default).
     Sqlite(PathBuf),
 }
 
@@ -69,7 +69,9 @@ impl EmbeddedBroker {
             Storage::Sqlite(path) => {
                 let path = std::path::absolute(path)
                     .with_context(|| format!("bad storage path {}", path.display()))?;
-                Url::parse(&format!("sqlite://{}", path.display()))
+                // Tansu joins the URL's path to the current folder unless,
+                // after its leading slash, the path is still absolute.
+                Url::parse(&format!("sqlite:///{}", path.display()))
                     .with_context(|| format!("bad storage path {}", path.display()))?
             }
         };

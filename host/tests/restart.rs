@@ -16,6 +16,9 @@ fn serve(brokers: &str, config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(["serve", "--brokers", brokers, "--config"])
         .arg(config)
+        // A rebalance waits at most this long for members that never come
+        // back (the killed node); librdkafka's default is 5 minutes.
+        .args(["--kafka", "max.poll.interval.ms=30000"])
         .env("RUNNEL_LOG", "warn")
         .env("RUNNEL_CACHE_DIR", config.parent().unwrap().join("cache"))
         .stdout(Stdio::null())
@@ -76,7 +79,7 @@ async fn a_node_killed_mid_stream_and_restarted_loses_no_record() {
 
     let mut node = serve(&kafka.brokers, &config);
     producer.await.unwrap();
-    let out = read(&kafka, &output, N, Duration::from_secs(90)).await;
+    let out = read(&kafka, &output, N, Duration::from_secs(180)).await;
     node.kill().unwrap();
     node.wait().unwrap();
 

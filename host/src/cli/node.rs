@@ -16,8 +16,8 @@ pub struct BrokerArgs {
     /// Address to listen on. Loopback unless told: the embedded broker has no authentication.
     #[arg(long, env = "RUNNEL_BROKER_LISTEN", default_value = "127.0.0.1:9092")]
     pub listen: SocketAddr,
-    /// Keep the broker's data in this SQLite file (needs the `sqlite` feature);
-    /// without it, data lives in memory and is gone when the process ends.
+    /// Keep the broker's data in this SQLite file, across restarts; without
+    /// it, data lives in memory and is gone when the process ends.
     #[arg(long, env = "RUNNEL_BROKER_DATA", value_name = "FILE")]
     pub data: Option<PathBuf>,
 }

@@ -91,16 +91,5 @@ impl TestRecord {
 
 /// Packs values into a batch's two buffers, as the host sends them.
 pub fn batch(values: &[&[u8]]) -> (Vec<u8>, Vec<u32>) {
-    let mut b = BatchBuilder::default();
-    for (i, v) in values.iter().enumerate() {
-        b.push(&Frame {
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-            key: None,
-            value: Some(v),
-            headers: &[],
-        });
-    }
-    b.into_parts()
+    BatchBuilder::of_values(values.iter().copied()).into_parts()
 }

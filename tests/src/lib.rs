@@ -3,7 +3,7 @@
 //! [`guests`] names the wasm artifacts that `build.rs` builds: the examples
 //! and the test-only guests of `tests/guests/`.
 
-use runnel_abi::{BatchBuilder, Frame};
+use runnel_abi::BatchBuilder;
 use runnel_host::engine::{Engine, EngineConfig};
 
 /// Paths of the built wasm guests.
@@ -28,18 +28,7 @@ pub fn engine(cache_dir: Option<&std::path::Path>) -> Engine {
 
 /// A batch of records with these values, at offsets 0, 1, 2...
 pub fn batch_of(values: &[&str]) -> BatchBuilder {
-    let mut b = BatchBuilder::default();
-    for (i, v) in values.iter().enumerate() {
-        b.push(&Frame {
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-            key: None,
-            value: Some(v.as_bytes()),
-            headers: &[],
-        });
-    }
-    b
+    BatchBuilder::of_values(values.iter().map(|v| v.as_bytes()))
 }
 
 pub mod kafka;

@@ -117,6 +117,23 @@ impl BatchBuilder {
         }
     }
 
+    /// A batch of records with these values and nothing else, at partition
+    /// 0 and offsets 0, 1, 2…: for tests.
+    pub fn of_values<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut b = Self::default();
+        for (i, value) in values.into_iter().enumerate() {
+            b.push(&Frame {
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                key: None,
+                value: Some(value),
+                headers: &[],
+            });
+        }
+        b
+    }
+
     /// Number of records pushed.
     pub fn len(&self) -> usize {
         self.index.len()

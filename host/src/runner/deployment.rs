@@ -690,7 +690,9 @@ impl Exec {
                 value: Some(self.module_header.as_bytes()),
             });
         let timestamp = record.timestamp_ms().or(input_ts);
-        self.send(
+        send(
+            &self.producer,
+            &self.d.spec.name,
             &self.d.spec.output,
             record.key(),
             record.value(),
@@ -729,34 +731,14 @@ impl Exec {
                 value: Some(v.as_bytes()),
             });
         }
-        self.send(
+        send(
+            &self.producer,
+            &self.d.spec.name,
             &self.dead_letter,
             input.key(),
             input.value(),
             h,
             input.timestamp_ms(),
-            ack,
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: OwnedHeaders,
-        ts: Option<i64>,
-        ack: Box<Ack>,
-    ) {
-        send(
-            &self.producer,
-            &self.d.spec.name,
-            topic,
-            key,
-            value,
-            headers,
-            ts,
             ack,
         );
     }

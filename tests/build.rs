@@ -10,7 +10,10 @@ use std::process::Command;
 
 /// (workspace folder relative to the repository root, crates in it)
 const WORKSPACES: &[(&str, &[&str])] = &[
-    ("examples", &["threshold-filter", "airline-csv"]),
+    (
+        "examples",
+        &["threshold-filter", "airline-csv", "flight-delay"],
+    ),
     (
         "tests/guests",
         &[

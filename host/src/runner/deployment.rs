@@ -2,7 +2,7 @@
 //! offsets. See the module documentation of [`super`] for the guarantees.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -44,7 +44,12 @@ pub enum DeploymentState {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeploymentStatus {
     pub name: String,
+    /// 1 when it starts, one more at each swap.
+    pub version: u64,
+    /// The module's sha256 digest.
     pub module: String,
+    /// `sha256:<hex>` of the model, if any.
+    pub model: Option<String>,
     pub state: DeploymentState,
     pub records_in: u64,
     pub records_out: u64,
@@ -58,7 +63,9 @@ impl DeploymentStatus {
     pub(super) fn new(d: &Deployment) -> Self {
         Self {
             name: d.spec.name.clone(),
+            version: 1,
             module: d.module.digest().to_owned(),
+            model: d.model_digest.clone(),
             state: DeploymentState::Starting,
             records_in: 0,
             records_out: 0,
@@ -68,6 +75,26 @@ impl DeploymentStatus {
             last_error: None,
         }
     }
+}
+
+/// A request to a deployment's consumer thread.
+pub(super) enum Control {
+    Swap {
+        next: Box<Deployment>,
+        reply: SyncSender<anyhow::Result<SwapReport>>,
+    },
+}
+
+/// How a swap went.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    /// The deployment's version now running.
+    pub version: u64,
+    /// How long records stopped moving: from the last batch handed to the
+    /// old version to the switch (drain, flush, commit).
+    pub paused_ms: f64,
+    /// How long validating the new version took (before the pause).
+    pub validate_ms: f64,
 }
 
 /// Records of one partition waiting to be run, packed as the function will
@@ -101,6 +128,14 @@ struct Shared {
     /// gives up their batches (the next owner reads them).
     abandon: Mutex<HashSet<(String, i32)>>,
     name: String,
+    /// The version the workers run, and its number: a worker whose instance
+    /// is of an older generation replaces it before its next batch.
+    current: Mutex<Arc<Deployment>>,
+    generation: AtomicU64,
+    /// A validated version waiting for the drain before the switch. A worker
+    /// whose function cannot start takes it at once: the old version ran
+    /// nothing of the batch it holds, and the drain waits for that batch.
+    staged: Mutex<Option<(u64, Arc<Deployment>)>>,
 }
 
 /// Work for a worker thread.
@@ -253,9 +288,10 @@ pub(super) fn run(
     kafka: KafkaOptions,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<DeploymentStatus>>,
+    control: Receiver<Control>,
 ) {
     let name = d.spec.name.clone();
-    if let Err(e) = run_inner(Arc::new(d), &kafka, &stop, &status) {
+    if let Err(e) = run_inner(Arc::new(d), &kafka, &stop, &status, &control) {
         tracing::error!(deployment = name, error = %format!("{e:#}"), "the deployment stopped");
         lock(&status).last_error = Some(format!("{e:#}"));
     }
@@ -267,6 +303,7 @@ fn run_inner(
     kafka: &KafkaOptions,
     stop: &Arc<AtomicBool>,
     status: &Arc<Mutex<DeploymentStatus>>,
+    control: &Receiver<Control>,
 ) -> anyhow::Result<()> {
     let spec = &d.spec;
     let shared = Arc::new(Shared {
@@ -277,6 +314,9 @@ fn run_inner(
         workers: Mutex::default(),
         abandon: Mutex::default(),
         name: spec.name.clone(),
+        current: Mutex::new(d.clone()),
+        generation: AtomicU64::new(1),
+        staged: Mutex::default(),
     });
     let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
         kafka
@@ -304,6 +344,7 @@ fn run_inner(
         lock(&shared.workers).push(tx);
         let mut exec = Exec {
             d: d.clone(),
+            generation: 1,
             producer: producer.clone(),
             shared: shared.clone(),
             status: status.clone(),
@@ -313,6 +354,7 @@ fn run_inner(
             traps_seen: 0,
             dead_letter: spec.dead_letter_topic(),
             module_header: format!("sha256:{}", d.module.digest()),
+            version_header: "1".to_owned(),
             backoff: None,
         };
         let thread = std::thread::Builder::new()
@@ -342,6 +384,9 @@ fn run_inner(
     let linger = Duration::from_millis(spec.linger_ms);
     let poll_timeout = linger.clamp(Duration::from_millis(1), Duration::from_millis(100));
     while !stop.load(Ordering::SeqCst) {
+        if let Ok(Control::Swap { next, reply }) = control.try_recv() {
+            let _ = reply.send(swap(&shared, &consumer, &producer, status, *next));
+        }
         resend_failed(&shared, &producer);
         match consumer.poll(poll_timeout) {
             Some(Ok(m)) => poller.buffer(&m),
@@ -379,6 +424,89 @@ fn run_inner(
     drop(consumer);
     *lock(&shared.producer) = None;
     Ok(())
+}
+
+/// Switches the deployment to `next`'s module, model, config and limits (its
+/// topics and batching stay), at a batch boundary: see "Hot swap" in
+/// [`super`].
+fn swap(
+    shared: &Shared,
+    consumer: &BaseConsumer<RebalanceContext>,
+    producer: &ThreadedProducer<DeliveryContext>,
+    status: &Mutex<DeploymentStatus>,
+    next: Deployment,
+) -> anyhow::Result<SwapReport> {
+    let old = lock(&shared.current).clone();
+    let mut spec = old.spec.clone();
+    spec.module = next.spec.module.clone();
+    spec.model = next.spec.model.clone();
+    spec.config = next.spec.config.clone();
+    spec.memory_mib = next.spec.memory_mib;
+    spec.timeout_ms = next.spec.timeout_ms;
+    let next = Deployment { spec, ..next };
+    // Validate first: the new version must start, with its config and model.
+    let started = Instant::now();
+    let config: Vec<(String, String)> = next.spec.config.clone().into_iter().collect();
+    Worker::new(
+        next.module.clone(),
+        next.limits(),
+        config,
+        next.model.clone(),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the new version of {:?} was refused, the old one keeps running: {e}",
+            shared.name
+        )
+    })?;
+    let validate_ms = started.elapsed().as_secs_f64() * 1e3;
+    let version = shared.generation.load(Ordering::SeqCst) + 1;
+    let next = Arc::new(next);
+    *lock(&shared.staged) = Some((version, next.clone()));
+
+    // Drain: batches already handed to workers finish on the old version;
+    // records still buffered here run on the new one.
+    let paused = Instant::now();
+    sync_workers(shared);
+    resend_failed(shared, producer);
+    if let Err(e) = producer.flush(FLUSH_TIMEOUT) {
+        lock(&shared.staged).take();
+        anyhow::bail!(
+            "outputs of the old version still in flight after {FLUSH_TIMEOUT:?} ({e}); the old version keeps running"
+        );
+    }
+    store_moved(shared, consumer);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            lock(&shared.staged).take();
+            anyhow::bail!(
+                "cannot commit the old version's offsets ({e}); the old version keeps running"
+            )
+        }
+    }
+    {
+        let mut s = lock(status);
+        s.version = version;
+        s.module = next.module.digest().to_owned();
+        s.model = next.model_digest.clone();
+    }
+    *lock(&shared.current) = next;
+    shared.generation.store(version, Ordering::SeqCst);
+    lock(&shared.staged).take();
+    let paused_ms = paused.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        deployment = shared.name,
+        version,
+        paused_ms,
+        validate_ms,
+        "swapped"
+    );
+    Ok(SwapReport {
+        version,
+        paused_ms,
+        validate_ms,
+    })
 }
 
 /// Says so when an output topic is missing: outputs wait in the producer (and
@@ -521,6 +649,8 @@ impl Poller<'_> {
 /// and produces what they made.
 struct Exec {
     d: Arc<Deployment>,
+    /// The version `d` is: see [`Shared::current`].
+    generation: u64,
     producer: Arc<ThreadedProducer<DeliveryContext>>,
     shared: Arc<Shared>,
     status: Arc<Mutex<DeploymentStatus>>,
@@ -532,6 +662,7 @@ struct Exec {
     traps_seen: u64,
     dead_letter: String,
     module_header: String,
+    version_header: String,
     backoff: Option<(Instant, Duration)>,
 }
 
@@ -553,11 +684,15 @@ impl Exec {
                     if self.skipping.contains(&key) {
                         continue;
                     }
+                    self.follow_swaps();
                     // A function that cannot start keeps its batch and retries
                     // after the backoff; the full queue stops the consumer.
                     while !self.run_batch(&key.0, key.1, &mut batch) {
                         let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
                         while Instant::now() < until && !self.give_up(&key) {
+                            if self.take_staged() {
+                                break;
+                            }
                             std::thread::sleep(Duration::from_millis(50));
                         }
                         if self.give_up(&key) {
@@ -569,6 +704,43 @@ impl Exec {
                 }
             }
         }
+    }
+
+    /// Moves to the version the deployment now runs, if it changed.
+    fn follow_swaps(&mut self) {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if generation <= self.generation {
+            return;
+        }
+        let d = lock(&self.shared.current).clone();
+        self.adopt(generation, d);
+    }
+
+    /// While the function cannot start: takes a version being swapped in.
+    fn take_staged(&mut self) -> bool {
+        let staged = lock(&self.shared.staged).clone();
+        match staged {
+            Some((generation, d)) if generation > self.generation => {
+                tracing::info!(
+                    deployment = self.d.spec.name,
+                    version = generation,
+                    "the function could not start: taking the version being swapped in now"
+                );
+                self.adopt(generation, d);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn adopt(&mut self, generation: u64, d: Arc<Deployment>) {
+        self.d = d;
+        self.generation = generation;
+        self.module_header = format!("sha256:{}", self.d.module.digest());
+        self.version_header = generation.to_string();
+        self.worker = None;
+        self.traps_seen = 0;
+        self.backoff = None;
     }
 
     fn give_up(&self, key: &(String, i32)) -> bool {
@@ -676,7 +848,7 @@ impl Exec {
     }
 
     fn send_output(&self, record: &RecordRef<'_>, input_ts: Option<i64>, ack: Box<Ack>) {
-        let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 2);
+        let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 4);
         for (k, v) in record.headers().map_while(Result::ok) {
             h = h.insert(Header { key: k, value: v });
         }
@@ -686,9 +858,19 @@ impl Exec {
                 value: Some(self.d.spec.name.as_bytes()),
             })
             .insert(Header {
+                key: headers::VERSION,
+                value: Some(self.version_header.as_bytes()),
+            })
+            .insert(Header {
                 key: headers::MODULE,
                 value: Some(self.module_header.as_bytes()),
             });
+        if let Some(model) = &self.d.model_digest {
+            h = h.insert(Header {
+                key: headers::MODEL,
+                value: Some(model.as_bytes()),
+            });
+        }
         let timestamp = record.timestamp_ms().or(input_ts);
         send(
             &self.producer,
@@ -711,7 +893,7 @@ impl Exec {
         trapped: bool,
         ack: Box<Ack>,
     ) {
-        let mut h = OwnedHeaders::new_with_capacity(input.header_count() + 7);
+        let mut h = OwnedHeaders::new_with_capacity(input.header_count() + 8);
         for (k, v) in input.headers().map_while(Result::ok) {
             h = h.insert(Header { key: k, value: v });
         }
@@ -721,6 +903,7 @@ impl Exec {
             (headers::ERROR, message),
             (headers::ERROR_KIND, if trapped { "trap" } else { "error" }),
             (headers::DEPLOYMENT, self.d.spec.name.as_str()),
+            (headers::VERSION, self.version_header.as_str()),
             (headers::MODULE, self.module_header.as_str()),
             (headers::SOURCE_TOPIC, topic),
             (headers::SOURCE_PARTITION, partition_s.as_str()),

@@ -33,6 +33,18 @@
 //! saying so in its status; other deployments are not touched. A missing input topic is
 //! reported and waited for.
 //!
+//! # Hot swap
+//!
+//! [`Node::swap`] replaces a deployment's module or model while records
+//! flow. The new version is compiled and instantiated with its `init` first;
+//! if that fails the running version is untouched. Then the deployment's
+//! consumer thread stops handing out batches, waits for the batches the
+//! workers hold, flushes the producer, commits the stored offsets
+//! synchronously, and switches: every batch after that runs on the new
+//! version. So each partition switches once, at a batch boundary, after the
+//! previous batch's offsets are committed; no record is run by both versions
+//! (barring a crash, which replays the uncommitted window as always).
+//!
 //! Owns consumers, producers and workers; knows nothing of how deployments
 //! are declared (a file today, the registry later).
 
@@ -52,7 +64,7 @@ use crate::config::DeploymentSpec;
 use crate::engine::{Engine, Limits, Module};
 use crate::kafka::KafkaOptions;
 
-pub use deployment::{DeploymentState, DeploymentStatus};
+pub use deployment::{DeploymentState, DeploymentStatus, SwapReport};
 
 /// What one deployment needs to run: its spec, its loaded module and model.
 #[derive(Debug, Clone)]
@@ -60,6 +72,8 @@ pub struct Deployment {
     pub spec: DeploymentSpec,
     pub module: Arc<Module>,
     pub model: Option<Arc<[u8]>>,
+    /// `sha256:<hex>` of the model, when there is one.
+    pub model_digest: Option<String>,
 }
 
 impl Deployment {
@@ -74,14 +88,24 @@ impl Deployment {
             )
         })?;
         let model = match &spec.model {
-            Some(path) => Some(Arc::from(read(path, &spec.name, "model")?)),
+            Some(path) => Some(read(path, &spec.name, "model")?),
             None => None,
         };
-        Ok(Self {
+        Ok(Self::new(spec, Arc::new(module), model))
+    }
+
+    /// A deployment of an already loaded module.
+    pub fn new(spec: DeploymentSpec, module: Arc<Module>, model: Option<Vec<u8>>) -> Self {
+        use sha2::Digest as _;
+        let model_digest = model
+            .as_ref()
+            .map(|m| format!("sha256:{}", hex::encode(sha2::Sha256::digest(m))));
+        Self {
             spec,
-            module: Arc::new(module),
-            model,
-        })
+            module,
+            model: model.map(Arc::from),
+            model_digest,
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -103,6 +127,7 @@ fn read(path: &PathBuf, name: &str, what: &str) -> anyhow::Result<Vec<u8>> {
 
 struct Running {
     name: String,
+    control: std::sync::mpsc::Sender<deployment::Control>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<DeploymentStatus>>,
     thread: Option<JoinHandle<()>>,
@@ -130,15 +155,17 @@ impl Node {
             let stop = Arc::new(AtomicBool::new(false));
             let status = Arc::new(Mutex::new(DeploymentStatus::new(&d)));
             let name = d.spec.name.clone();
+            let (control, requests) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("runnel-{name}"))
                 .spawn({
                     let (kafka, stop, status) = (kafka.clone(), stop.clone(), status.clone());
-                    move || deployment::run(d, kafka, stop, status)
+                    move || deployment::run(d, kafka, stop, status, requests)
                 })
                 .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
             running.push(Running {
                 name,
+                control,
                 stop,
                 status,
                 thread: Some(thread),
@@ -158,6 +185,41 @@ impl Node {
                     .clone()
             })
             .collect()
+    }
+
+    /// Replaces deployment `name`'s module and model by `next`'s, while
+    /// records flow (see the module documentation). `next` must keep the
+    /// deployment's name and topics. Returns once every partition runs the
+    /// new version, or with an error — the function's own `init` message
+    /// among them — and the old version still running.
+    pub fn swap(&self, name: &str, next: Deployment) -> anyhow::Result<SwapReport> {
+        let Some(r) = self.running.iter().find(|r| r.name == name) else {
+            anyhow::bail!("no deployment named {name:?} runs on this node");
+        };
+        let current = r
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if next.spec.name != name {
+            anyhow::bail!(
+                "a swap keeps the deployment's name: {name:?}, not {:?}",
+                next.spec.name
+            );
+        }
+        if current.state == DeploymentState::Stopped {
+            anyhow::bail!("deployment {name:?} has stopped");
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        r.control
+            .send(deployment::Control::Swap {
+                next: Box::new(next),
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("deployment {name:?} has stopped"))?;
+        answer
+            .recv()
+            .map_err(|_| anyhow::anyhow!("deployment {name:?} stopped during the swap"))?
     }
 
     /// Stops every deployment cleanly: outputs flushed, offsets committed,

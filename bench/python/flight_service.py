@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""The Python baseline of runnel's flight benchmark: a Kafka service that
+scores each flight with LightGBM, as a data scientist would write it —
+confluent-kafka in, one Booster.predict per record, JSON out, offsets
+committed by the client after each output is acknowledged is NOT attempted
+(auto-commit, the common default), so it does less bookkeeping than runnel.
+
+    flight_service.py BROKERS INPUT OUTPUT MODEL.json COUNT
+
+Exits after COUNT records were consumed and every output was delivered.
+"""
+
+import json
+import math
+import sys
+
+import lightgbm as lgb
+import numpy as np
+from confluent_kafka import Consumer, Producer
+
+
+def main():
+    brokers, input_topic, output_topic, model_path, count = sys.argv[1:6]
+    count = int(count)
+    with open(model_path, encoding="utf-8") as f:
+        artifact = json.load(f)
+    booster = lgb.Booster(model_str=artifact["lightgbm"])
+    vocab = {name: {w: float(i) for i, w in enumerate(words)}
+             for name, words in artifact["categorical"].items()}
+    logit = artifact["threshold_logit"]
+    name = artifact["name"]
+
+    def number(s):
+        return math.nan if s in ("NA", "") else float(int(s))
+
+    def features(line):
+        f = line.split(",")
+        if len(f) not in (29, 31):
+            raise ValueError(f"expected 29 or 31 fields, found {len(f)}")
+        dep = number(f[5])
+        return [number(f[1]), number(f[3]), math.floor(dep / 100) if not math.isnan(dep) else dep,
+                vocab["carrier"].get(f[8], math.nan), vocab["origin"].get(f[16], math.nan),
+                vocab["dest"].get(f[17], math.nan), number(f[18])]
+
+    consumer = Consumer({
+        "bootstrap.servers": brokers,
+        "group.id": "python-flight-service",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+    })
+    producer = Producer({"bootstrap.servers": brokers, "acks": "all", "linger.ms": 5})
+    consumer.subscribe([input_topic])
+    seen = 0
+    while seen < count:
+        m = consumer.poll(0.1)
+        if m is None or m.error():
+            continue
+        seen += 1
+        try:
+            row = np.array([features(m.value().decode())], dtype=np.float64)
+        except ValueError:
+            continue
+        raw = float(booster.predict(row, raw_score=True, num_threads=1)[0])
+        out = {"prediction": "YES" if raw >= logit else "NO",
+               "probability": 1.0 / (1.0 + math.exp(-raw)), "raw_score": raw,
+               "threshold": artifact["threshold"], "model": name}
+        while True:
+            try:
+                producer.produce(output_topic, json.dumps(out).encode(), key=m.key())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main()

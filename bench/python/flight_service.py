@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The Python baseline of runnel's flight benchmark: a Kafka service that
-scores each flight with LightGBM, as a data scientist would write it —
-confluent-kafka in, one Booster.predict per record, JSON out, offsets
-committed by the client after each output is acknowledged is NOT attempted
-(auto-commit, the common default), so it does less bookkeeping than runnel.
+scores each flight with LightGBM, as a data scientist would write it:
+confluent-kafka in, one Booster.predict per record, JSON out. Offsets are
+auto-committed (the client's default), so it does less bookkeeping than
+runnel, which commits an offset only once its output is acknowledged.
 
     flight_service.py BROKERS INPUT OUTPUT MODEL.json COUNT
 

@@ -19,3 +19,24 @@ pub fn best_of(runs: usize, mut f: impl FnMut()) -> Duration {
 pub fn per(d: Duration, items: usize) -> f64 {
     d.as_nanos() as f64 / items.max(1) as f64
 }
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`
+/// (clock ticks of 10 ms). `None` is this process.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+pub mod kafka;

@@ -1,0 +1,288 @@
+//! The flight-delay scorer three ways, in one run, on the same embedded
+//! broker and the same input (the held-out flights, repeated):
+//!
+//! - (a) the Wasm scorer (examples/flight-delay) in a runnel node;
+//! - (b) the same evaluator (examples/flight-delay/predictor) compiled
+//!   natively, in a hand-written rdkafka loop with runnel's client settings
+//!   and at-least-once bookkeeping, writing the same output and headers;
+//! - (c) a Python service, confluent-kafka + LightGBM, one `predict` per
+//!   record (bench/python/flight_service.py), in a child process.
+//!
+//! Then the scorer alone, in memory: ns per prediction (parse the CSV line,
+//! evaluate 100 trees, write the JSON), Wasm in runnel's engine vs native.
+//!
+//! The Python row needs a virtualenv with bench/python/requirements.txt; it
+//! is made at `~/.cache/runnel-bench-venv` on first use (or set
+//! RUNNEL_BENCH_PYTHON to an interpreter that has them; RUNNEL_BENCH_PYTHON=skip
+//! leaves the row out).
+//!
+//! Run: `cargo bench -p runnel-bench --bench flight`. Nothing is asserted.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flight_predictor::{FlightModel, parse_flight};
+use runnel_abi::BatchBuilder;
+use runnel_bench::kafka::{Out, native_loop, produce, wait_for};
+use runnel_bench::{best_of, cpu_seconds, per};
+use runnel_host::engine::{Limits, Outcome, Worker};
+use runnel_host::kafka::KafkaOptions;
+use runnel_host::runner::{Deployment, Node};
+use runnel_tests::kafka::{broker, spec, topics, unique};
+use runnel_tests::{engine, guest, guests};
+
+/// How many times the held-out set is streamed.
+const REPEAT: usize = 3;
+/// Partitions of every topic (`RUNNEL_BENCH_PARTITIONS` to change).
+fn partitions() -> i32 {
+    std::env::var("RUNNEL_BENCH_PARTITIONS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(2)
+}
+const MODEL: &str = "flight-delay-v1";
+
+fn example(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/flight-delay")
+        .join(path)
+}
+
+fn flights() -> Vec<String> {
+    let file = std::fs::File::open(example("data/heldout.csv.gz")).expect("held-out flights");
+    BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|l| l.expect("a line"))
+        .collect()
+}
+
+/// The native scorer: what the component does for one record.
+fn score_native(model: &FlightModel, value: &[u8]) -> Option<Vec<u8>> {
+    let flight = parse_flight(std::str::from_utf8(value).ok()?).ok()?;
+    let p = model.predict(&flight);
+    serde_json::to_vec(&model.scored(&p)).ok()
+}
+
+fn in_memory(lines: &[String], model_bytes: &[u8]) {
+    let model = FlightModel::from_json(model_bytes).expect("the model loads");
+    let module = engine(None)
+        .load("flight-delay", &guest(guests::FLIGHT_DELAY))
+        .expect("the scorer loads");
+    let mut worker = Worker::new(
+        Arc::new(module),
+        Limits::default(),
+        vec![],
+        Some(model_bytes.into()),
+    )
+    .expect("the scorer starts");
+    let sample = &lines[..lines.len().min(20_000)];
+    let native = best_of(5, || {
+        for l in sample {
+            std::hint::black_box(score_native(&model, l.as_bytes()));
+        }
+    });
+    let batches: Vec<BatchBuilder> = sample
+        .chunks(256)
+        .map(|c| BatchBuilder::of_values(c.iter().map(|l| l.as_bytes())))
+        .collect();
+    let wasm = best_of(5, || {
+        for b in &batches {
+            let mut b = b.clone();
+            let p = worker.process(&mut b).expect("the batch runs");
+            assert!(matches!(p.outcomes[0], Outcome::Emit { .. }));
+        }
+    });
+    let (n, w) = (per(native, sample.len()), per(wasm, sample.len()));
+    println!(
+        "the scorer alone, in memory ({} flights, {MODEL}: {} trees; parse CSV, evaluate, write JSON):",
+        sample.len(),
+        model.num_trees()
+    );
+    println!();
+    println!("| scorer | ns/prediction | vs native |");
+    println!("|---|---:|---:|");
+    println!("| native (Rust, release) | {n:.0} | 1.00 |");
+    println!(
+        "| Wasm in runnel's engine, batches of 256 | {w:.0} | {:.2} |",
+        w / n
+    );
+    println!();
+}
+
+fn runnel_row(
+    kafka: &KafkaOptions,
+    input: &str,
+    output: &str,
+    n: usize,
+    workers: usize,
+) -> (Duration, f64) {
+    let engine = engine(None);
+    let mut spec = spec("bench", guests::FLIGHT_DELAY, input, output, &[]);
+    spec.model = Some(example(&format!("model/{MODEL}.json")));
+    spec.batch_size = 256;
+    spec.linger_ms = 5;
+    spec.memory_mib = 128;
+    spec.workers = workers;
+    let d = Deployment::load(&engine, spec).expect("loads");
+    let cpu0 = cpu_seconds(None);
+    let node = Node::start(kafka, vec![d]).expect("starts");
+    let (first, last) = wait_for(kafka, output, n);
+    let cpu = cpu_seconds(None) - cpu0;
+    node.stop();
+    (last - first, cpu)
+}
+
+/// An interpreter with confluent-kafka and lightgbm, made if missing.
+fn python() -> Option<PathBuf> {
+    match std::env::var("RUNNEL_BENCH_PYTHON") {
+        Ok(p) if p == "skip" => return None,
+        Ok(p) => return Some(p.into()),
+        Err(_) => {}
+    }
+    let venv = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+        .join(".cache/runnel-bench-venv");
+    let py = venv.join("bin/python");
+    let ok = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import confluent_kafka, lightgbm, numpy"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.exists() && ok(&py) {
+        return Some(py);
+    }
+    eprintln!(
+        "making the Python baseline's virtualenv at {} (once)...",
+        venv.display()
+    );
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/requirements.txt");
+    let made = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .is_ok_and(|s| s.success());
+    if made && ok(&py) {
+        Some(py)
+    } else {
+        eprintln!(
+            "no Python baseline: cannot install {}",
+            requirements.display()
+        );
+        None
+    }
+}
+
+fn python_row(
+    py: &Path,
+    kafka: &KafkaOptions,
+    input: &str,
+    output: &str,
+    n: usize,
+) -> (Duration, f64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/flight_service.py");
+    let cpu0 = cpu_seconds(None);
+    let reader = {
+        let (kafka, output) = (kafka.clone(), output.to_owned());
+        std::thread::spawn(move || wait_for(&kafka, &output, n))
+    };
+    let mut child = Command::new(py)
+        .arg(script)
+        .args([&kafka.brokers, input, output])
+        .arg(example(&format!("model/{MODEL}.json")))
+        .arg(n.to_string())
+        .spawn()
+        .expect("the Python service starts");
+    // Its CPU time, read while it runs (the last reading is at most 50 ms old).
+    let mut child_cpu = 0.0;
+    while child.try_wait().expect("waiting for Python").is_none() {
+        child_cpu = cpu_seconds(Some(child.id())).max(child_cpu);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (first, last) = reader.join().expect("reader");
+    (last - first, cpu_seconds(None) - cpu0 + child_cpu)
+}
+
+fn main() {
+    let lines = flights();
+    let model_bytes = std::fs::read(example(&format!("model/{MODEL}.json"))).expect("the model");
+    in_memory(&lines, &model_bytes);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_broker, kafka) = rt.block_on(broker());
+    let input = unique("flights");
+    let outs: Vec<String> = (0..4).map(|i| unique(&format!("scored{i}"))).collect();
+    let mut all: Vec<&str> = vec![&input];
+    all.extend(outs.iter().map(String::as_str));
+    rt.block_on(topics(&kafka, &all, partitions()));
+    let n = lines.len() * REPEAT;
+    produce(&kafka, &input, (0..REPEAT).flat_map(|_| lines.iter()));
+    println!(
+        "the scorer on Kafka: {n} flights ({} held-out flights x {REPEAT}), {} partitions, embedded Tansu broker in this process, {MODEL}",
+        lines.len(),
+        partitions()
+    );
+    println!();
+
+    let model = FlightModel::from_json(&model_bytes).expect("the model loads");
+    let module_digest = format!("sha256:{}", "0".repeat(64));
+    let headers = [
+        ("runnel-deployment", "bench"),
+        ("runnel-version", "1"),
+        ("runnel-module", module_digest.as_str()),
+        ("runnel-model", module_digest.as_str()),
+    ];
+    let native = native_loop(&kafka, &input, &outs[0], n, n, &headers, |v| {
+        score_native(&model, v).map_or(Out::Drop, Out::New)
+    });
+    let mut rows = vec![
+        (
+            "(b) native evaluator, hand-written rdkafka loop (1 thread)",
+            native,
+        ),
+        (
+            "(a) Wasm scorer in runnel, 1 worker",
+            runnel_row(&kafka, &input, &outs[1], n, 1),
+        ),
+        (
+            "(a) Wasm scorer in runnel, 2 workers",
+            runnel_row(&kafka, &input, &outs[2], n, 2),
+        ),
+    ];
+    if let Some(py) = python() {
+        rows.push((
+            "(c) Python: confluent-kafka + LightGBM, predict per record",
+            python_row(&py, &kafka, &input, &outs[3], n),
+        ));
+    }
+    let rate = |d: &Duration| n as f64 / d.as_secs_f64();
+    let native_rate = rate(&rows[0].1.0);
+    let python_rate = rows.get(3).map(|r| rate(&r.1.0));
+    println!("| pipeline | flights/s | CPU µs/flight | vs (b) native | vs (c) Python |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, (wall, cpu)) in &rows {
+        let r = rate(wall);
+        println!(
+            "| {name} | {r:.0} | {:.1} | {:.2} | {} |",
+            cpu * 1e6 / n as f64,
+            r / native_rate,
+            python_rate.map_or("–".to_owned(), |p| format!("{:.1}", r / p))
+        );
+    }
+    println!();
+    println!(
+        "(flights/s: input flights per second between the first and the last output; CPU: this process — broker, reader, node or loop — plus the Python child)"
+    );
+}

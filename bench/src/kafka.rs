@@ -1,0 +1,167 @@
+//! The Kafka side of the benchmarks: producing the input, counting outputs,
+//! and the hand-written native rdkafka loop runnel is compared with.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use runnel_host::kafka::KafkaOptions;
+use runnel_host::runner::tracker::Tracker;
+use runnel_tests::kafka::unique;
+
+use crate::cpu_seconds;
+
+/// Produces `values` (keyed `k<i>`) as fast as the client goes.
+pub fn produce<V: AsRef<[u8]>>(kafka: &KafkaOptions, topic: &str, values: impl Iterator<Item = V>) {
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        kafka.producer().create().expect("producer");
+    for (i, v) in values.enumerate() {
+        let k = format!("k{i}");
+        let mut r = BaseRecord::to(topic).key(k.as_bytes()).payload(v.as_ref());
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flushed");
+}
+
+/// Counts records arriving on `topic` until `expect`, returning when the
+/// first and the last arrived: the rate between them is the steady state,
+/// without the time it takes to join the group.
+pub fn wait_for(kafka: &KafkaOptions, topic: &str, expect: usize) -> (Instant, Instant) {
+    let c: BaseConsumer = kafka
+        .consumer(&unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut n = 0;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < expect && Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            n += 1;
+        }
+    }
+    assert_eq!(n, expect, "outputs on {topic}");
+    (first.unwrap_or_else(Instant::now), Instant::now())
+}
+
+struct Ctx {
+    tracker: Arc<Mutex<Tracker>>,
+}
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<(i32, i64)>;
+    fn delivery(&self, r: &DeliveryResult<'_>, o: Box<(i32, i64)>) {
+        if r.is_ok() {
+            self.tracker.lock().expect("tracker").ack("in", o.0, o.1);
+        }
+    }
+}
+
+/// What the native loop's function made of one input.
+#[derive(Debug)]
+pub enum Out {
+    /// Nothing (a filter dropped it).
+    Drop,
+    /// The input, as it is (an identity, a filter keeping it): not copied.
+    Same,
+    /// A new value.
+    New(Vec<u8>),
+}
+
+/// The native loop: runnel's client settings and its at-least-once
+/// bookkeeping (an offset is stored only after its output is acknowledged,
+/// with runnel's own tracker), one thread. `work` turns an input value into
+/// its output; every output carries `headers`.
+/// Reads `n` inputs; returns the time between the first and the last of
+/// `expect` outputs, and the CPU seconds this process used meanwhile.
+pub fn native_loop(
+    kafka: &KafkaOptions,
+    input: &str,
+    output: &str,
+    n: usize,
+    expect: usize,
+    headers: &[(&str, &str)],
+    mut work: impl FnMut(&[u8]) -> Out,
+) -> (Duration, f64) {
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let producer: ThreadedProducer<Ctx> = kafka
+        .producer()
+        .create_with_context(Ctx {
+            tracker: tracker.clone(),
+        })
+        .expect("producer");
+    let consumer: BaseConsumer = kafka
+        .consumer(&unique("native"))
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let cpu0 = cpu_seconds(None);
+    let reader = {
+        let (kafka, output) = (kafka.clone(), output.to_owned());
+        std::thread::spawn(move || wait_for(&kafka, &output, expect))
+    };
+    let mut seen = 0;
+    while seen < n {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        seen += 1;
+        let input_value = m.payload().unwrap_or_default();
+        let out = work(input_value);
+        let value = match &out {
+            Out::Drop => None,
+            Out::Same => Some(input_value),
+            Out::New(v) => Some(v.as_slice()),
+        };
+        tracker.lock().expect("tracker").add(
+            "in",
+            m.partition(),
+            m.offset(),
+            u32::from(value.is_some()),
+        );
+        if let Some(v) = value {
+            let mut r = BaseRecord::with_opaque_to(output, Box::new((m.partition(), m.offset())))
+                .payload(v);
+            if let Some(k) = m.key() {
+                r = r.key(k);
+            }
+            if !headers.is_empty() {
+                let mut h = OwnedHeaders::new_with_capacity(headers.len());
+                for (key, value) in headers {
+                    h = h.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                r = r.headers(h);
+            }
+            while let Err((_, back)) = producer.send(r) {
+                r = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if seen % 256 == 0 {
+            let moved = tracker.lock().expect("tracker").take_moved();
+            let mut tpl = TopicPartitionList::new();
+            for (_, p, o) in moved {
+                let _ = tpl.add_partition_offset(input, p, Offset::Offset(o));
+            }
+            let _ = consumer.store_offsets(&tpl);
+        }
+    }
+    let (first, last) = reader.join().expect("reader");
+    (last - first, cpu_seconds(None) - cpu0)
+}

@@ -58,7 +58,9 @@ impl KafkaOptions {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            // High watermarks for the lag in the status.
+            .set("statistics.interval.ms", "2000");
         self.finish(c)
     }
 

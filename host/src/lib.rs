@@ -26,6 +26,8 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod kafka;
+pub mod registry;
 pub mod runner;

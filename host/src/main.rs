@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use runnel_host::cli::control::{ApiArgs, ControlCommand};
 use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
 use runnel_host::cli::run::{RunArgs, run};
 use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs};
@@ -16,6 +17,8 @@ struct Cli {
     /// Default: `warn,runnel::guest=info` for `run`, and runnel's own info lines otherwise.
     #[arg(long, global = true, env = "RUNNEL_LOG")]
     log: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +40,8 @@ enum Command {
     Produce(ProduceArgs),
     /// Print a topic's records as JSON lines, from the beginning.
     Consume(ConsumeArgs),
+    #[command(flatten)]
+    Control(ControlCommand),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,12 @@ fn main() -> ExitCode {
             runnel_host::cli::topic::produce(&args)
                 .map(|n| eprintln!("runnel: {n} records produced to {}", args.topic)),
         ),
+        Command::Control(command) => block_on(async move {
+            let mut out = String::new();
+            runnel_host::cli::control::run(&cli.api, &command, &mut out).await?;
+            print!("{out}");
+            Ok(())
+        }),
         Command::Consume(args) => {
             let stdout = std::io::stdout();
             let result = runnel_host::cli::topic::consume(

@@ -19,6 +19,7 @@ fn serve(brokers: &str, config: &std::path::Path) -> Child {
         // A rebalance waits at most this long for members that never come
         // back (the killed node); librdkafka's default is 5 minutes.
         .args(["--kafka", "max.poll.interval.ms=30000"])
+        .args(["--admin", "127.0.0.1:0"])
         .env("RUNNEL_LOG", "warn")
         .env("RUNNEL_CACHE_DIR", config.parent().unwrap().join("cache"))
         .stdout(Stdio::null())

@@ -1,5 +1,6 @@
 //! The `runnel` command line.
 
+pub mod control;
 pub mod node;
 pub mod run;
 pub mod topic;

@@ -7,9 +7,11 @@ use anyhow::Context;
 
 use crate::broker::{BrokerOptions, EmbeddedBroker, Storage};
 use crate::config::NodeConfig;
+use crate::control::{ControlOptions, ControlPlane};
 use crate::engine::{Engine, EngineConfig, default_cache_dir};
 use crate::kafka::{KafkaOptions, ensure_topics};
-use crate::runner::{Deployment, Node};
+use crate::registry::RegistryTopics;
+use crate::runner::Deployment;
 
 #[derive(Debug, clap::Args)]
 pub struct BrokerArgs {
@@ -42,9 +44,18 @@ pub struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// The deployments to run.
-    #[arg(long, env = "RUNNEL_CONFIG", default_value = "runnel.toml")]
-    pub config: PathBuf,
+    /// Deployments to run from a file (GitOps), besides those of the registry.
+    #[arg(long, env = "RUNNEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the admin API listens. Loopback unless told.
+    #[arg(long, env = "RUNNEL_ADMIN", default_value = "127.0.0.1:7070")]
+    pub admin: SocketAddr,
+    /// A bearer token the admin API requires (`Authorization: Bearer ...`).
+    #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Prefix of the registry's topics (`<prefix>.artifacts`, `<prefix>.deployments`).
+    #[arg(long, env = "RUNNEL_REGISTRY", default_value = "runnel")]
+    pub registry: String,
     /// A librdkafka property for every client (TLS, SASL, tuning); repeat for more.
     #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
     pub kafka: Vec<(String, String)>,
@@ -82,8 +93,11 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(node: &NodeArgs) -> anyhow::Result<(NodeConfig, Vec<Deployment>)> {
-    let config = NodeConfig::load(&node.config)?;
+fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)> {
+    let config = match &node.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
     let engine = Engine::new(EngineConfig {
         cache_dir: Some(default_cache_dir()),
         ..EngineConfig::default()
@@ -94,37 +108,55 @@ fn load(node: &NodeArgs) -> anyhow::Result<(NodeConfig, Vec<Deployment>)> {
         .cloned()
         .map(|spec| Deployment::load(&engine, spec))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((config, deployments))
+    Ok((engine, config, deployments))
 }
 
-async fn run_node(kafka: KafkaOptions, deployments: Vec<Deployment>) -> anyhow::Result<()> {
+async fn run_node(
+    kafka: KafkaOptions,
+    args: &NodeArgs,
+    engine: Engine,
+    deployments: Vec<Deployment>,
+) -> anyhow::Result<()> {
     let names: Vec<String> = deployments.iter().map(|d| d.spec.name.clone()).collect();
-    let node = Node::start(&kafka, deployments)?;
+    let options = ControlOptions {
+        topics: RegistryTopics::with_prefix(&args.registry),
+        listen: args.admin,
+        token: args.token.clone(),
+        ..ControlOptions::new(kafka.clone())
+    };
+    let control = ControlPlane::start(options, engine, deployments).await?;
     println!(
-        "runnel: running {} deployment(s) against {}: {}",
+        "runnel: running {} deployment(s) from the config file against {}{}{}",
         names.len(),
         kafka.brokers,
+        if names.is_empty() { "" } else { ": " },
         names.join(", ")
+    );
+    println!(
+        "runnel: admin API at {} (registry: {}.*), {} deployment(s) in the registry",
+        control.url(),
+        args.registry,
+        control.registry().deployments().len()
     );
     shutdown_signal().await;
     println!("runnel: stopping (flushing outputs, committing offsets)");
-    tokio::task::spawn_blocking(move || node.stop())
+    tokio::task::spawn_blocking(move || control.stop())
         .await
         .context("stopping the node")?;
     Ok(())
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (_, deployments) = load(&args.node)?;
+    let (engine, _, deployments) = load(&args.node)?;
     let kafka = KafkaOptions {
         brokers: args.brokers,
-        properties: args.node.kafka,
+        properties: args.node.kafka.clone(),
     };
-    run_node(kafka, deployments).await
+    run_node(kafka, &args.node, engine, deployments).await
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let (config, deployments) = load(&args.node)?;
+    let (engine, config, deployments) = load(&args.node)?;
     let broker = EmbeddedBroker::start(args.broker.options()).await?;
     println!(
         "runnel: broker listening, bootstrap address {}",
@@ -132,7 +164,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     let kafka = KafkaOptions {
         brokers: broker.bootstrap(),
-        properties: args.node.kafka,
+        properties: args.node.kafka.clone(),
     };
     let mut topics: Vec<String> = Vec::new();
     for d in &config.deployments {
@@ -142,7 +174,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     ensure_topics(&kafka, &topics, args.partitions).await?;
-    run_node(kafka, deployments).await?;
+    run_node(kafka, &args.node, engine, deployments).await?;
     drop(broker);
     Ok(())
 }

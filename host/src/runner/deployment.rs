@@ -57,13 +57,30 @@ pub struct DeploymentStatus {
     pub dead_lettered: u64,
     pub traps: u64,
     pub last_error: Option<String>,
+    /// The partitions this node holds: how far their outputs are
+    /// acknowledged, and how far behind the end of the log that is.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One input partition a node holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to commit: every record before it has had its outputs
+    /// acknowledged. `None` until the first batch of this assignment.
+    pub offset: Option<i64>,
+    /// The end of the log, as last seen by the consumer (`None` if unknown).
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - offset`, where both are known.
+    pub lag: Option<i64>,
 }
 
 impl DeploymentStatus {
     pub(super) fn new(d: &Deployment) -> Self {
         Self {
             name: d.spec.name.clone(),
-            version: 1,
+            version: d.version,
             module: d.module.digest().to_owned(),
             model: d.model_digest.clone(),
             state: DeploymentState::Starting,
@@ -73,6 +90,7 @@ impl DeploymentStatus {
             dead_lettered: 0,
             traps: 0,
             last_error: None,
+            partitions: Vec::new(),
         }
     }
 }
@@ -136,6 +154,10 @@ struct Shared {
     /// whose function cannot start takes it at once: the old version ran
     /// nothing of the batch it holds, and the drain waits for that batch.
     staged: Mutex<Option<(u64, Arc<Deployment>)>>,
+    /// The last offset stored per partition, for the status.
+    stored: Mutex<HashMap<(String, i32), i64>>,
+    /// The end of each input partition's log, from the consumer's statistics.
+    high_watermarks: Mutex<HashMap<(String, i32), i64>>,
 }
 
 /// Work for a worker thread.
@@ -210,7 +232,20 @@ struct RebalanceContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): keeps the
+    /// high watermark of each partition, for the lag in the status.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut hw = lock(&self.shared.high_watermarks);
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.hi_offset >= 0 {
+                    hw.insert((topic.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -317,6 +352,8 @@ fn run_inner(
         current: Mutex::new(d.clone()),
         generation: AtomicU64::new(1),
         staged: Mutex::default(),
+        stored: Mutex::default(),
+        high_watermarks: Mutex::default(),
     });
     let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
         kafka
@@ -354,7 +391,7 @@ fn run_inner(
             traps_seen: 0,
             dead_letter: spec.dead_letter_topic(),
             module_header: format!("sha256:{}", d.module.digest()),
-            version_header: "1".to_owned(),
+            version_header: d.version.to_string(),
             backoff: None,
         };
         let thread = std::thread::Builder::new()
@@ -383,7 +420,12 @@ fn run_inner(
     };
     let linger = Duration::from_millis(spec.linger_ms);
     let poll_timeout = linger.clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let mut reported = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if reported.elapsed() >= Duration::from_millis(500) {
+            report_partitions(&shared, &consumer, status);
+            reported = Instant::now();
+        }
         if let Ok(Control::Swap { next, reply }) = control.try_recv() {
             let _ = reply.send(swap(&shared, &consumer, &producer, status, *next));
         }
@@ -443,7 +485,13 @@ fn swap(
     spec.config = next.spec.config.clone();
     spec.memory_mib = next.spec.memory_mib;
     spec.timeout_ms = next.spec.timeout_ms;
-    let next = Deployment { spec, ..next };
+    let running_version = lock(status).version;
+    let version = next.version.max(running_version + 1);
+    let next = Deployment {
+        spec,
+        version,
+        ..next
+    };
     // Validate first: the new version must start, with its config and model.
     let started = Instant::now();
     let config: Vec<(String, String)> = next.spec.config.clone().into_iter().collect();
@@ -460,9 +508,9 @@ fn swap(
         )
     })?;
     let validate_ms = started.elapsed().as_secs_f64() * 1e3;
-    let version = shared.generation.load(Ordering::SeqCst) + 1;
+    let generation = shared.generation.load(Ordering::SeqCst) + 1;
     let next = Arc::new(next);
-    *lock(&shared.staged) = Some((version, next.clone()));
+    *lock(&shared.staged) = Some((generation, next.clone()));
 
     // Drain: batches already handed to workers finish on the old version;
     // records still buffered here run on the new one.
@@ -492,7 +540,7 @@ fn swap(
         s.model = next.model_digest.clone();
     }
     *lock(&shared.current) = next;
-    shared.generation.store(version, Ordering::SeqCst);
+    shared.generation.store(generation, Ordering::SeqCst);
     lock(&shared.staged).take();
     let paused_ms = paused.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
@@ -551,13 +599,54 @@ fn store_moved(shared: &Shared, consumer: &BaseConsumer<RebalanceContext>) {
         return;
     }
     let mut tpl = TopicPartitionList::new();
-    for (topic, partition, next) in &moved {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+    {
+        let mut stored = lock(&shared.stored);
+        for (topic, partition, next) in &moved {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            stored.insert((topic.clone(), *partition), *next);
+        }
     }
     if let Err(e) = consumer.store_offsets(&tpl) {
         // A partition revoked meanwhile: its final offsets were committed then.
         tracing::debug!(error = %e, "storing offsets");
     }
+}
+
+/// Puts the assigned partitions, their offsets and lag in the status. The
+/// high watermarks come from the consumer's statistics: no request to the broker.
+fn report_partitions(
+    shared: &Shared,
+    consumer: &BaseConsumer<RebalanceContext>,
+    status: &Mutex<DeploymentStatus>,
+) {
+    let assigned = consumer
+        .assignment()
+        .map(|a| partitions(&a))
+        .unwrap_or_default();
+    let mut stored = lock(&shared.stored);
+    stored.retain(|tp, _| assigned.contains(tp));
+    let report: Vec<PartitionStatus> = assigned
+        .into_iter()
+        .map(|(topic, partition)| {
+            let offset = stored.get(&(topic.clone(), partition)).copied();
+            let high_watermark = lock(&shared.high_watermarks)
+                .get(&(topic.clone(), partition))
+                .copied();
+            let lag = match (offset, high_watermark) {
+                (Some(o), Some(h)) => Some((h - o).max(0)),
+                _ => None,
+            };
+            PartitionStatus {
+                topic,
+                partition,
+                offset,
+                high_watermark,
+                lag,
+            }
+        })
+        .collect();
+    drop(stored);
+    lock(status).partitions = report;
 }
 
 /// The consumer's side: buffers records per partition and hands full (or
@@ -737,7 +826,7 @@ impl Exec {
         self.d = d;
         self.generation = generation;
         self.module_header = format!("sha256:{}", self.d.module.digest());
-        self.version_header = generation.to_string();
+        self.version_header = self.d.version.to_string();
         self.worker = None;
         self.traps_seen = 0;
         self.backoff = None;
@@ -810,6 +899,7 @@ impl Exec {
         }
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut counts = (0u64, 0u64, 0u64); // out, filtered, dead-lettered
+        let mut last_failure = None;
         for (i, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
             let ack = || {
                 Box::new(Ack {
@@ -833,6 +923,10 @@ impl Exec {
                 Outcome::Failed { message, trapped } => {
                     self.send_dead_letter(topic, partition, input, message, *trapped, ack());
                     counts.2 += 1;
+                    last_failure = Some(format!(
+                        "record {topic}/{partition}@{}: {message}",
+                        input.offset()
+                    ));
                 }
             }
         }
@@ -843,6 +937,9 @@ impl Exec {
         s.filtered += counts.1;
         s.dead_lettered += counts.2;
         s.traps += worker_traps.saturating_sub(self.traps_seen);
+        if last_failure.is_some() {
+            s.last_error = last_failure;
+        }
         self.traps_seen = worker_traps;
         true
     }

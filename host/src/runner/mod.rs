@@ -64,7 +64,7 @@ use crate::config::DeploymentSpec;
 use crate::engine::{Engine, Limits, Module};
 use crate::kafka::KafkaOptions;
 
-pub use deployment::{DeploymentState, DeploymentStatus, SwapReport};
+pub use deployment::{DeploymentState, DeploymentStatus, PartitionStatus, SwapReport};
 
 /// What one deployment needs to run: its spec, its loaded module and model.
 #[derive(Debug, Clone)]
@@ -74,6 +74,10 @@ pub struct Deployment {
     pub model: Option<Arc<[u8]>>,
     /// `sha256:<hex>` of the model, when there is one.
     pub model_digest: Option<String>,
+    /// Which version of the deployment this is (the `runnel-version` header):
+    /// 1 for a new one; a swap to a version not above the running one takes
+    /// the next number.
+    pub version: u64,
 }
 
 impl Deployment {
@@ -105,6 +109,7 @@ impl Deployment {
             module,
             model: model.map(Arc::from),
             model_digest,
+            version: 1,
         }
     }
 
@@ -133,57 +138,96 @@ struct Running {
     thread: Option<JoinHandle<()>>,
 }
 
-/// A node: every deployment it was given, each with its consumer thread and worker pool.
+/// A node: the deployments it runs, each with its consumer thread and worker
+/// pool. Deployments come and go while it runs ([`Node::add`],
+/// [`Node::remove`], [`Node::swap`]).
 pub struct Node {
-    running: Vec<Running>,
+    kafka: KafkaOptions,
+    running: Mutex<Vec<Running>>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("deployments", &self.running.len())
+            .field("deployments", &self.names())
             .finish()
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Node {
+    /// A node with no deployment yet.
+    pub fn new(kafka: &KafkaOptions) -> Self {
+        Self {
+            kafka: kafka.clone(),
+            running: Mutex::default(),
+        }
+    }
+
     /// Starts every deployment. Returns once their threads are running; each
     /// connects, joins its group and reports its progress in its status.
     pub fn start(kafka: &KafkaOptions, deployments: Vec<Deployment>) -> anyhow::Result<Self> {
-        let mut running = Vec::new();
+        let node = Self::new(kafka);
         for d in deployments {
-            let stop = Arc::new(AtomicBool::new(false));
-            let status = Arc::new(Mutex::new(DeploymentStatus::new(&d)));
-            let name = d.spec.name.clone();
-            let (control, requests) = std::sync::mpsc::channel();
-            let thread = std::thread::Builder::new()
-                .name(format!("runnel-{name}"))
-                .spawn({
-                    let (kafka, stop, status) = (kafka.clone(), stop.clone(), status.clone());
-                    move || deployment::run(d, kafka, stop, status, requests)
-                })
-                .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
-            running.push(Running {
-                name,
-                control,
-                stop,
-                status,
-                thread: Some(thread),
-            });
+            node.add(d)?;
         }
-        Ok(Self { running })
+        Ok(node)
+    }
+
+    /// Starts one more deployment.
+    pub fn add(&self, d: Deployment) -> anyhow::Result<()> {
+        let mut running = lock(&self.running);
+        let name = d.spec.name.clone();
+        if running.iter().any(|r| r.name == name) {
+            anyhow::bail!("deployment {name:?} already runs on this node");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Mutex::new(DeploymentStatus::new(&d)));
+        let (control, requests) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("runnel-{name}"))
+            .spawn({
+                let (kafka, stop, status) = (self.kafka.clone(), stop.clone(), status.clone());
+                move || deployment::run(d, kafka, stop, status, requests)
+            })
+            .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
+        running.push(Running {
+            name,
+            control,
+            stop,
+            status,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// Stops deployment `name` cleanly (outputs flushed, offsets committed,
+    /// group left) and forgets it. False if it did not run here.
+    pub fn remove(&self, name: &str) -> bool {
+        let r = {
+            let mut running = lock(&self.running);
+            match running.iter().position(|r| r.name == name) {
+                Some(i) => running.remove(i),
+                None => return false,
+            }
+        };
+        stop_all(vec![r]);
+        true
+    }
+
+    /// The names of the deployments this node runs.
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.running).iter().map(|r| r.name.clone()).collect()
     }
 
     /// A snapshot of every deployment's status.
     pub fn status(&self) -> Vec<DeploymentStatus> {
-        self.running
+        lock(&self.running)
             .iter()
-            .map(|r| {
-                r.status
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
-            })
+            .map(|r| lock(&r.status).clone())
             .collect()
     }
 
@@ -193,14 +237,13 @@ impl Node {
     /// new version, or with an error — the function's own `init` message
     /// among them — and the old version still running.
     pub fn swap(&self, name: &str, next: Deployment) -> anyhow::Result<SwapReport> {
-        let Some(r) = self.running.iter().find(|r| r.name == name) else {
-            anyhow::bail!("no deployment named {name:?} runs on this node");
+        let (control, current) = {
+            let running = lock(&self.running);
+            let Some(r) = running.iter().find(|r| r.name == name) else {
+                anyhow::bail!("no deployment named {name:?} runs on this node");
+            };
+            (r.control.clone(), lock(&r.status).clone())
         };
-        let current = r
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         if next.spec.name != name {
             anyhow::bail!(
                 "a swap keeps the deployment's name: {name:?}, not {:?}",
@@ -211,7 +254,7 @@ impl Node {
             anyhow::bail!("deployment {name:?} has stopped");
         }
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        r.control
+        control
             .send(deployment::Control::Swap {
                 next: Box::new(next),
                 reply,
@@ -224,29 +267,29 @@ impl Node {
 
     /// Stops every deployment cleanly: outputs flushed, offsets committed,
     /// groups left.
-    pub fn stop(mut self) {
-        for r in &self.running {
-            r.stop.store(true, Ordering::SeqCst);
-        }
-        for r in &mut self.running {
-            if let Some(t) = r.thread.take()
-                && t.join().is_err()
-            {
-                tracing::error!(deployment = r.name, "the deployment's thread panicked");
-            }
+    pub fn stop(self) {
+        let running = std::mem::take(&mut *lock(&self.running));
+        stop_all(running);
+    }
+}
+
+/// Signals every deployment to stop, then waits for each.
+fn stop_all(mut running: Vec<Running>) {
+    for r in &running {
+        r.stop.store(true, Ordering::SeqCst);
+    }
+    for r in &mut running {
+        if let Some(t) = r.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!(deployment = r.name, "the deployment's thread panicked");
         }
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for r in &self.running {
-            r.stop.store(true, Ordering::SeqCst);
-        }
-        for r in &mut self.running {
-            if let Some(t) = r.thread.take() {
-                let _ = t.join();
-            }
-        }
+        let running = std::mem::take(&mut *lock(&self.running));
+        stop_all(running);
     }
 }

@@ -1,0 +1,473 @@
+//! `runnel deploy`, `ls`, `status`, `swap`, `rollback`, `pause`, `resume`,
+//! `delete`: the admin API from the command line. Readable tables by
+//! default, `--json` for scripts; an error from the API is shown as the
+//! sentence it sent.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::control::api::error_message;
+
+/// Where the API is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// The admin API of any node.
+    #[arg(
+        long,
+        env = "RUNNEL_API",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub api: String,
+    /// The API's bearer token, if it needs one.
+    #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The control commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ControlCommand {
+    /// Upload a module (and model) and deploy it onto topics, or make a new
+    /// version of an existing deployment of that name.
+    Deploy(DeployArgs),
+    /// List the deployments.
+    Ls,
+    /// A deployment's version, state, partitions, offsets and lag, and history.
+    Status { name: String },
+    /// Replace a deployment's module, model or config while records flow.
+    Swap(SwapArgs),
+    /// Go back to a kept version (default: the one before the current).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Stop processing a deployment (its offsets stay committed).
+    Pause { name: String },
+    /// Start processing a paused deployment again.
+    Resume { name: String },
+    /// Delete a deployment.
+    Delete { name: String },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployArgs {
+    /// The function: a wasm32-wasip2 component.
+    pub module: PathBuf,
+    #[arg(long)]
+    pub name: String,
+    /// An input topic; repeat for more.
+    #[arg(long = "input", required = true)]
+    pub input: Vec<String>,
+    #[arg(long)]
+    pub output: String,
+    /// Where failed records go; default `<output>.dlq`.
+    #[arg(long)]
+    pub dead_letter: Option<String>,
+    /// The model file, for a scorer.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A config entry for the function's init; repeat for more.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
+    pub config: Vec<(String, String)>,
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwapArgs {
+    pub name: String,
+    /// A new module; default: keep the running one.
+    pub module: Option<PathBuf>,
+    /// A new model; default: keep the running one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Replace the config with these entries; default: keep it.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
+    pub config: Vec<(String, String)>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    args: ApiArgs,
+}
+
+impl Client {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.args.api.trim_end_matches('/'))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let request = match &self.args.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the runnel API at {}", self.args.api))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("{}", error_message(status.as_u16(), &body));
+        }
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&body)
+            .with_context(|| format!("the API answered something that is not JSON: {body}"))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    async fn upload(&self, path: &str, file: &PathBuf) -> anyhow::Result<Value> {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        self.send(self.http.post(self.url(path)).body(bytes))
+            .await
+            .with_context(|| format!("uploading {}", file.display()))
+    }
+}
+
+/// Runs one command; what it prints goes to `out`.
+pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> anyhow::Result<()> {
+    let client = Client {
+        http: reqwest::Client::new(),
+        args: api.clone(),
+    };
+    let (value, table) = match command {
+        ControlCommand::Deploy(a) => {
+            let module = client.upload("/v1/modules", &a.module).await?;
+            let model = match &a.model {
+                Some(m) => Some(client.upload("/v1/models", m).await?),
+                None => None,
+            };
+            let config: BTreeMap<String, String> = a.config.iter().cloned().collect();
+            let mut body = json!({
+                "module": module["digest"],
+                "input": a.input,
+                "output": a.output,
+                "config": config,
+            });
+            let fields = [
+                ("model", model.map(|m| m["digest"].clone())),
+                ("dead_letter", a.dead_letter.clone().map(Value::from)),
+                ("memory_mib", a.memory_mib.map(Value::from)),
+                ("timeout_ms", a.timeout_ms.map(Value::from)),
+                ("batch_size", a.batch_size.map(Value::from)),
+                ("linger_ms", a.linger_ms.map(Value::from)),
+                ("workers", a.workers.map(Value::from)),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            let r = client
+                .send(
+                    client
+                        .http
+                        .put(client.url(&format!("/v1/deployments/{}", a.name)))
+                        .json(&body),
+                )
+                .await?;
+            let line = format!(
+                "deployed {} version {} ({}, module {})\n",
+                a.name,
+                r["version"],
+                r["world"].as_str().unwrap_or("?"),
+                short(module["digest"].as_str())
+            );
+            (r, line)
+        }
+        ControlCommand::Ls => {
+            let r = client.get("/v1/deployments").await?;
+            let table = ls_table(&r);
+            (r, table)
+        }
+        ControlCommand::Status { name } => {
+            let r = client
+                .get(&format!("/v1/deployments/{name}/status"))
+                .await?;
+            let table = status_table(&r);
+            (r, table)
+        }
+        ControlCommand::Swap(a) => {
+            let current = client.get(&format!("/v1/deployments/{}", a.name)).await?;
+            let version = current["versions"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["version"] == current["current"]))
+                .cloned()
+                .context("the deployment has no current version")?;
+            if a.module.is_none() && a.model.is_none() && a.config.is_empty() {
+                anyhow::bail!("nothing to swap: give a module, --model FILE or --config KEY=VALUE");
+            }
+            let module = match &a.module {
+                Some(m) => client.upload("/v1/modules", m).await?["digest"].clone(),
+                None => json!(format!(
+                    "sha256:{}",
+                    version["module"].as_str().unwrap_or("")
+                )),
+            };
+            let model = match &a.model {
+                Some(m) => client.upload("/v1/models", m).await?["digest"].clone(),
+                None => version["model"]
+                    .as_str()
+                    .map_or(Value::Null, |m| json!(format!("sha256:{m}"))),
+            };
+            let config = if a.config.is_empty() {
+                version["config"].clone()
+            } else {
+                json!(a.config.iter().cloned().collect::<BTreeMap<_, _>>())
+            };
+            let mut body = json!({
+                "module": module,
+                "input": current["input"],
+                "output": current["output"],
+                "config": config,
+                "memory_mib": version["memory_mib"],
+                "timeout_ms": version["timeout_ms"],
+            });
+            if !model.is_null() {
+                body["model"] = model;
+            }
+            if !current["dead_letter"].is_null() {
+                body["dead_letter"] = current["dead_letter"].clone();
+            }
+            let r = client
+                .send(
+                    client
+                        .http
+                        .put(client.url(&format!("/v1/deployments/{}", a.name)))
+                        .json(&body),
+                )
+                .await?;
+            let line = format!(
+                "swapped {} to version {} (from {})\n",
+                a.name, r["version"], current["current"]
+            );
+            (r, line)
+        }
+        ControlCommand::Rollback { name, to } => {
+            let body = to.map_or_else(|| json!({}), |v| json!({ "to": v }));
+            let r = client
+                .post_json(&format!("/v1/deployments/{name}/rollback"), &body)
+                .await?;
+            let line = format!(
+                "rolled {name} back to version {} as version {}\n",
+                r["to"], r["version"]
+            );
+            (r, line)
+        }
+        ControlCommand::Pause { name } => {
+            let r = client
+                .post_json(&format!("/v1/deployments/{name}/pause"), &json!({}))
+                .await?;
+            (r, format!("paused {name}\n"))
+        }
+        ControlCommand::Resume { name } => {
+            let r = client
+                .post_json(&format!("/v1/deployments/{name}/resume"), &json!({}))
+                .await?;
+            (r, format!("resumed {name}\n"))
+        }
+        ControlCommand::Delete { name } => {
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/deployments/{name}"))),
+                )
+                .await?;
+            (json!({ "deleted": name }), format!("deleted {name}\n"))
+        }
+    };
+    if api.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        out.push_str(&table);
+    }
+    Ok(())
+}
+
+/// `sha256:0123456789ab…` → `0123456789ab`.
+fn short(digest: Option<&str>) -> String {
+    digest
+        .map(|d| d.trim_start_matches("sha256:").chars().take(12).collect())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        Value::Object(o) if o.contains_key("state") => text(&o["state"]),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect(), &mut out);
+    for r in rows {
+        line(r.clone(), &mut out);
+    }
+    out
+}
+
+fn ls_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            vec![
+                text(&d["name"]),
+                text(&d["version"]),
+                text(&d["state"]),
+                text(&d["input"]),
+                text(&d["output"]),
+                short(d["module"].as_str()),
+                short(d["model"].as_str()),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no deployments\n".to_owned();
+    }
+    table(
+        &[
+            "NAME", "VERSION", "STATE", "INPUT", "OUTPUT", "MODULE", "MODEL",
+        ],
+        &rows,
+    )
+}
+
+fn status_table(v: &Value) -> String {
+    let node = &v["node"];
+    let s = &node["status"];
+    let mut out = String::new();
+    let _ = writeln!(out, "name:      {}", text(&v["name"]));
+    let _ = writeln!(
+        out,
+        "version:   {} (running here: {})",
+        text(&v["version"]),
+        text(&node["running_version"])
+    );
+    let _ = writeln!(out, "state:     {}", text(&v["state"]));
+    let _ = writeln!(
+        out,
+        "topics:    {} -> {}",
+        text(&v["input"]),
+        text(&v["output"])
+    );
+    let _ = writeln!(out, "module:    {}", text(&v["module"]));
+    if !v["model"].is_null() {
+        let _ = writeln!(out, "model:     {}", text(&v["model"]));
+    }
+    if !s.is_null() {
+        let _ = writeln!(
+            out,
+            "records:   {} in, {} out, {} filtered, {} dead-lettered, {} traps",
+            text(&s["records_in"]),
+            text(&s["records_out"]),
+            text(&s["filtered"]),
+            text(&s["dead_lettered"]),
+            text(&s["traps"])
+        );
+        let _ = writeln!(out, "last error: {}", text(&s["last_error"]));
+    }
+    if !node["error"].is_null() {
+        let _ = writeln!(out, "not running here: {}", text(&node["error"]));
+    }
+    for r in node["rollbacks"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+    {
+        let _ = writeln!(out, "rollback:  {}", text(r));
+    }
+    let parts: Vec<Vec<String>> = s["partitions"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            vec![
+                text(&p["topic"]),
+                text(&p["partition"]),
+                text(&p["offset"]),
+                text(&p["high_watermark"]),
+                text(&p["lag"]),
+            ]
+        })
+        .collect();
+    out.push_str("\npartitions on this node:\n");
+    if parts.is_empty() {
+        out.push_str("  none\n");
+    } else {
+        out.push_str(&table(
+            &["TOPIC", "PARTITION", "OFFSET", "END", "LAG"],
+            &parts,
+        ));
+    }
+    let versions: Vec<Vec<String>> = v["versions"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|x| {
+            vec![
+                text(&x["version"]),
+                short(x["module"].as_str()),
+                short(x["model"].as_str()),
+                text(&x["reason"]),
+            ]
+        })
+        .collect();
+    out.push_str("\nversions:\n");
+    out.push_str(&table(&["VERSION", "MODULE", "MODEL", "REASON"], &versions));
+    out
+}

@@ -1,0 +1,168 @@
+//! The control plane of a node: the registry (kept in Kafka), the reconciler
+//! that makes the node run what it says, and the HTTP admin API that writes
+//! to it. `runnel serve` and `runnel dev` start one; so do tests.
+
+pub mod api;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+use crate::engine::Engine;
+use crate::kafka::KafkaOptions;
+use crate::registry::{Registry, RegistryTopics};
+use crate::runner::{Deployment, Node};
+
+/// How to start a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    pub kafka: KafkaOptions,
+    pub topics: RegistryTopics,
+    /// Where the admin API listens. Loopback by default.
+    pub listen: SocketAddr,
+    /// A bearer token the API requires, if set.
+    pub token: Option<String>,
+    /// The largest model accepted, in bytes.
+    pub max_model_bytes: usize,
+}
+
+impl ControlOptions {
+    pub fn new(kafka: KafkaOptions) -> Self {
+        Self {
+            kafka,
+            topics: RegistryTopics::default(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            token: None,
+            max_model_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A running node with its registry, reconciler and admin API.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    node: Arc<Node>,
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+    reconciler: Option<std::thread::JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl ControlPlane {
+    /// Reads the registry (returns once caught up), starts the node with the
+    /// `fixed` deployments (from a config file) and whatever the registry
+    /// holds, and serves the admin API. Call from a multi-threaded runtime.
+    pub async fn start(
+        options: ControlOptions,
+        engine: Engine,
+        fixed: Vec<Deployment>,
+    ) -> anyhow::Result<Self> {
+        let registry = Arc::new(Registry::open(&options.kafka, options.topics.clone()).await?);
+        let fixed_names: Vec<String> = fixed.iter().map(|d| d.spec.name.clone()).collect();
+        let node = Arc::new(Node::start(&options.kafka, fixed)?);
+        let reconciled = Arc::new(reconcile::Reconciled::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        let reconciler = std::thread::Builder::new()
+            .name("runnel-reconcile".into())
+            .spawn({
+                let (registry, node, engine, reconciled, stop) = (
+                    registry.clone(),
+                    node.clone(),
+                    engine.clone(),
+                    reconciled.clone(),
+                    stop.clone(),
+                );
+                move || {
+                    reconcile::run(
+                        &registry,
+                        &node,
+                        &engine,
+                        &reconciled,
+                        &fixed_names,
+                        &stop,
+                        &runtime,
+                    );
+                }
+            })
+            .context("cannot start the reconciler")?;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for the admin API", options.listen))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(Arc::new(api::AppState {
+            registry: registry.clone(),
+            node: node.clone(),
+            engine,
+            kafka: options.kafka.clone(),
+            token: options.token.clone(),
+            reconciled,
+            max_model_bytes: options.max_model_bytes,
+        }));
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the admin API stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            node,
+            registry,
+            stop,
+            reconciler: Some(reconciler),
+            server,
+        })
+    }
+
+    /// Where the admin API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API's base URL, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Stops the API, the reconciler and every deployment (flush, commit,
+    /// leave the groups). Blocks: call it from a blocking context.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.server.abort();
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.reconciler.take() {
+            let _ = t.join();
+        }
+        for name in self.node.names() {
+            self.node.remove(&name);
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

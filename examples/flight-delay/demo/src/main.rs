@@ -281,8 +281,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         move || {
             let start = Instant::now();
             for (i, line) in flights.iter().enumerate() {
-                if rate > 0 {
-                    let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
+                if let Some(micros) = (i as u64 * 1_000_000).checked_div(rate) {
+                    let due = start + Duration::from_micros(micros);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }

@@ -26,11 +26,10 @@ use std::time::Duration;
 
 use flight_predictor::{FlightModel, parse_flight};
 use runnel_abi::BatchBuilder;
-use runnel_bench::kafka::{Out, native_loop, produce, wait_for};
+use runnel_bench::kafka::{Out, native_loop, node_run, produce, wait_for};
 use runnel_bench::{best_of, cpu_seconds, per};
 use runnel_host::engine::{Limits, Outcome, Worker};
 use runnel_host::kafka::KafkaOptions;
-use runnel_host::runner::{Deployment, Node};
 use runnel_tests::kafka::{broker, spec, topics, unique};
 use runnel_tests::{engine, guest, guests};
 
@@ -119,20 +118,11 @@ fn runnel_row(
     n: usize,
     workers: usize,
 ) -> (Duration, f64) {
-    let engine = engine(None);
     let mut spec = spec("bench", guests::FLIGHT_DELAY, input, output, &[]);
     spec.model = Some(example(&format!("model/{MODEL}.json")));
-    spec.batch_size = 256;
-    spec.linger_ms = 5;
     spec.memory_mib = 128;
     spec.workers = workers;
-    let d = Deployment::load(&engine, spec).expect("loads");
-    let cpu0 = cpu_seconds(None);
-    let node = Node::start(kafka, vec![d]).expect("starts");
-    let (first, last) = wait_for(kafka, output, n);
-    let cpu = cpu_seconds(None) - cpu0;
-    node.stop();
-    (last - first, cpu)
+    node_run(kafka, spec, n)
 }
 
 /// An interpreter with confluent-kafka and lightgbm, made if missing.

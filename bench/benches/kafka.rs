@@ -12,12 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use runnel_bench::cpu_seconds;
-use runnel_bench::kafka::{Out, native_loop, produce, wait_for};
+use runnel_bench::kafka::{Out, native_loop, node_run, produce};
 use runnel_host::kafka::KafkaOptions;
-use runnel_host::runner::{Deployment, Node};
+use runnel_tests::guests;
 use runnel_tests::kafka::{broker, spec, topics, unique};
-use runnel_tests::{engine, guests};
 
 const N: usize = 200_000;
 const PARTITIONS: i32 = 2;
@@ -63,19 +61,10 @@ fn runnel(
     expect: usize,
     workers: usize,
 ) -> (Duration, f64) {
-    let engine = engine(None);
     let mut spec = spec("bench", module, input, output, config);
-    spec.batch_size = 256;
-    spec.linger_ms = 5;
     spec.timeout_ms = 5000;
     spec.workers = workers;
-    let d = Deployment::load(&engine, spec).expect("loads");
-    let cpu0 = cpu_seconds(None);
-    let node = Node::start(kafka, vec![d]).expect("starts");
-    let (first, last) = wait_for(kafka, output, expect);
-    let cpu = cpu_seconds(None) - cpu0;
-    node.stop();
-    (last - first, cpu)
+    node_run(kafka, spec, expect)
 }
 
 fn main() {

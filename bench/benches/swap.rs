@@ -116,12 +116,16 @@ struct Run {
 async fn run(kafka: &KafkaOptions, a: &ControlPlane, b: &ControlPlane, swap: bool) -> Run {
     let (input, output) = (unique("in"), unique("out"));
     topics(kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
+    let v1 = post(format!("{}/v1/models", a.url()), b"v1:".to_vec()).await;
     let module = post(
-        format!("{}/v1/modules", a.url()),
+        format!(
+            "{}/v1/modules?model={}",
+            a.url(),
+            v1["digest"].as_str().expect("digest")
+        ),
         std::fs::read(guests::ECHO_SCORER).expect("guest"),
     )
     .await;
-    let v1 = post(format!("{}/v1/models", a.url()), b"v1:".to_vec()).await;
     let name = unique("swap");
     let spec = |model: &Value| {
         json!({"module": module["digest"], "model": model["digest"], "input": [input],

@@ -70,6 +70,28 @@ impl ProducerContext for Ctx {
     }
 }
 
+/// runnel's side of a comparison: a node running `spec` (batches of 256,
+/// 5 ms linger) until `expect` outputs arrived on its output topic. Returns
+/// the time between the first and the last output, and the CPU seconds this
+/// process used meanwhile.
+pub fn node_run(
+    kafka: &KafkaOptions,
+    mut spec: runnel_host::config::DeploymentSpec,
+    expect: usize,
+) -> (Duration, f64) {
+    spec.batch_size = 256;
+    spec.linger_ms = 5;
+    let output = spec.output.clone();
+    let d = runnel_host::runner::Deployment::load(&runnel_tests::engine(None), spec)
+        .expect("the deployment loads");
+    let cpu0 = cpu_seconds(None);
+    let node = runnel_host::runner::Node::start(kafka, vec![d]).expect("the node starts");
+    let (first, last) = wait_for(kafka, &output, expect);
+    let cpu = cpu_seconds(None) - cpu0;
+    node.stop();
+    (last - first, cpu)
+}
+
 /// What the native loop's function made of one input.
 #[derive(Debug)]
 pub enum Out {

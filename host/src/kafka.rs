@@ -87,6 +87,17 @@ pub async fn ensure_topics(
     topics: &[&str],
     partitions: i32,
 ) -> anyhow::Result<()> {
+    create_topics(kafka, topics, partitions, &[]).await
+}
+
+/// Creates the topics that do not exist yet, with `partitions` partitions
+/// and these topic `configs` (for instance `cleanup.policy=compact`).
+pub async fn create_topics(
+    kafka: &KafkaOptions,
+    topics: &[&str],
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let admin = kafka.admin()?;
     // A topic named twice in one request makes the whole request malformed.
     let mut topics = topics.to_vec();
@@ -94,7 +105,12 @@ pub async fn ensure_topics(
     topics.dedup();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            configs.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1)),
+                |n, (k, v)| n.set(k, v),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin

@@ -2,6 +2,8 @@
 //!
 //! - [`engine`] loads, validates and runs function components (wasmtime).
 //! - [`runner`] binds them to Kafka topics: the worker pool, at-least-once.
+//! - [`registry`] keeps modules, models and deployments in Kafka; [`control`]
+//!   reconciles a node with it and serves the admin API.
 //! - [`kafka`] holds the rdkafka client settings; [`broker`] the embedded broker.
 //! - [`config`] reads `runnel.toml`; [`cli`] is the `runnel` command line.
 //!

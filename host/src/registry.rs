@@ -26,11 +26,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -194,23 +192,14 @@ pub async fn ensure_registry_topics(
     kafka: &KafkaOptions,
     topics: &RegistryTopics,
 ) -> anyhow::Result<()> {
-    let admin = kafka.admin()?;
-    let new: Vec<NewTopic<'_>> = [&topics.artifacts, &topics.deployments]
-        .into_iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&new, &opts)
-        .await
-        .with_context(|| format!("cannot create the registry's topics on {}", kafka.brokers))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("cannot create the registry topic {topic}: {code}"),
-        }
-    }
-    Ok(())
+    crate::kafka::create_topics(
+        kafka,
+        &[&topics.artifacts, &topics.deployments],
+        1,
+        &[("cleanup.policy", "compact")],
+    )
+    .await
+    .context("cannot create the registry's topics")
 }
 
 impl Registry {
@@ -238,15 +227,23 @@ impl Registry {
             .assign(&tpl)
             .context("cannot read the registry topics")?;
         // Where the topics end now: caught up once read that far.
-        let mut ends = HashMap::new();
-        for t in [&topics.artifacts, &topics.deployments] {
-            let consumer_ref = &consumer;
-            let (_, high) = tokio::task::block_in_place(|| {
-                consumer_ref.fetch_watermarks(t, 0, Duration::from_secs(10))
-            })
-            .with_context(|| format!("cannot read the end of the registry topic {t}"))?;
-            ends.insert(t.clone(), high);
-        }
+        let (consumer, ends) = tokio::task::spawn_blocking({
+            let names = [topics.artifacts.clone(), topics.deployments.clone()];
+            move || {
+                let mut ends = HashMap::new();
+                for t in names {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&t, 0, Duration::from_secs(10))
+                        .with_context(|| {
+                            format!("cannot read the end of the registry topic {t}")
+                        })?;
+                    ends.insert(t, high);
+                }
+                Ok::<_, anyhow::Error>((consumer, ends))
+            }
+        })
+        .await
+        .context("reading the registry's topics")??;
         let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()

@@ -116,6 +116,39 @@ pub async fn read(
     .expect("reader thread")
 }
 
+/// Produces `chunks` chunks of 100 records (key `k<i>`, value `r<i>`), with
+/// `pause` between chunks: a stream that keeps coming while a test acts.
+pub fn stream(
+    kafka: &KafkaOptions,
+    topic: &str,
+    chunks: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::spawn(async move {
+        for chunk in 0..chunks {
+            let records: Vec<Rec> = (chunk * 100..(chunk + 1) * 100)
+                .map(|i| (Some(format!("k{i}")), format!("r{i}"), vec![]))
+                .collect();
+            produce(&kafka, &topic, &records).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// Where each of the `n` records of `topic` sits, by value: (partition, offset).
+pub async fn positions(
+    kafka: &KafkaOptions,
+    topic: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, (i32, i64)> {
+    read(kafka, topic, n, Duration::from_secs(90))
+        .await
+        .iter()
+        .map(|m| (value(m), (m.partition(), m.offset())))
+        .collect()
+}
+
 /// A header's value as text.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     let h = m.headers()?;

@@ -13,7 +13,9 @@ use runnel_host::control::{ControlOptions, ControlPlane};
 use runnel_host::engine::{Engine, EngineConfig};
 use runnel_host::kafka::KafkaOptions;
 use runnel_host::registry::RegistryTopics;
-use runnel_tests::kafka::{Rec, broker, header, produce, read, topics, unique, value};
+use runnel_tests::kafka::{
+    Rec, broker, header, positions, produce, read, stream, topics, unique, value,
+};
 use runnel_tests::{guest, guests};
 use serde_json::{Value, json};
 
@@ -98,53 +100,84 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
     assert!(v.as_str().unwrap().starts_with("openapi: 3.1.0"));
 
     // Uploads that are not functions.
+    let filter_bytes = guest(guests::THRESHOLD_FILTER);
+    let scorer_bytes = guest(guests::ECHO_SCORER);
     let refused = [
         (
             b"random bytes, not wasm".to_vec(),
+            "",
             422,
             "not a WebAssembly binary",
         ),
         (
             b"\0asm\x01\0\0\0".to_vec(),
+            "",
             422,
             "core WebAssembly module, not a component",
         ),
         (
             guest(guests::UNKNOWN_WORLD),
+            "",
             422,
             "implements none of runnel's worlds",
         ),
-        (vec![0u8; 5 << 20], 413, "over the limit of 4194304 bytes"),
-        (vec![], 400, "empty"),
+        (
+            vec![0u8; 5 << 20],
+            "",
+            413,
+            "over the limit of 4194304 bytes",
+        ),
+        (vec![], "", 400, "empty"),
+        // Its init runs: without its config, the guest's own message.
+        (
+            filter_bytes.clone(),
+            "",
+            422,
+            "refused to start: missing config `field`",
+        ),
+        (scorer_bytes.clone(), "", 422, "its init needs a model"),
+        (
+            scorer_bytes.clone(),
+            "?model=sha256:00",
+            422,
+            "no model sha256:00 was uploaded",
+        ),
+        (
+            filter_bytes.clone(),
+            "?config=field",
+            400,
+            "config \"field\" is not KEY=VALUE",
+        ),
     ];
-    for (bytes, status, message) in refused {
+    for (bytes, query, status, message) in refused {
         let digest = runnel_host::registry::digest(&bytes);
-        let (s, v) = call(M::POST, url("/v1/modules"), t, Some(bytes.into()), None).await;
+        let u = url(&format!("/v1/modules{query}"));
+        let (s, v) = call(M::POST, u, t, Some(bytes.into()), None).await;
         assert_eq!(s, status, "{v}");
-        assert!(error(&v).contains(message), "{v}");
+        assert!(error(&v).contains(message), "{message:?} in {v}");
         assert!(cp.registry().artifact(&digest).is_none(), "nothing stored");
     }
 
-    // A good upload, then deployments that cannot run.
-    let (s, v) = call(
-        M::POST,
-        url("/v1/modules"),
-        t,
-        Some(guest(guests::THRESHOLD_FILTER).into()),
-        None,
-    )
-    .await;
+    // Good uploads (with what their init needs), then deployments that cannot run.
+    let u = url("/v1/modules?config=field%3Dn&config=min%3D1");
+    let (s, v) = call(M::POST, u, t, Some(filter_bytes.into()), None).await;
     assert_eq!((s, v["world"].as_str()), (201, Some("filter")), "{v}");
     let filter = v["digest"].as_str().unwrap().to_owned();
     let (s, v) = call(
         M::POST,
-        url("/v1/modules"),
+        url("/v1/models"),
         t,
-        Some(guest(guests::ECHO_SCORER).into()),
+        Some(b"m:".to_vec().into()),
         None,
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    let u = url(&format!(
+        "/v1/modules?model={}",
+        v["digest"].as_str().unwrap()
+    ));
+    let (s, v) = call(M::POST, u, t, Some(scorer_bytes.into()), None).await;
+    assert_eq!((s, v["world"].as_str()), (201, Some("scorer")), "{v}");
     let scorer = v["digest"].as_str().unwrap().to_owned();
     let put = |name: &str, body: Value| {
         let u = url(&format!("/v1/deployments/{name}"));
@@ -304,18 +337,7 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
 
     // Records keep coming while the model is swapped through node B's API.
     const N: usize = 2000;
-    let producing = tokio::spawn({
-        let (kafka, input) = (kafka.clone(), input.clone());
-        async move {
-            for chunk in 0..20 {
-                let records: Vec<Rec> = (chunk * 100..(chunk + 1) * 100)
-                    .map(|i| (Some(format!("k{i}")), format!("r{i}"), vec![]))
-                    .collect();
-                produce(&kafka, &input, &records).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
+    let producing = stream(&kafka, &input, 20, Duration::from_millis(50));
     read(&kafka, &output, 300, WAIT).await;
     let out = cli(
         &api(&b),
@@ -331,14 +353,7 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
     producing.await.unwrap();
 
     // Every input offset once; per partition, v1 then v2, one switch.
-    let inputs = read(&kafka, &input, N, WAIT).await;
-    let position: BTreeMap<String, (i32, i64)> = inputs
-        .iter()
-        .map(|m| {
-            use rdkafka::Message as _;
-            (value(m), (m.partition(), m.offset()))
-        })
-        .collect();
+    let position = positions(&kafka, &input, N).await;
     let out = read(&kafka, &output, N, WAIT).await;
     let mut seen: BTreeMap<(i32, i64), String> = BTreeMap::new();
     for m in &out {

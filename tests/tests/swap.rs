@@ -10,7 +10,7 @@ use std::time::Duration;
 use runnel_host::config::DeploymentSpec;
 use runnel_host::engine::Module;
 use runnel_host::runner::{Deployment, Node};
-use runnel_tests::kafka::{Rec, broker, header, produce, read, spec, topics, unique, value};
+use runnel_tests::kafka::{broker, header, positions, read, spec, stream, topics, unique, value};
 use runnel_tests::{engine, guest, guests};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -36,18 +36,7 @@ async fn a_model_swap_under_load_switches_each_partition_once_and_loses_nothing(
 
     // Records keep coming while the swap happens.
     const N: usize = 3000;
-    let producing = tokio::spawn({
-        let (kafka, input) = (kafka.clone(), input.clone());
-        async move {
-            for chunk in 0..30 {
-                let records: Vec<Rec> = (chunk * 100..(chunk + 1) * 100)
-                    .map(|i| (Some(format!("k{i}")), format!("r{i}"), vec![]))
-                    .collect();
-                produce(&kafka, &input, &records).await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-        }
-    });
+    let producing = stream(&kafka, &input, 30, Duration::from_millis(30));
     read(&kafka, &output, 500, WAIT).await;
 
     // A model the function refuses never replaces the running one.
@@ -74,14 +63,7 @@ async fn a_model_swap_under_load_switches_each_partition_once_and_loses_nothing(
     producing.await.unwrap();
 
     // Where each input record sits: (partition, offset).
-    let inputs = read(&kafka, &input, N, WAIT).await;
-    let position: BTreeMap<String, (i32, i64)> = inputs
-        .iter()
-        .map(|m| {
-            use rdkafka::Message as _;
-            (value(m), (m.partition(), m.offset()))
-        })
-        .collect();
+    let position = positions(&kafka, &input, N).await;
     assert_eq!(position.len(), N);
 
     let out = read(&kafka, &output, N, WAIT).await;

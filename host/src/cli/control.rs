@@ -141,6 +141,15 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    async fn put_deployment(&self, name: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/deployments/{name}")))
+                .json(body),
+        )
+        .await
+    }
+
     async fn upload(&self, path: &str, file: &PathBuf) -> anyhow::Result<Value> {
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -158,11 +167,16 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
     };
     let (value, table) = match command {
         ControlCommand::Deploy(a) => {
-            let module = client.upload("/v1/modules", &a.module).await?;
             let model = match &a.model {
                 Some(m) => Some(client.upload("/v1/models", m).await?),
                 None => None,
             };
+            let module = client
+                .upload(
+                    &module_path(model.as_ref().map(|m| &m["digest"]), &a.config),
+                    &a.module,
+                )
+                .await?;
             let config: BTreeMap<String, String> = a.config.iter().cloned().collect();
             let mut body = json!({
                 "module": module["digest"],
@@ -184,14 +198,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                     body[k] = v;
                 }
             }
-            let r = client
-                .send(
-                    client
-                        .http
-                        .put(client.url(&format!("/v1/deployments/{}", a.name)))
-                        .json(&body),
-                )
-                .await?;
+            let r = client.put_deployment(&a.name, &body).await?;
             let line = format!(
                 "deployed {} version {} ({}, module {})\n",
                 a.name,
@@ -223,24 +230,31 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             if a.module.is_none() && a.model.is_none() && a.config.is_empty() {
                 anyhow::bail!("nothing to swap: give a module, --model FILE or --config KEY=VALUE");
             }
-            let module = match &a.module {
-                Some(m) => client.upload("/v1/modules", m).await?["digest"].clone(),
-                None => json!(format!(
-                    "sha256:{}",
-                    version["module"].as_str().unwrap_or("")
-                )),
-            };
             let model = match &a.model {
                 Some(m) => client.upload("/v1/models", m).await?["digest"].clone(),
                 None => version["model"]
                     .as_str()
                     .map_or(Value::Null, |m| json!(format!("sha256:{m}"))),
             };
-            let config = if a.config.is_empty() {
-                version["config"].clone()
+            let config: Vec<(String, String)> = if a.config.is_empty() {
+                version["config"]
+                    .as_object()
+                    .map(|o| o.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+                    .unwrap_or_default()
             } else {
-                json!(a.config.iter().cloned().collect::<BTreeMap<_, _>>())
+                a.config.clone()
             };
+            let module = match &a.module {
+                Some(m) => {
+                    let path = module_path((!model.is_null()).then_some(&model), &config);
+                    client.upload(&path, m).await?["digest"].clone()
+                }
+                None => json!(format!(
+                    "sha256:{}",
+                    version["module"].as_str().unwrap_or("")
+                )),
+            };
+            let config = json!(config.into_iter().collect::<BTreeMap<_, _>>());
             let mut body = json!({
                 "module": module,
                 "input": current["input"],
@@ -255,14 +269,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             if !current["dead_letter"].is_null() {
                 body["dead_letter"] = current["dead_letter"].clone();
             }
-            let r = client
-                .send(
-                    client
-                        .http
-                        .put(client.url(&format!("/v1/deployments/{}", a.name)))
-                        .json(&body),
-                )
-                .await?;
+            let r = client.put_deployment(&a.name, &body).await?;
             let line = format!(
                 "swapped {} to version {} (from {})\n",
                 a.name, r["version"], current["current"]
@@ -313,6 +320,24 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
         out.push_str(&table);
     }
     Ok(())
+}
+
+/// `/v1/modules` with the query that lets the API run the function's init:
+/// its config and, for a scorer, its model.
+fn module_path(model: Option<&Value>, config: &[(String, String)]) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in config {
+        query.append_pair("config", &format!("{k}={v}"));
+    }
+    if let Some(m) = model.and_then(Value::as_str) {
+        query.append_pair("model", m);
+    }
+    let query = query.finish();
+    if query.is_empty() {
+        "/v1/modules".to_owned()
+    } else {
+        format!("/v1/modules?{query}")
+    }
 }
 
 /// `sha256:0123456789ab…` → `0123456789ab`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -151,19 +151,64 @@ fn body(
     Ok(bytes)
 }
 
-/// Accepted only if it is a component of a known world that compiles and
-/// instantiates; nothing is stored otherwise.
+/// Accepted only if it is a component of a known world that compiles,
+/// instantiates and starts: its `init` runs with the config given as query
+/// parameters (`?config=key=value`, repeated) and, for a scorer, the model
+/// named by `?model=sha256:...` (uploaded first). Nothing is stored otherwise.
 async fn upload_module(
     State(state): S,
+    Query(params): Query<Vec<(String, String)>>,
     upload: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let limit = state.engine.config().max_module_bytes;
     let bytes = body(upload, "module", limit)?;
+    let mut config = Vec::new();
+    let mut model = None;
+    for (k, v) in params {
+        match k.as_str() {
+            "config" => match v.split_once('=') {
+                Some((key, value)) => config.push((key.to_owned(), value.to_owned())),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("config {v:?} is not KEY=VALUE"),
+                    ));
+                }
+            },
+            "model" => {
+                let digest = strip_digest(&v);
+                match state.registry.artifact(digest) {
+                    Some((ArtifactKind::Model, bytes)) => model = Some(bytes),
+                    _ => {
+                        return Err(unprocessable(format!(
+                            "no model {v} was uploaded: POST it to /v1/models first"
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown query parameter {other:?}: use config=KEY=VALUE or model=sha256:..."
+                    ),
+                ));
+            }
+        }
+    }
     let engine = state.engine.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let module = engine.load("upload", &bytes)?;
-        module.instantiate(Limits::default())?;
-        Ok::<_, anyhow::Error>((module.world(), module.size(), bytes))
+        if module.world() == World::Scorer && model.is_none() {
+            anyhow::bail!(
+                "the module is a scorer: its init needs a model (upload it to /v1/models, then pass ?model=sha256:...)"
+            );
+        }
+        let (world, size) = (module.world(), module.size());
+        Worker::new(module.into(), Limits::default(), config, model).map_err(|e| {
+            anyhow::anyhow!("{e} (pass the function's config as ?config=KEY=VALUE)")
+        })?;
+        Ok::<_, anyhow::Error>((world, size, bytes))
     })
     .await
     .map_err(internal)?;

@@ -214,12 +214,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         base: control.url(),
     };
     println!("  node     a runnel node, admin API at {}", control.url());
-    let started = Instant::now();
-    let module = api
-        .send(api.http.post(api.url("/v1/modules")).body(module_bytes))
+    let v1 = api
+        .send(api.http.post(api.url("/v1/models")).body(model_v1.clone()))
         .await?;
     println!(
-        "  upload   {} -> {} (world {}, {} KiB): validated and stored in {} ms",
+        "  upload   model {} -> {}",
+        describe_model(&model_v1),
+        short(&v1["digest"])
+    );
+    let started = Instant::now();
+    let module = api
+        .send(
+            api.http
+                .post(api.url("/v1/modules"))
+                .query(&[("model", v1["digest"].as_str().unwrap_or_default())])
+                .body(module_bytes),
+        )
+        .await?;
+    println!(
+        "  upload   {} -> {} (world {}, {} KiB): compiled, started with the model and stored in {} ms",
         args.module
             .file_name()
             .unwrap_or_default()
@@ -228,14 +241,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         module["world"].as_str().unwrap_or("?"),
         module["size"].as_u64().unwrap_or(0) / 1024,
         started.elapsed().as_millis()
-    );
-    let v1 = api
-        .send(api.http.post(api.url("/v1/models")).body(model_v1.clone()))
-        .await?;
-    println!(
-        "  upload   model {} -> {}",
-        describe_model(&model_v1),
-        short(&v1["digest"])
     );
     let spec = |model: &serde_json::Value| {
         serde_json::json!({

@@ -291,6 +291,21 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Waits until every output was delivered and its delivery report handled.
+/// rdkafka's own `flush` polls for events in steps of 100 ms while the
+/// threaded producer's thread takes them, so it often waits 100 ms for
+/// nothing; this asks every millisecond. False after `timeout`.
+fn flush(producer: &ThreadedProducer<DeliveryContext>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 /// Flushes the producer, then commits what may be committed for `partitions`
 /// synchronously and forgets them.
 fn commit_final(
@@ -300,9 +315,12 @@ fn commit_final(
 ) {
     let producer = lock(&shared.producer).clone();
     if let Some(p) = producer
-        && let Err(e) = p.flush(FLUSH_TIMEOUT)
+        && !flush(&p, FLUSH_TIMEOUT)
     {
-        tracing::warn!(deployment = shared.name, error = %e, "outputs still in flight after 30 s; their inputs will be read again");
+        tracing::warn!(
+            deployment = shared.name,
+            "outputs still in flight after 30 s; their inputs will be read again"
+        );
     }
     let mut tpl = TopicPartitionList::new();
     {
@@ -519,13 +537,15 @@ fn swap(
     // records still buffered here run on the new one.
     let paused = Instant::now();
     sync_workers(shared);
+    let drained = paused.elapsed();
     resend_failed(shared, producer);
-    if let Err(e) = producer.flush(FLUSH_TIMEOUT) {
+    if !flush(producer, FLUSH_TIMEOUT) {
         lock(&shared.staged).take();
         anyhow::bail!(
-            "outputs of the old version still in flight after {FLUSH_TIMEOUT:?} ({e}); the old version keeps running"
+            "outputs of the old version still in flight after {FLUSH_TIMEOUT:?}; the old version keeps running"
         );
     }
+    let flushed = paused.elapsed();
     store_moved(shared, consumer);
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -550,6 +570,8 @@ fn swap(
         deployment = shared.name,
         version,
         paused_ms,
+        drain_ms = drained.as_secs_f64() * 1e3,
+        flush_ms = (flushed - drained).as_secs_f64() * 1e3,
         validate_ms,
         "swapped"
     );

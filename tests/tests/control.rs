@@ -557,3 +557,154 @@ async fn a_version_that_crash_loops_right_after_a_swap_is_rolled_back() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_records_sent_and_readyz_says_when_a_deployment_backs_off() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
+    let cp = node(&kafka, &unique("reg"), None, 32 << 20).await;
+    let name = unique("big");
+    cli(
+        &api(&cp),
+        ControlCommand::Deploy(DeployArgs {
+            module: guests::THRESHOLD_FILTER.into(),
+            name: name.clone(),
+            input: vec![input.clone()],
+            output: output.clone(),
+            dead_letter: None,
+            model: None,
+            config: vec![("field".into(), "n".into()), ("min".into(), "100".into())],
+            memory_mib: None,
+            timeout_ms: None,
+            batch_size: Some(32),
+            linger_ms: Some(5),
+            workers: None,
+        }),
+    )
+    .await;
+    let records: Vec<Rec> = (0..300)
+        .map(|i| (None, format!("{{\"n\":{i}}}"), vec![]))
+        .chain(std::iter::once((None, "not json".to_owned(), vec![])))
+        .collect();
+    produce(&kafka, &input, &records).await;
+    read(&kafka, &output, 200, WAIT).await;
+
+    let scrape = || async {
+        let (s, v) = call(
+            reqwest::Method::GET,
+            format!("{}/metrics", cp.url()),
+            None,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        v.as_str().unwrap().to_owned()
+    };
+    let series = |text: &str, metric: &str| -> Option<f64> {
+        let prefix = format!("{metric}{{deployment=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse().unwrap())
+    };
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = scrape().await;
+        if series(&text, "runnel_records_in_total") == Some(301.0) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        series(&text, "runnel_records_in_total"),
+        Some(301.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "runnel_records_out_total"),
+        Some(200.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "runnel_records_filtered_total"),
+        Some(100.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "runnel_records_dead_lettered_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, "runnel_deployment_up"), Some(1.0), "{text}");
+    assert_eq!(
+        series(&text, "runnel_deployment_version"),
+        Some(1.0),
+        "{text}"
+    );
+    let count = series(&text, "runnel_batch_duration_seconds_count").unwrap();
+    assert!(count >= 10.0, "{text}");
+    let inf =
+        format!("runnel_call_duration_seconds_bucket{{deployment=\"{name}\",le=\"+Inf\"}} {count}");
+    assert!(text.contains(&inf), "{text}");
+    assert!(text.contains("# TYPE runnel_consumer_lag gauge"), "{text}");
+    assert!(
+        series(&text, "runnel_instance_memory_bytes").unwrap() > 0.0,
+        "{text}"
+    );
+    let (s, v) = call(
+        reqwest::Method::GET,
+        format!("{}/readyz", cp.url()),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, &v["ready"]), (200, &json!(true)), "{v}");
+
+    // A node whose deployment (from a file) cannot start is not ready.
+    let engine = Engine::new(EngineConfig {
+        cache_dir: None,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let bad = runnel_tests::kafka::spec("refused", guests::THRESHOLD_FILTER, &input, &output, &[]);
+    let bad = runnel_host::runner::Deployment::load(&engine, bad).unwrap();
+    let options = ControlOptions {
+        topics: RegistryTopics::with_prefix(&unique("reg")),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ControlOptions::new(kafka.clone())
+    };
+    let sick = ControlPlane::start(options, engine, vec![bad])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (s, v) = call(
+            reqwest::Method::GET,
+            format!("{}/readyz", sick.url()),
+            None,
+            None,
+            None,
+        )
+        .await;
+        if s == 503 {
+            assert!(
+                v["problems"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("backs off: function"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never unready: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::task::spawn_blocking(move || {
+        cp.stop();
+        sick.stop();
+    })
+    .await
+    .unwrap();
+}

@@ -89,6 +89,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such path; see /v1/openapi.yaml")
@@ -115,6 +117,62 @@ async fn auth(State(state): S, request: axum::extract::Request, next: Next) -> R
         }
     }
     next.run(request).await
+}
+
+/// Prometheus metrics of every deployment on this node.
+async fn metrics(State(state): S) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        super::metrics::render(&state.node.status()),
+    )
+}
+
+/// 200 when the node can do its work: the registry is read (it is, once the
+/// node serves), the broker answers, and no deployment here backs off or has
+/// stopped; 503 with the reasons otherwise.
+async fn readyz(State(state): S) -> (StatusCode, Json<Value>) {
+    let kafka = state.kafka.clone();
+    let broker = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer as _;
+        let producer: rdkafka::producer::BaseProducer =
+            kafka.producer().create().map_err(|e| e.to_string())?;
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let mut problems = Vec::new();
+    if let Err(e) = &broker {
+        problems.push(format!("the broker does not answer: {e}"));
+    }
+    for s in state.node.status() {
+        match &s.state {
+            crate::runner::DeploymentState::BackingOff { error, .. } => {
+                problems.push(format!("deployment {:?} backs off: {error}", s.name));
+            }
+            crate::runner::DeploymentState::Stopped => {
+                problems.push(format!("deployment {:?} has stopped", s.name));
+            }
+            _ => {}
+        }
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "ready": problems.is_empty(),
+            "registry": "caught up",
+            "deployments": state.node.names().len(),
+            "problems": problems,
+        })),
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -3,6 +3,7 @@
 //! to it. `runnel serve` and `runnel dev` start one; so do tests.
 
 pub mod api;
+pub mod metrics;
 pub mod reconcile;
 
 use std::net::SocketAddr;

@@ -75,6 +75,8 @@ impl CallError {
 struct MemoryLimiter {
     limit: u64,
     exceeded: Option<u64>,
+    /// The linear memory granted so far, in bytes.
+    granted: u64,
 }
 
 /// Tables hold function references; a guest needs a few thousand at most.
@@ -92,6 +94,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.exceeded = Some(desired);
             return Err(wasmtime::Error::msg("memory limit exceeded"));
         }
+        self.granted = self.granted.max(desired);
         Ok(true)
     }
 
@@ -169,6 +172,7 @@ impl Instance {
             limiter: MemoryLimiter {
                 limit: limits.memory_bytes,
                 exceeded: None,
+                granted: 0,
             },
         };
         let mut store = Store::new(module.engine.wasmtime(), state);
@@ -207,6 +211,11 @@ impl Instance {
             .store
             .set_epoch_deadline(deadline_ticks(limits.call_timeout));
         Ok(instance)
+    }
+
+    /// The linear memory this instance has, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.granted
     }
 
     pub fn function(&self) -> &str {

@@ -96,6 +96,11 @@ impl Worker {
         self.stats
     }
 
+    /// The linear memory of the current instance, in bytes (0 if none).
+    pub fn memory_bytes(&self) -> u64 {
+        self.instance.as_ref().map_or(0, Instance::memory_bytes)
+    }
+
     fn instance(&mut self) -> Result<&mut Instance, CallError> {
         if self.instance.is_none() {
             let mut instance = self.module.instantiate(self.limits)?;

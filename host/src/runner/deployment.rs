@@ -62,6 +62,17 @@ pub struct DeploymentStatus {
     pub partitions: Vec<PartitionStatus>,
     /// How the last swap on this node went.
     pub last_swap: Option<SwapReport>,
+    /// Swaps on this node.
+    pub swaps: u64,
+    /// Times an instance was replaced by a fresh one after a trap, or made
+    /// again after its function could not start.
+    pub restarts: u64,
+    /// Seconds per batch: the call into the function and producing its outputs.
+    pub batch_seconds: super::histogram::Histogram,
+    /// Seconds per call into the function (one batch).
+    pub call_seconds: super::histogram::Histogram,
+    /// Linear memory of the worker instances, in bytes, last seen.
+    pub memory_bytes: u64,
 }
 
 /// One input partition a node holds.
@@ -94,6 +105,11 @@ impl DeploymentStatus {
             last_error: None,
             partitions: Vec::new(),
             last_swap: None,
+            swaps: 0,
+            restarts: 0,
+            batch_seconds: super::histogram::Histogram::default(),
+            call_seconds: super::histogram::Histogram::default(),
+            memory_bytes: 0,
         }
     }
 }
@@ -580,7 +596,11 @@ fn swap(
         paused_ms,
         validate_ms,
     };
-    lock(status).last_swap = Some(report.clone());
+    {
+        let mut s = lock(status);
+        s.last_swap = Some(report.clone());
+        s.swaps += 1;
+    }
     Ok(report)
 }
 
@@ -898,6 +918,7 @@ impl Exec {
     /// Runs one batch and produces what it made. False, with the batch
     /// untouched, if the function cannot start.
     fn run_batch(&mut self, topic: &str, partition: i32, batch: &mut BatchBuilder) -> bool {
+        let started = Instant::now();
         let processed = match self.worker().map(|w| w.process(batch)) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -909,6 +930,7 @@ impl Exec {
                 return false;
             }
         };
+        let called = started.elapsed();
         let view = runnel_abi::BatchRef::new(batch.data(), batch.index());
         let inputs: Vec<RecordRef<'_>> = view.iter().map_while(Result::ok).collect();
         // Every input is in the tracker before any of its outputs can be
@@ -963,7 +985,14 @@ impl Exec {
         s.records_out += counts.0;
         s.filtered += counts.1;
         s.dead_lettered += counts.2;
-        s.traps += worker_traps.saturating_sub(self.traps_seen);
+        let new_traps = worker_traps.saturating_sub(self.traps_seen);
+        s.traps += new_traps;
+        s.restarts += new_traps;
+        s.call_seconds.observe(called.as_secs_f64());
+        s.batch_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(w) = &self.worker {
+            s.memory_bytes = w.memory_bytes();
+        }
         if last_failure.is_some() {
             s.last_error = last_failure;
         }

@@ -50,6 +50,7 @@
 
 mod deployment;
 pub mod headers;
+pub mod histogram;
 pub mod tracker;
 
 use std::path::PathBuf;

@@ -1,0 +1,184 @@
+//! `/metrics` in the Prometheus text format, from the node's deployment
+//! statuses. Names follow Prometheus' conventions (`_total` counters,
+//! `_seconds` histograms, base units); every series is labelled by
+//! deployment, and the lag also by topic and partition.
+
+use std::fmt::Write as _;
+
+use crate::runner::histogram::Histogram;
+use crate::runner::{DeploymentState, DeploymentStatus};
+
+/// A label value, escaped as the text format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, deployment: &str, h: &Histogram) {
+    for (le, count) in h.cumulative() {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{deployment=\"{deployment}\",le=\"{le}\"}} {count}"
+        );
+    }
+    let _ = writeln!(out, "{name}_sum{{deployment=\"{deployment}\"}} {}", h.sum);
+    let _ = writeln!(
+        out,
+        "{name}_count{{deployment=\"{deployment}\"}} {}",
+        h.count
+    );
+}
+
+/// The text of `/metrics`.
+pub fn render(statuses: &[DeploymentStatus]) -> String {
+    let mut out = String::new();
+    type Counter = fn(&DeploymentStatus) -> u64;
+    let counters: [(&str, &str, Counter); 7] = [
+        (
+            "runnel_records_in_total",
+            "Records read from the input topics and run.",
+            |s| s.records_in,
+        ),
+        (
+            "runnel_records_out_total",
+            "Records written to the output topic.",
+            |s| s.records_out,
+        ),
+        (
+            "runnel_records_filtered_total",
+            "Records a filter dropped (or a map turned into nothing).",
+            |s| s.filtered,
+        ),
+        (
+            "runnel_records_dead_lettered_total",
+            "Records sent to the dead-letter topic.",
+            |s| s.dead_lettered,
+        ),
+        (
+            "runnel_traps_total",
+            "Records that made the function trap.",
+            |s| s.traps,
+        ),
+        (
+            "runnel_instance_restarts_total",
+            "Instances replaced by a fresh one after a trap.",
+            |s| s.restarts,
+        ),
+        (
+            "runnel_swaps_total",
+            "Versions swapped in on this node.",
+            |s| s.swaps,
+        ),
+    ];
+    for (name, help, get) in counters {
+        family(&mut out, name, "counter", help);
+        for s in statuses {
+            let _ = writeln!(
+                out,
+                "{name}{{deployment=\"{}\"}} {}",
+                label(&s.name),
+                get(s)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "runnel_deployment_version",
+        "gauge",
+        "The deployment's version running on this node.",
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "runnel_deployment_version{{deployment=\"{}\"}} {}",
+            label(&s.name),
+            s.version
+        );
+    }
+    family(
+        &mut out,
+        "runnel_deployment_up",
+        "gauge",
+        "1 if the deployment runs (or waits for records), 0 if it backs off or stopped.",
+    );
+    for s in statuses {
+        let up = matches!(
+            s.state,
+            DeploymentState::Running | DeploymentState::Starting
+        );
+        let _ = writeln!(
+            out,
+            "runnel_deployment_up{{deployment=\"{}\"}} {}",
+            label(&s.name),
+            u8::from(up)
+        );
+    }
+    family(
+        &mut out,
+        "runnel_consumer_lag",
+        "gauge",
+        "Records between the committable offset and the end of the partition.",
+    );
+    for s in statuses {
+        for p in &s.partitions {
+            if let Some(lag) = p.lag {
+                let _ = writeln!(
+                    out,
+                    "runnel_consumer_lag{{deployment=\"{}\",topic=\"{}\",partition=\"{}\"}} {lag}",
+                    label(&s.name),
+                    label(&p.topic),
+                    p.partition
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "runnel_instance_memory_bytes",
+        "gauge",
+        "Linear memory of the instance that ran the last batch.",
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "runnel_instance_memory_bytes{{deployment=\"{}\"}} {}",
+            label(&s.name),
+            s.memory_bytes
+        );
+    }
+    family(
+        &mut out,
+        "runnel_batch_duration_seconds",
+        "histogram",
+        "Time per batch: the call into the function and producing its outputs.",
+    );
+    for s in statuses {
+        histogram(
+            &mut out,
+            "runnel_batch_duration_seconds",
+            &label(&s.name),
+            &s.batch_seconds,
+        );
+    }
+    family(
+        &mut out,
+        "runnel_call_duration_seconds",
+        "histogram",
+        "Time per call into the function (one batch).",
+    );
+    for s in statuses {
+        histogram(
+            &mut out,
+            "runnel_call_duration_seconds",
+            &label(&s.name),
+            &s.call_seconds,
+        );
+    }
+    out
+}

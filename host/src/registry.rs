@@ -45,6 +45,8 @@ pub const KEPT_VERSIONS: usize = 20;
 pub struct RegistryTopics {
     pub artifacts: String,
     pub deployments: String,
+    /// Each node's report of what it runs (key: node id), every few seconds.
+    pub nodes: String,
 }
 
 impl Default for RegistryTopics {
@@ -59,6 +61,7 @@ impl RegistryTopics {
         Self {
             artifacts: format!("{prefix}.artifacts"),
             deployments: format!("{prefix}.deployments"),
+            nodes: format!("{prefix}.nodes"),
         }
     }
 }
@@ -159,6 +162,8 @@ struct State {
     /// Artifacts still being assembled: digest -> chunks.
     partial: HashMap<String, Vec<Option<Vec<u8>>>>,
     deployments: BTreeMap<String, DeploymentRecord>,
+    /// The last report of each node.
+    nodes: BTreeMap<String, serde_json::Value>,
     /// The next offset to read, per topic (partition 0).
     positions: HashMap<String, i64>,
     /// Bumped at every change, so that watchers know to look.
@@ -194,7 +199,7 @@ pub async fn ensure_registry_topics(
 ) -> anyhow::Result<()> {
     crate::kafka::create_topics(
         kafka,
-        &[&topics.artifacts, &topics.deployments],
+        &[&topics.artifacts, &topics.deployments, &topics.nodes],
         1,
         &[("cleanup.policy", "compact")],
     )
@@ -219,7 +224,7 @@ impl Registry {
             .create()
             .context("cannot create the registry's reader")?;
         let mut tpl = TopicPartitionList::new();
-        for t in [&topics.artifacts, &topics.deployments] {
+        for t in [&topics.artifacts, &topics.deployments, &topics.nodes] {
             tpl.add_partition_offset(t, 0, Offset::Beginning)
                 .context("assigning the registry topics")?;
         }
@@ -249,9 +254,8 @@ impl Registry {
         let thread = std::thread::Builder::new()
             .name("runnel-registry".into())
             .spawn({
-                let (state, stop, deployments) =
-                    (state.clone(), stop.clone(), topics.deployments.clone());
-                move || follow(&consumer, &deployments, &state, &stop)
+                let (state, stop, topics) = (state.clone(), stop.clone(), topics.clone());
+                move || follow(&consumer, &topics, &state, &stop)
             })
             .context("cannot start the registry's reader")?;
         let registry = Self {
@@ -301,6 +305,40 @@ impl Registry {
 
     pub fn deployments(&self) -> Vec<DeploymentRecord> {
         lock(&self.state.0).deployments.values().cloned().collect()
+    }
+
+    /// The nodes' last reports that are at most `fresh` old (by their `at_ms`).
+    pub fn nodes(&self, fresh: Duration) -> Vec<serde_json::Value> {
+        let now = now_ms();
+        lock(&self.state.0)
+            .nodes
+            .values()
+            .filter(|r| {
+                r["at_ms"]
+                    .as_u64()
+                    .is_some_and(|at| now.saturating_sub(at) <= fresh.as_millis() as u64)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Publishes this node's report (or, with `None`, says it is gone).
+    /// Fire and forget: a lost report is replaced by the next one.
+    pub fn report_node(&self, node: &str, report: Option<&serde_json::Value>) {
+        let value = report.and_then(|r| serde_json::to_vec(r).ok());
+        let mut record = FutureRecord::<str, [u8]>::to(&self.topics.nodes).key(node);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        if let Err((e, _)) = self.producer.send_result(record) {
+            tracing::debug!(error = %e, "cannot publish this node's report");
+        }
+    }
+
+    /// Waits up to `timeout` for reports in flight to be written.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        let _ = self.producer.flush(timeout);
     }
 
     /// Stores an artifact (a no-op if it is there already); returns its digest.
@@ -415,7 +453,7 @@ impl Drop for Registry {
 /// The reader: applies every record of both topics to the state.
 fn follow(
     consumer: &BaseConsumer,
-    deployments: &str,
+    topics: &RegistryTopics,
     state: &(Mutex<State>, Condvar),
     stop: &AtomicBool,
 ) {
@@ -431,7 +469,18 @@ fn follow(
         let mut s = lock(&state.0);
         let topic = m.topic().to_owned();
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-        if topic == deployments {
+        if topic == topics.nodes {
+            // Reports come every few seconds: they do not wake the reconciler.
+            if let Some(node) = key {
+                match m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                    Some(report) => s.nodes.insert(node, report),
+                    None => s.nodes.remove(&node),
+                };
+            }
+            s.positions.insert(topic, m.offset() + 1);
+            continue;
+        }
+        if topic == topics.deployments {
             apply_deployment(&mut s, key, m.payload());
         } else {
             let header = |name: &str| {

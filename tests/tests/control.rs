@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -414,6 +414,49 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
         ("v1:late", Some("3"))
     );
 
+    // The cluster status: both nodes, each with its partitions, together all of them.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut err = String::new();
+        let api_json = ApiArgs {
+            json: true,
+            ..api(&a)
+        };
+        run(
+            &api_json,
+            &ControlCommand::Status { name: name.clone() },
+            &mut err,
+        )
+        .await
+        .unwrap();
+        let v: Value = serde_json::from_str(&err).unwrap();
+        let nodes = v["cluster"].as_array().unwrap();
+        let mut held: Vec<i64> = nodes
+            .iter()
+            .flat_map(|n| {
+                n["partitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["partition"].as_i64().unwrap())
+            })
+            .collect();
+        held.sort_unstable();
+        let ids: BTreeSet<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+        if ids.len() == 2 && held == [0, 1] && nodes.iter().all(|n| n["version"] == 3) {
+            assert!(
+                ids.contains(a.node_id()) && ids.contains(b.node_id()),
+                "{ids:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster status never showed both nodes: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // ls and status, as tables.
     let ls = cli(&api(&b), ControlCommand::Ls).await;
     assert!(ls.starts_with("NAME"), "{ls}");
@@ -425,6 +468,14 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
     );
     assert!(status.contains("rollback to 1"), "{status}");
     assert!(status.contains("partitions on this node:"), "{status}");
+    assert!(
+        status.contains("cluster (every node's last report):\nNODE"),
+        "{status}"
+    );
+    assert!(
+        status.contains(a.node_id()) && status.contains(b.node_id()),
+        "{status}"
+    );
 
     // Pause: both nodes stop it; records wait. Resume: they flow again.
     assert_eq!(

@@ -469,6 +469,48 @@ fn status_table(v: &Value) -> String {
             ]
         })
         .collect();
+    let cluster: Vec<Vec<String>> = v["cluster"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let parts = n["partitions"]
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default();
+            let list: Vec<String> = parts.iter().map(|p| text(&p["partition"])).collect();
+            let lag: i64 = parts.iter().filter_map(|p| p["lag"].as_i64()).sum();
+            vec![
+                text(&n["node"]),
+                text(&n["version"]),
+                text(&n["state"]),
+                if list.is_empty() {
+                    "-".to_owned()
+                } else {
+                    list.join(",")
+                },
+                lag.to_string(),
+                text(&n["records_in"]),
+            ]
+        })
+        .collect();
+    out.push_str("\ncluster (every node's last report):\n");
+    if cluster.is_empty() {
+        out.push_str("  no node runs it\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "NODE",
+                "VERSION",
+                "STATE",
+                "PARTITIONS",
+                "LAG",
+                "RECORDS IN",
+            ],
+            &cluster,
+        ));
+    }
     out.push_str("\npartitions on this node:\n");
     if parts.is_empty() {
         out.push_str("  none\n");

@@ -53,7 +53,10 @@ pub struct NodeArgs {
     /// A bearer token the admin API requires (`Authorization: Bearer ...`).
     #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Prefix of the registry's topics (`<prefix>.artifacts`, `<prefix>.deployments`).
+    /// This node's name in the cluster status; default: host name and process id.
+    #[arg(long, env = "RUNNEL_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Prefix of the registry's topics (`<prefix>.artifacts`, `<prefix>.deployments`, `<prefix>.nodes`).
     #[arg(long, env = "RUNNEL_REGISTRY", default_value = "runnel")]
     pub registry: String,
     /// A librdkafka property for every client (TLS, SASL, tuning); repeat for more.
@@ -122,6 +125,7 @@ async fn run_node(
         topics: RegistryTopics::with_prefix(&args.registry),
         listen: args.admin,
         token: args.token.clone(),
+        node_id: args.node_id.clone(),
         ..ControlOptions::new(kafka.clone())
     };
     let control = ControlPlane::start(options, engine, deployments).await?;

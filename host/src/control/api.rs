@@ -77,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(upload_model).layer(DefaultBodyLimit::max(model_limit + 1)),
         )
         .route("/v1/deployments", get(list))
+        .route("/v1/cluster", get(cluster))
         .route(
             "/v1/deployments/{name}",
             get(get_one).put(put_deployment).delete(delete),
@@ -652,6 +653,37 @@ async fn rollback(
     ))
 }
 
+/// Every node's last report (at most [`super::REPORT_STALE`] old).
+async fn cluster(State(state): S) -> Json<Value> {
+    Json(Value::Array(state.registry.nodes(super::REPORT_STALE)))
+}
+
+/// What each node reports of one deployment: which partitions it runs,
+/// their lag, its version and state.
+fn cluster_view(state: &AppState, name: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for report in state.registry.nodes(super::REPORT_STALE) {
+        let Some(d) = report["deployments"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["name"] == name))
+        else {
+            continue;
+        };
+        out.push(json!({
+            "node": report["node"],
+            "api": report["api"],
+            "at_ms": report["at_ms"],
+            "version": d["version"],
+            "state": d["state"],
+            "records_in": d["records_in"],
+            "records_out": d["records_out"],
+            "dead_lettered": d["dead_lettered"],
+            "partitions": d["partitions"],
+        }));
+    }
+    out
+}
+
 async fn status(State(state): S, Path(name): Path<String>) -> Result<Json<Value>> {
     let r = record_of(&state, &name)?;
     let local = state.node.status().into_iter().find(|s| s.name == name);
@@ -659,6 +691,7 @@ async fn status(State(state): S, Path(name): Path<String>) -> Result<Json<Value>
     let mut out = summary(&state, &r);
     if let Value::Object(m) = &mut out {
         m.insert("versions".into(), json!(r.versions));
+        m.insert("cluster".into(), json!(cluster_view(&state, &name)));
         m.insert(
             "node".into(),
             json!({

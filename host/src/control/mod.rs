@@ -28,6 +28,28 @@ pub struct ControlOptions {
     pub token: Option<String>,
     /// The largest model accepted, in bytes.
     pub max_model_bytes: usize,
+    /// This node's name in the cluster status; default: the host name (a
+    /// pod's name on Kubernetes) and the process id.
+    pub node_id: Option<String>,
+}
+
+/// How often a node reports what it runs, and when a report is stale.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const REPORT_STALE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    // A second node in the same process (tests, the demo) gets a suffix.
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    match STARTED.fetch_add(1, Ordering::Relaxed) {
+        0 => format!("{host}-{}", std::process::id()),
+        n => format!("{host}-{}-{n}", std::process::id()),
+    }
 }
 
 impl ControlOptions {
@@ -38,6 +60,7 @@ impl ControlOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             token: None,
             max_model_bytes: 64 << 20,
+            node_id: None,
         }
     }
 }
@@ -50,6 +73,8 @@ pub struct ControlPlane {
     stop: Arc<AtomicBool>,
     reconciler: Option<std::thread::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
+    reporter: tokio::task::JoinHandle<()>,
+    node_id: String,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -102,6 +127,7 @@ impl ControlPlane {
             .await
             .with_context(|| format!("cannot listen on {} for the admin API", options.listen))?;
         let addr = listener.local_addr()?;
+        let node_id = options.node_id.clone().unwrap_or_else(default_node_id);
         let app = api::router(Arc::new(api::AppState {
             registry: registry.clone(),
             node: node.clone(),
@@ -116,6 +142,26 @@ impl ControlPlane {
                 tracing::error!(error = %e, "the admin API stopped");
             }
         });
+        let reporter = tokio::spawn({
+            let (registry, node, id, url) = (
+                registry.clone(),
+                node.clone(),
+                node_id.clone(),
+                format!("http://{addr}"),
+            );
+            async move {
+                loop {
+                    let report = serde_json::json!({
+                        "node": id,
+                        "api": url,
+                        "at_ms": crate::registry::now_ms(),
+                        "deployments": node.status(),
+                    });
+                    registry.report_node(&id, Some(&report));
+                    tokio::time::sleep(REPORT_EVERY).await;
+                }
+            }
+        });
         Ok(Self {
             addr,
             node,
@@ -123,6 +169,8 @@ impl ControlPlane {
             stop,
             reconciler: Some(reconciler),
             server,
+            reporter,
+            node_id,
         })
     }
 
@@ -150,8 +198,14 @@ impl ControlPlane {
         self.shutdown();
     }
 
+    /// This node's name in the cluster status.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     fn shutdown(&mut self) {
         self.server.abort();
+        self.reporter.abort();
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.reconciler.take() {
             let _ = t.join();
@@ -159,6 +213,9 @@ impl ControlPlane {
         for name in self.node.names() {
             self.node.remove(&name);
         }
+        // Gone from the cluster status at once, not after it goes stale.
+        self.registry.report_node(&self.node_id, None);
+        self.registry.flush(std::time::Duration::from_secs(1));
     }
 }
 

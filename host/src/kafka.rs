@@ -11,6 +11,70 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+/// librdkafka properties only consumers take.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.remote.assignor",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+];
+
+/// librdkafka properties only producers take.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "acks",
+    "request.required.acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+];
+
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
@@ -39,9 +103,20 @@ impl KafkaOptions {
         c
     }
 
-    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+    fn finish(&self, mut c: ClientConfig, role: Role) -> ClientConfig {
         for (k, v) in &self.properties {
-            c.set(k, v);
+            // A property of the other kind of client only makes librdkafka
+            // warn (CONFWARN) in this one; a misspelt one still fails below.
+            let skip = match role {
+                Role::Consumer => PRODUCER_ONLY.contains(&k.as_str()),
+                Role::Producer => CONSUMER_ONLY.contains(&k.as_str()),
+                Role::Admin => {
+                    PRODUCER_ONLY.contains(&k.as_str()) || CONSUMER_ONLY.contains(&k.as_str())
+                }
+            };
+            if !skip {
+                c.set(k, v);
+            }
         }
         c
     }
@@ -61,7 +136,7 @@ impl KafkaOptions {
             .set("fetch.wait.max.ms", "100")
             // High watermarks for the lag in the status.
             .set("statistics.interval.ms", "2000");
-        self.finish(c)
+        self.finish(c, Role::Consumer)
     }
 
     /// A producer that waits for every in-sync replica and batches for a
@@ -71,11 +146,11 @@ impl KafkaOptions {
         c.set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "120000");
-        self.finish(c)
+        self.finish(c, Role::Producer)
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-        self.finish(self.base())
+        self.finish(self.base(), Role::Admin)
             .create()
             .with_context(|| format!("cannot create a Kafka admin client for {}", self.brokers))
     }
@@ -184,6 +259,21 @@ mod tests {
                 consumer.err()
             );
         }
+    }
+
+    #[test]
+    fn consumer_and_producer_settings_go_to_their_own_clients() {
+        let mut kafka = KafkaOptions::new("127.0.0.1:1");
+        kafka
+            .properties
+            .push(("max.poll.interval.ms".into(), "30000".into()));
+        kafka.properties.push(("linger.ms".into(), "50".into()));
+        let consumer = kafka.consumer("g");
+        let producer = kafka.producer();
+        assert_eq!(consumer.get("max.poll.interval.ms"), Some("30000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("50"));
+        assert_eq!(producer.get("max.poll.interval.ms"), None);
     }
 
     #[test]

@@ -18,19 +18,11 @@ struct Node {
     log: PathBuf,
 }
 
+mod common;
+
 fn serve(brokers: &str, config: &Path, log: PathBuf) -> Node {
-    let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .args(["serve", "--brokers", brokers, "--config"])
-        .arg(config)
-        .args(["--kafka", "max.poll.interval.ms=30000"])
-        .args(["--admin", "127.0.0.1:0"])
-        .env("RUNNEL_LOG", "warn,runnel_host::runner=info")
-        .env("NO_COLOR", "1")
-        .env("RUNNEL_CACHE_DIR", config.parent().unwrap().join("cache"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("runnel serve starts");
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+    let child = common::serve(brokers, config, "warn,runnel_host::runner=info", stderr);
     Node { child, log }
 }
 

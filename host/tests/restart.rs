@@ -6,25 +6,16 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use runnel_tests::guests;
 use runnel_tests::kafka::{Rec, broker, produce, read, topics, unique, value};
 
+mod common;
+
 fn serve(brokers: &str, config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .args(["serve", "--brokers", brokers, "--config"])
-        .arg(config)
-        // A rebalance waits at most this long for members that never come
-        // back (the killed node); librdkafka's default is 5 minutes.
-        .args(["--kafka", "max.poll.interval.ms=30000"])
-        .args(["--admin", "127.0.0.1:0"])
-        .env("RUNNEL_LOG", "warn")
-        .env("RUNNEL_CACHE_DIR", config.parent().unwrap().join("cache"))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("runnel serve starts")
+    common::serve(brokers, config, "warn", Stdio::inherit())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -276,6 +277,33 @@ fn api(cp: &ControlPlane) -> ApiArgs {
     }
 }
 
+/// `runnel deploy` of `module` from `input` to `output`, small batches.
+fn deploy(
+    module: &str,
+    name: &str,
+    (input, output): (&str, &str),
+    model: Option<PathBuf>,
+    config: &[(&str, &str)],
+) -> ControlCommand {
+    ControlCommand::Deploy(DeployArgs {
+        module: module.into(),
+        name: name.to_owned(),
+        input: vec![input.to_owned()],
+        output: output.to_owned(),
+        dead_letter: None,
+        model,
+        config: config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        memory_mib: None,
+        timeout_ms: None,
+        batch_size: Some(16),
+        linger_ms: Some(5),
+        workers: Some(1),
+    })
+}
+
 async fn cli(api: &ApiArgs, command: ControlCommand) -> String {
     let mut out = String::new();
     run(api, &command, &mut out).await.unwrap();
@@ -310,20 +338,13 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
     // Deploy through node A's API: both nodes run it.
     let out = cli(
         &api(&a),
-        ControlCommand::Deploy(DeployArgs {
-            module: guests::ECHO_SCORER.into(),
-            name: name.clone(),
-            input: vec![input.clone()],
-            output: output.clone(),
-            dead_letter: None,
-            model: Some(model("v1:")),
-            config: vec![],
-            memory_mib: None,
-            timeout_ms: None,
-            batch_size: Some(32),
-            linger_ms: Some(5),
-            workers: Some(1),
-        }),
+        deploy(
+            guests::ECHO_SCORER,
+            &name,
+            (&input, &output),
+            Some(model("v1:")),
+            &[],
+        ),
     )
     .await;
     assert!(
@@ -541,20 +562,13 @@ async fn a_version_that_crash_loops_right_after_a_swap_is_rolled_back() {
     let name = unique("echo");
     cli(
         &api(&cp),
-        ControlCommand::Deploy(DeployArgs {
-            module: guests::ECHO_SCORER.into(),
-            name: name.clone(),
-            input: vec![input.clone()],
-            output: output.clone(),
-            dead_letter: None,
-            model: Some(model),
-            config: vec![],
-            memory_mib: None,
-            timeout_ms: None,
-            batch_size: Some(16),
-            linger_ms: Some(5),
-            workers: Some(1),
-        }),
+        deploy(
+            guests::ECHO_SCORER,
+            &name,
+            (&input, &output),
+            Some(model),
+            &[],
+        ),
     )
     .await;
     let first: Vec<Rec> = (0..5).map(|i| (None, format!("a{i}"), vec![])).collect();
@@ -618,20 +632,13 @@ async fn metrics_count_the_records_sent_and_readyz_says_when_a_deployment_backs_
     let name = unique("big");
     cli(
         &api(&cp),
-        ControlCommand::Deploy(DeployArgs {
-            module: guests::THRESHOLD_FILTER.into(),
-            name: name.clone(),
-            input: vec![input.clone()],
-            output: output.clone(),
-            dead_letter: None,
-            model: None,
-            config: vec![("field".into(), "n".into()), ("min".into(), "100".into())],
-            memory_mib: None,
-            timeout_ms: None,
-            batch_size: Some(32),
-            linger_ms: Some(5),
-            workers: None,
-        }),
+        deploy(
+            guests::THRESHOLD_FILTER,
+            &name,
+            (&input, &output),
+            None,
+            &[("field", "n"), ("min", "100")],
+        ),
     )
     .await;
     let records: Vec<Rec> = (0..300)

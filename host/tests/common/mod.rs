@@ -1,0 +1,26 @@
+//! What the process tests share: a real `runnel serve`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// `runnel serve` for the deployments of `config`, admin API on a free port,
+/// compiled modules cached next to the config. A rebalance waits at most
+/// 30 s for members that never come back (a killed node); librdkafka's
+/// default is 5 minutes.
+pub fn serve(brokers: &str, config: &Path, log_filter: &str, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["serve", "--brokers", brokers, "--config"])
+        .arg(config)
+        .args(["--kafka", "max.poll.interval.ms=30000"])
+        .args(["--admin", "127.0.0.1:0"])
+        .env("RUNNEL_LOG", log_filter)
+        .env("NO_COLOR", "1")
+        .env(
+            "RUNNEL_CACHE_DIR",
+            config.parent().expect("in a folder").join("cache"),
+        )
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("runnel serve starts")
+}

@@ -254,6 +254,39 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
     .await;
     assert_eq!(s, 422);
     assert!(error(&v).contains("no version before 1"), "{v}");
+
+    // Rollback to a named kept version; a version that is not kept is refused.
+    let (s, v) = put(
+        "d",
+        json!({"module": filter, "input": [input], "output": output, "config": {"field": "n", "min": "2"}}),
+    )
+    .await;
+    assert_eq!((s, v["version"].as_u64()), (200, Some(2)), "{v}");
+    let rollback = |to: u64| {
+        let u = url("/v1/deployments/d/rollback");
+        async move { call(M::POST, u, t, None, Some(json!({ "to": to }))).await }
+    };
+    let (s, v) = rollback(99).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        error(&v),
+        "deployment \"d\" has no version 99; kept versions: [1, 2]"
+    );
+    let (s, v) = rollback(2).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(error(&v).contains("already the current one"), "{v}");
+    let (s, v) = rollback(1).await;
+    assert_eq!(
+        (s, v["version"].as_u64(), v["to"].as_u64()),
+        (200, Some(3), Some(1)),
+        "{v}"
+    );
+    let record = cp.registry().deployment("d").unwrap();
+    let current = record.current_version().unwrap();
+    assert_eq!(
+        (current.config["min"].as_str(), current.reason.as_str()),
+        ("1", "rollback to 1")
+    );
     for (method, path) in [
         (M::GET, "/v1/deployments/nope"),
         (M::DELETE, "/v1/deployments/nope"),

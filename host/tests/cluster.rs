@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runnel_tests::guests;
-use runnel_tests::kafka::{Rec, broker, produce, read, topics, unique, value};
+use runnel_tests::kafka::{broker, read, stream, topics, unique, value};
 
 struct Node {
     child: Child,
@@ -50,31 +49,11 @@ async fn nodes_killed_added_and_stopped_mid_stream_lose_no_record() {
     let (input, output) = (unique("in"), unique("out"));
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 6).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[deployment]]\nname = {:?}\nmodule = {:?}\ninput = [{input:?}]\noutput = {output:?}\nbatch_size = 16\nworkers = 1\n",
-            unique("copy"),
-            guests::IDENTITY_MAP
-        ),
-    )
-    .unwrap();
+    let config = common::identity_config(dir.path(), &input, &output, "workers = 1\n");
     let log = |n: &str| dir.path().join(format!("{n}.log"));
 
     const N: usize = 6000;
-    let records: Vec<Rec> = (0..N)
-        .map(|i| (Some(format!("k{i}")), format!("v{i}"), vec![]))
-        .collect();
-    let producer = {
-        let (kafka, input, records) = (kafka.clone(), input.clone(), records.clone());
-        tokio::spawn(async move {
-            for chunk in records.chunks(100) {
-                produce(&kafka, &input, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let producer = stream(&kafka, &input, N / 100, Duration::from_millis(100));
 
     let mut a = serve(&kafka.brokers, &config, log("a"));
     let mut b = serve(&kafka.brokers, &config, log("b"));
@@ -109,7 +88,7 @@ async fn nodes_killed_added_and_stopped_mid_stream_lose_no_record() {
         }
     };
     let missing: Vec<String> = (0..N)
-        .map(|i| format!("v{i}"))
+        .map(|i| format!("r{i}"))
         .filter(|v| !got.contains(v))
         .take(10)
         .collect();

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use runnel_tests::guests;
 use runnel_tests::kafka::{Rec, broker, produce, read, topics, unique, value};
 
 mod common;
@@ -24,16 +23,7 @@ async fn a_node_killed_mid_stream_and_restarted_loses_no_record() {
     let (input, output) = (unique("in"), unique("out"));
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[deployment]]\nname = {:?}\nmodule = {:?}\ninput = [{input:?}]\noutput = {output:?}\nbatch_size = 16\n",
-            unique("copy"),
-            guests::IDENTITY_MAP
-        ),
-    )
-    .unwrap();
+    let config = common::identity_config(dir.path(), &input, &output, "");
 
     const N: usize = 3000;
     let records: Vec<Rec> = (0..N)

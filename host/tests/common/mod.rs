@@ -1,6 +1,6 @@
 //! What the process tests share: a real `runnel serve`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// `runnel serve` for the deployments of `config`, admin API on a free port,
@@ -23,4 +23,20 @@ pub fn serve(brokers: &str, config: &Path, log_filter: &str, stderr: Stdio) -> s
         .stderr(stderr)
         .spawn()
         .expect("runnel serve starts")
+}
+
+/// A `runnel.toml` in `dir` with one identity-map deployment (batches of 16)
+/// from `input` to `output`; `extra` adds lines to it.
+pub fn identity_config(dir: &Path, input: &str, output: &str, extra: &str) -> PathBuf {
+    let config = dir.join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[deployment]]\nname = {:?}\nmodule = {:?}\ninput = [{input:?}]\noutput = {output:?}\nbatch_size = 16\n{extra}",
+            runnel_tests::kafka::unique("copy"),
+            runnel_tests::guests::IDENTITY_MAP
+        ),
+    )
+    .expect("the config is written");
+    config
 }

@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use flight_predictor::{FlightModel, parse_flight};
 use runnel_abi::BatchBuilder;
-use runnel_bench::kafka::{Out, native_loop, node_run, produce, wait_for};
+use runnel_bench::kafka::{Out, Setup, native_loop, node_run, produce, setup, wait_for};
 use runnel_bench::{best_of, cpu_seconds, per};
 use runnel_host::engine::{Limits, Outcome, Worker};
 use runnel_host::kafka::KafkaOptions;
-use runnel_tests::kafka::{broker, spec, topics, unique};
+use runnel_tests::kafka::spec;
 use runnel_tests::{engine, guest, guests};
 
 /// How many times the held-out set is streamed.
@@ -206,17 +206,14 @@ fn main() {
     let model_bytes = std::fs::read(example(&format!("model/{MODEL}.json"))).expect("the model");
     in_memory(&lines, &model_bytes);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (_broker, kafka) = rt.block_on(broker());
-    let input = unique("flights");
-    let outs: Vec<String> = (0..4).map(|i| unique(&format!("scored{i}"))).collect();
-    let mut all: Vec<&str> = vec![&input];
-    all.extend(outs.iter().map(String::as_str));
-    rt.block_on(topics(&kafka, &all, partitions()));
+    // The runtime and the broker live until the end of main.
+    let Setup {
+        runtime: _runtime,
+        broker: _broker,
+        kafka,
+        input,
+        outputs: outs,
+    } = setup(partitions(), 4);
     let n = lines.len() * REPEAT;
     produce(&kafka, &input, (0..REPEAT).flat_map(|_| lines.iter()));
     println!(

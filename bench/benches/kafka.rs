@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use runnel_bench::kafka::{Out, native_loop, node_run, produce};
+use runnel_bench::kafka::{Out, Setup, native_loop, node_run, produce, setup};
 use runnel_host::kafka::KafkaOptions;
 use runnel_tests::guests;
-use runnel_tests::kafka::{broker, spec, topics, unique};
+use runnel_tests::kafka::spec;
 
 const N: usize = 200_000;
 const PARTITIONS: i32 = 2;
@@ -68,17 +68,14 @@ fn runnel(
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (_broker, kafka) = rt.block_on(broker());
-    let input = unique("bench-in");
-    let outs: Vec<String> = (0..8).map(|i| unique(&format!("bench-out{i}"))).collect();
-    let mut all: Vec<&str> = vec![&input];
-    all.extend(outs.iter().map(String::as_str));
-    rt.block_on(topics(&kafka, &all, PARTITIONS));
+    // The runtime and the broker live until the end of main.
+    let Setup {
+        runtime: _runtime,
+        broker: _broker,
+        kafka,
+        input,
+        outputs: outs,
+    } = setup(PARTITIONS, 8);
     let t = Instant::now();
     produce(&kafka, &input, (0..N).map(value));
     println!(

@@ -14,6 +14,40 @@ use runnel_tests::kafka::unique;
 
 use crate::cpu_seconds;
 
+/// A benchmark's broker: the embedded one, on a runtime of its own, with an
+/// input topic and `outputs` output topics of `partitions` partitions.
+#[derive(Debug)]
+pub struct Setup {
+    pub runtime: tokio::runtime::Runtime,
+    pub broker: runnel_host::broker::EmbeddedBroker,
+    pub kafka: KafkaOptions,
+    pub input: String,
+    pub outputs: Vec<String>,
+}
+
+pub fn setup(partitions: i32, outputs: usize) -> Setup {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (broker, kafka) = runtime.block_on(runnel_tests::kafka::broker());
+    let input = unique("bench-in");
+    let outputs: Vec<String> = (0..outputs)
+        .map(|i| unique(&format!("bench-out{i}")))
+        .collect();
+    let mut all: Vec<&str> = vec![&input];
+    all.extend(outputs.iter().map(String::as_str));
+    runtime.block_on(runnel_tests::kafka::topics(&kafka, &all, partitions));
+    Setup {
+        runtime,
+        broker,
+        kafka,
+        input,
+        outputs,
+    }
+}
+
 /// Produces `values` (keyed `k<i>`) as fast as the client goes.
 pub fn produce<V: AsRef<[u8]>>(kafka: &KafkaOptions, topic: &str, values: impl Iterator<Item = V>) {
     let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =

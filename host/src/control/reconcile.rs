@@ -45,17 +45,21 @@ impl Reconciled {
     }
 }
 
+/// What a swap keeps: inputs, output, dead-letter topic, batch size,
+/// linger, workers. A change of any of them restarts the deployment instead.
+type Topics = (
+    Vec<String>,
+    String,
+    Option<String>,
+    usize,
+    u64,
+    Option<usize>,
+);
+
 /// What runs here: the version and the topics it was started with.
 struct Running {
     version: u64,
-    topics: (
-        Vec<String>,
-        String,
-        Option<String>,
-        usize,
-        u64,
-        Option<usize>,
-    ),
+    topics: Topics,
     /// When it was swapped in, from which version, and the node's trap and
     /// output counts then.
     swapped_at: Option<Swapped>,
@@ -69,16 +73,7 @@ struct Swapped {
     records_out: u64,
 }
 
-fn topics_of(
-    r: &DeploymentRecord,
-) -> (
-    Vec<String>,
-    String,
-    Option<String>,
-    usize,
-    u64,
-    Option<usize>,
-) {
+fn topics_of(r: &DeploymentRecord) -> Topics {
     (
         r.input.clone(),
         r.output.clone(),

@@ -189,6 +189,15 @@ fn python_row(
         .args([&kafka.brokers, input, output])
         .arg(example(&format!("model/{MODEL}.json")))
         .arg(n.to_string())
+        // The consumer settings runnel's own clients have, as far as they
+        // matter here: see `EMBEDDED_FETCH_WAIT_MS`.
+        .args(
+            kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| k == "fetch.wait.max.ms")
+                .map(|(k, v)| format!("{k}={v}")),
+        )
         .spawn()
         .expect("the Python service starts");
     // Its CPU time, read while it runs (the last reading is at most 50 ms old).

@@ -5,8 +5,10 @@ confluent-kafka in, one Booster.predict per record, JSON out. Offsets are
 auto-committed (the client's default), so it does less bookkeeping than
 runnel, which commits an offset only once its output is acknowledged.
 
-    flight_service.py BROKERS INPUT OUTPUT MODEL.json COUNT
+    flight_service.py BROKERS INPUT OUTPUT MODEL.json COUNT [KEY=VALUE...]
 
+KEY=VALUE pairs are added to the consumer's settings (the benchmark passes
+the `fetch.wait.max.ms` runnel's own clients use with the embedded broker).
 Exits after COUNT records were consumed and every output was delivered.
 """
 
@@ -21,6 +23,7 @@ from confluent_kafka import Consumer, Producer
 
 def main():
     brokers, input_topic, output_topic, model_path, count = sys.argv[1:6]
+    extra = dict(arg.split("=", 1) for arg in sys.argv[6:])
     count = int(count)
     with open(model_path, encoding="utf-8") as f:
         artifact = json.load(f)
@@ -47,6 +50,7 @@ def main():
         "group.id": "python-flight-service",
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
+        **extra,
     })
     producer = Producer({"bootstrap.servers": brokers, "acks": "all", "linger.ms": 5})
     consumer.subscribe([input_topic])

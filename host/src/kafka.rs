@@ -85,11 +85,31 @@ pub struct KafkaOptions {
     pub properties: Vec<(String, String)>,
 }
 
+/// `fetch.wait.max.ms` for clients of the embedded broker.
+///
+/// Tansu 0.6 answers a fetch only after the client's whole
+/// `fetch.wait.max.ms`, even when it found records at once (its fetch loop
+/// sleeps the remaining wait whatever it read). A consumer therefore reads at
+/// most one response per wait: at runnel's 100 ms, about 50 MB/s and up to
+/// 100 ms of latency per hop, a limit of the broker, not of the clients. A
+/// short wait lifts both; the cost is one fetch per 10 ms per idle consumer.
+pub const EMBEDDED_FETCH_WAIT_MS: &str = "10";
+
 impl KafkaOptions {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             properties: Vec::new(),
+        }
+    }
+
+    /// Options for the embedded Tansu broker at `bootstrap` (`runnel dev`,
+    /// tests, benchmarks): see [`EMBEDDED_FETCH_WAIT_MS`]. Properties added
+    /// later still win.
+    pub fn embedded(bootstrap: impl Into<String>) -> Self {
+        Self {
+            brokers: bootstrap.into(),
+            properties: vec![("fetch.wait.max.ms".into(), EMBEDDED_FETCH_WAIT_MS.into())],
         }
     }
 
@@ -134,6 +154,10 @@ impl KafkaOptions {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")
+            // Once a partition's prefetched records pass `queued.min.messages`,
+            // librdkafka stops fetching it for this long (1 s by default):
+            // a consumer that drains its queue quickly would then sit idle.
+            .set("fetch.queue.backoff.ms", "10")
             // High watermarks for the lag in the status.
             .set("statistics.interval.ms", "2000");
         self.finish(c, Role::Consumer)

@@ -21,13 +21,13 @@ async fn records_survive_a_broker_restart() {
     let records: Vec<Rec> = (0..20).map(|i| (None, format!("v{i}"), vec![])).collect();
     {
         let broker = EmbeddedBroker::start(options.clone()).await.unwrap();
-        let kafka = KafkaOptions::new(broker.bootstrap());
+        let kafka = KafkaOptions::embedded(broker.bootstrap());
         topics(&kafka, &[&topic], 1).await;
         produce(&kafka, &topic, &records).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let broker = EmbeddedBroker::start(options).await.unwrap();
-    let kafka = KafkaOptions::new(broker.bootstrap());
+    let kafka = KafkaOptions::embedded(broker.bootstrap());
     let out = read(&kafka, &topic, 20, Duration::from_secs(30)).await;
     let got: Vec<String> = out.iter().map(value).collect();
     let want: Vec<String> = records.into_iter().map(|(_, v, _)| v).collect();
@@ -49,7 +49,7 @@ async fn a_node_rides_out_a_broker_restart_without_loss() {
     };
     let broker = EmbeddedBroker::start(options.clone()).await.unwrap();
     options.listen = broker.addr();
-    let kafka = KafkaOptions::new(broker.bootstrap());
+    let kafka = KafkaOptions::embedded(broker.bootstrap());
     let (input, output) = (unique("in"), unique("out"));
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
     let d = spec("copy", guests::IDENTITY_MAP, &input, &output, &[]);

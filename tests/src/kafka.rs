@@ -31,7 +31,7 @@ pub async fn broker() -> (EmbeddedBroker, KafkaOptions) {
     let broker = EmbeddedBroker::start(BrokerOptions::default())
         .await
         .expect("the embedded broker starts");
-    let kafka = KafkaOptions::new(broker.bootstrap());
+    let kafka = KafkaOptions::embedded(broker.bootstrap());
     (broker, kafka)
 }
 

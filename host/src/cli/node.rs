@@ -166,10 +166,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "runnel: broker listening, bootstrap address {}",
         broker.bootstrap()
     );
-    let kafka = KafkaOptions {
-        brokers: broker.bootstrap(),
-        properties: args.node.kafka.clone(),
-    };
+    let mut kafka = KafkaOptions::embedded(broker.bootstrap());
+    kafka.properties.extend(args.node.kafka.iter().cloned());
     let mut topics: Vec<String> = Vec::new();
     for d in &config.deployments {
         topics.extend(d.input.iter().cloned());

@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -155,12 +155,14 @@ struct Ack {
 /// rebalance callback (inside the consumer's poll).
 struct Shared {
     tracker: Mutex<Tracker>,
+    /// The partitions this consumer owns now.
+    assigned: Mutex<HashSet<(String, i32)>>,
     buffers: Mutex<Buffers>,
     /// Outputs whose delivery failed, to send again: nothing is given up.
     retries: Mutex<Vec<Retry>>,
     producer: Mutex<Option<Arc<ThreadedProducer<DeliveryContext>>>>,
     /// The queues of the deployment's worker threads.
-    workers: Mutex<Vec<SyncSender<Job>>>,
+    workers: Mutex<Vec<WorkerQueue>>,
     /// Partitions being revoked: a worker waiting for its function to start
     /// gives up their batches (the next owner reads them).
     abandon: Mutex<HashSet<(String, i32)>>,
@@ -177,6 +179,63 @@ struct Shared {
     stored: Mutex<HashMap<(String, i32), i64>>,
     /// The end of each input partition's log, from the consumer's statistics.
     high_watermarks: Mutex<HashMap<(String, i32), i64>>,
+    /// Outputs handed to the producer, and delivery reports handled: see
+    /// [`flush`].
+    sent: AtomicU64,
+    reported: AtomicU64,
+}
+
+/// The bytes of batches a worker may have waiting before the consumer
+/// waits for it: backpressure. Several fetches' worth (librdkafka fetches up
+/// to 1 MiB per partition), so that the consumer, which receives one
+/// partition's records in runs, can hand a run to one worker while the others
+/// still work on theirs.
+const QUEUE_BYTES: usize = 8 << 20;
+
+/// A worker thread's queue, bounded by the bytes of the batches in it.
+#[derive(Clone)]
+struct WorkerQueue {
+    jobs: Sender<Job>,
+    queued: Arc<Queued>,
+}
+
+/// The bytes waiting in a worker's queue, and a signal when some are done.
+/// The worker holds only this, so that dropping the senders ends it.
+#[derive(Default)]
+struct Queued {
+    bytes: Mutex<usize>,
+    room: Condvar,
+}
+
+impl Queued {
+    /// The worker's side: `bytes` of a job it took are done.
+    fn done(&self, bytes: usize) {
+        let mut q = lock(&self.bytes);
+        *q = q.saturating_sub(bytes);
+        self.room.notify_all();
+    }
+}
+
+impl WorkerQueue {
+    /// Queues `job`, first waiting while the worker has [`QUEUE_BYTES`] or
+    /// more waiting (one batch is always let through, however large).
+    /// False if the worker is gone.
+    fn send(&self, job: Job) -> bool {
+        let bytes = job.bytes();
+        {
+            let mut q = lock(&self.queued.bytes);
+            while *q > 0 && *q + bytes > QUEUE_BYTES {
+                q = self
+                    .queued
+                    .room
+                    .wait_timeout(q, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            *q += bytes;
+        }
+        self.jobs.send(job).is_ok()
+    }
 }
 
 /// Work for a worker thread.
@@ -191,13 +250,23 @@ enum Job {
     Sync(SyncSender<()>),
 }
 
+impl Job {
+    /// What the job counts for in its queue's bound.
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Batch { batch, .. } => batch.data().len(),
+            Job::Sync(_) => 0,
+        }
+    }
+}
+
 /// Waits until every worker has finished what it was given.
 fn sync_workers(shared: &Shared) {
     let senders = lock(&shared.workers).clone();
     let mut waits = Vec::new();
     for tx in senders {
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.send(Job::Sync(done_tx)).is_ok() {
+        if tx.send(Job::Sync(done_tx)) {
             waits.push(done_rx);
         }
     }
@@ -229,6 +298,14 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        self.report(result, ack);
+        // Last: a flush waits for this, so the tracker already knows.
+        self.shared.reported.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl DeliveryContext {
+    fn report(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
         match result {
             Ok(_) => lock(&self.shared.tracker).ack(&ack.topic, ack.partition, ack.offset),
             Err((e, m)) => {
@@ -280,8 +357,10 @@ impl ConsumerContext for RebalanceContext {
         // the committed offset.
         {
             let mut buffers = lock(&self.shared.buffers);
+            let mut assigned = lock(&self.shared.assigned);
             for tp in &revoked {
                 buffers.remove(tp);
+                assigned.remove(tp);
             }
         }
         // Batches already handed to workers finish first.
@@ -294,6 +373,7 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let assigned = partitions(tpl);
+            lock(&self.shared.assigned).extend(assigned.iter().cloned());
             tracing::info!(deployment = self.shared.name, partitions = ?assigned, "partitions assigned");
         }
     }
@@ -313,7 +393,12 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 /// nothing; this asks every millisecond. False after `timeout`.
 fn flush(producer: &ThreadedProducer<DeliveryContext>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
+    let shared = &producer.context().shared;
+    // librdkafka stops counting a message once its delivery report is taken
+    // off the queue, before the callback ran: the tracker may not know yet.
+    while producer.in_flight_count() > 0
+        || shared.reported.load(Ordering::SeqCst) < shared.sent.load(Ordering::SeqCst)
+    {
         if Instant::now() > deadline {
             return false;
         }
@@ -347,6 +432,9 @@ fn commit_final(
             }
         }
     }
+    // Stored too: librdkafka's own commit of a revoked partition (automatic
+    // commits are on) then writes this offset, not an older stored one.
+    let _ = consumer.store_offsets(&tpl);
     if tpl.count() > 0
         && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
     {
@@ -380,6 +468,7 @@ fn run_inner(
     let spec = &d.spec;
     let shared = Arc::new(Shared {
         tracker: Mutex::default(),
+        assigned: Mutex::default(),
         buffers: Mutex::default(),
         retries: Mutex::default(),
         producer: Mutex::default(),
@@ -391,6 +480,8 @@ fn run_inner(
         staged: Mutex::default(),
         stored: Mutex::default(),
         high_watermarks: Mutex::default(),
+        sent: AtomicU64::new(0),
+        reported: AtomicU64::new(0),
     });
     let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
         kafka
@@ -412,10 +503,14 @@ fn run_inner(
     // records stay in order; partitions on different workers run in parallel.
     let mut threads = Vec::new();
     for i in 0..spec.workers.max(1) {
-        // Two batches queued per worker: enough to overlap, small enough that
-        // a slow function stops the consumer (backpressure) within two batches.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
-        lock(&shared.workers).push(tx);
+        // Bounded by bytes: see QUEUE_BYTES.
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let queue = WorkerQueue {
+            jobs: tx,
+            queued: Arc::default(),
+        };
+        let queued = queue.queued.clone();
+        lock(&shared.workers).push(queue);
         let mut exec = Exec {
             d: d.clone(),
             generation: 1,
@@ -433,7 +528,7 @@ fn run_inner(
         };
         let thread = std::thread::Builder::new()
             .name(format!("runnel-{}-{i}", spec.name))
-            .spawn(move || exec.serve(&rx))
+            .spawn(move || exec.serve(&rx, &queued))
             .map_err(|e| anyhow::anyhow!("cannot start a worker thread: {e}"))?;
         threads.push(thread);
     }
@@ -710,6 +805,17 @@ impl Poller<'_> {
         let key = (m.topic().to_owned(), m.partition());
         let full = {
             let mut buffers = lock(&self.shared.buffers);
+            if !buffers.contains_key(&key) && !lock(&self.shared.assigned).contains(&key) {
+                // Fetched before its partition was revoked: the next owner
+                // reads it from the committed offset, so it is not ours to run.
+                tracing::debug!(
+                    deployment = self.d.spec.name,
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "dropping a record of a revoked partition"
+                );
+                return;
+            }
             let pending = buffers.entry(key.clone()).or_insert_with(|| Pending {
                 since: Instant::now(),
                 batch: BatchBuilder::default(),
@@ -760,7 +866,8 @@ impl Poller<'_> {
     }
 
     /// Sends a partition's waiting records to its worker; blocks while that
-    /// worker's queue is full, which stops the consumer: backpressure.
+    /// worker's queue is full (see [`QUEUE_BYTES`]), which stops the
+    /// consumer: backpressure.
     fn dispatch(&mut self, key: (String, i32)) {
         let Some(pending) = lock(&self.shared.buffers).remove(&key) else {
             return;
@@ -775,7 +882,7 @@ impl Poller<'_> {
             partition: key.1,
             batch: pending.batch,
         };
-        if tx.send(job).is_err() {
+        if !tx.send(job) {
             tracing::error!(deployment = self.d.spec.name, "a worker thread is gone");
         }
     }
@@ -803,39 +910,45 @@ struct Exec {
 }
 
 impl Exec {
-    fn serve(&mut self, jobs: &Receiver<Job>) {
+    fn serve(&mut self, jobs: &Receiver<Job>, queued: &Queued) {
         while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Sync(done) => {
-                    // Every batch of a revoked partition was before this.
-                    self.skipping.clear();
-                    let _ = done.send(());
+            let bytes = job.bytes();
+            self.run(job);
+            queued.done(bytes);
+        }
+    }
+
+    fn run(&mut self, job: Job) {
+        match job {
+            Job::Sync(done) => {
+                // Every batch of a revoked partition was before this.
+                self.skipping.clear();
+                let _ = done.send(());
+            }
+            Job::Batch {
+                topic,
+                partition,
+                mut batch,
+            } => {
+                let key = (topic, partition);
+                if self.skipping.contains(&key) {
+                    return;
                 }
-                Job::Batch {
-                    topic,
-                    partition,
-                    mut batch,
-                } => {
-                    let key = (topic, partition);
-                    if self.skipping.contains(&key) {
-                        continue;
-                    }
-                    self.follow_swaps();
-                    // A function that cannot start keeps its batch and retries
-                    // after the backoff; the full queue stops the consumer.
-                    while !self.run_batch(&key.0, key.1, &mut batch) {
-                        let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
-                        while Instant::now() < until && !self.give_up(&key) {
-                            if self.take_staged() {
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        if self.give_up(&key) {
-                            // Not run, so never committed: read again later.
-                            self.skipping.insert(key);
+                self.follow_swaps();
+                // A function that cannot start keeps its batch and retries
+                // after the backoff; the full queue stops the consumer.
+                while !self.run_batch(&key.0, key.1, &mut batch) {
+                    let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
+                    while Instant::now() < until && !self.give_up(&key) {
+                        if self.take_staged() {
                             break;
                         }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if self.give_up(&key) {
+                        // Not run, so never committed: read again later.
+                        self.skipping.insert(key);
+                        break;
                     }
                 }
             }
@@ -1104,6 +1217,11 @@ fn send(
     if let Some(ts) = ts {
         record = record.timestamp(ts);
     }
+    producer
+        .context()
+        .shared
+        .sent
+        .fetch_add(1, Ordering::SeqCst);
     loop {
         match producer.send(record) {
             Ok(()) => return,

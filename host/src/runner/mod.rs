@@ -10,9 +10,9 @@
 //! its records are run in order, and partitions on different workers run in
 //! parallel. Wasm never runs on the I/O runtime. Every output — or the record
 //! itself, to the dead-letter topic, when it failed — is produced with a
-//! delivery callback. A worker's queue holds two batches: when the function
-//! falls behind, the consumer stops taking records (backpressure), so memory
-//! stays bounded under any backlog.
+//! delivery callback. A worker's queue holds at most 8 MiB of batches: when
+//! the function falls behind, the consumer stops taking records
+//! (backpressure), so memory stays bounded under any backlog.
 //!
 //! An input offset is *stored* only when every record it produced has been
 //! acknowledged by the broker (`enable.auto.offset.store=false`; see

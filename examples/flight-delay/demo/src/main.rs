@@ -189,7 +189,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     );
     let broker = EmbeddedBroker::start(BrokerOptions::default()).await?;
-    let kafka = KafkaOptions::new(broker.bootstrap());
+    let kafka = KafkaOptions::embedded(broker.bootstrap());
     println!(
         "  broker   embedded (Tansu, in memory) at {}",
         broker.bootstrap()

@@ -29,19 +29,25 @@ impl Partition {
     }
 }
 
-/// Offsets in flight, per (topic, partition).
+/// Offsets in flight, per (topic, partition). Keyed by topic first, so that
+/// the calls made for every record look a partition up without allocating.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    partitions: HashMap<(String, i32), Partition>,
+    topics: HashMap<String, HashMap<i32, Partition>>,
 }
 
 impl Tracker {
     /// Records that `offset` was processed and produced `outputs` records
     /// still to be acknowledged. Offsets of a partition must come in order.
     pub fn add(&mut self, topic: &str, partition: i32, offset: i64, outputs: u32) {
+        if !self.topics.contains_key(topic) {
+            self.topics.insert(topic.to_owned(), HashMap::new());
+        }
         let p = self
-            .partitions
-            .entry((topic.to_owned(), partition))
+            .topics
+            .get_mut(topic)
+            .expect("inserted above")
+            .entry(partition)
             .or_default();
         debug_assert!(
             p.pending.back().is_none_or(|&(last, _)| last < offset),
@@ -53,7 +59,11 @@ impl Tracker {
 
     /// One output of `offset` was acknowledged.
     pub fn ack(&mut self, topic: &str, partition: i32, offset: i64) {
-        let Some(p) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
+        let Some(p) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.get_mut(&partition))
+        else {
             return;
         };
         if let Ok(i) = p.pending.binary_search_by_key(&offset, |&(o, _)| o) {
@@ -65,11 +75,13 @@ impl Tracker {
     /// The partitions whose committable offset moved since the last call.
     pub fn take_moved(&mut self) -> Vec<(String, i32, i64)> {
         let mut moved = Vec::new();
-        for ((topic, partition), p) in &mut self.partitions {
-            if p.moved {
-                p.moved = false;
-                if let Some(o) = p.committable {
-                    moved.push((topic.clone(), *partition, o));
+        for (topic, partitions) in &mut self.topics {
+            for (partition, p) in partitions {
+                if p.moved {
+                    p.moved = false;
+                    if let Some(o) = p.committable {
+                        moved.push((topic.clone(), *partition, o));
+                    }
                 }
             }
         }
@@ -78,15 +90,19 @@ impl Tracker {
 
     /// Forgets a partition (revoked), returning its committable offset.
     pub fn remove(&mut self, topic: &str, partition: i32) -> Option<i64> {
-        self.partitions
-            .remove(&(topic.to_owned(), partition))
-            .and_then(|p| p.committable)
+        let partitions = self.topics.get_mut(topic)?;
+        let p = partitions.remove(&partition)?;
+        if partitions.is_empty() {
+            self.topics.remove(topic);
+        }
+        p.committable
     }
 
     /// Outputs not yet acknowledged, over all partitions.
     pub fn in_flight(&self) -> u64 {
-        self.partitions
+        self.topics
             .values()
+            .flat_map(HashMap::values)
             .flat_map(|p| &p.pending)
             .map(|&(_, n)| u64::from(n))
             .sum()

@@ -23,6 +23,9 @@ from confluent_kafka import Consumer, Producer
 
 def main():
     brokers, input_topic, output_topic, model_path, count = sys.argv[1:6]
+    bad = [arg for arg in sys.argv[6:] if "=" not in arg]
+    if bad:
+        sys.exit(f"consumer settings are KEY=VALUE, not {bad[0]!r}")
     extra = dict(arg.split("=", 1) for arg in sys.argv[6:])
     count = int(count)
     with open(model_path, encoding="utf-8") as f:

@@ -301,6 +301,26 @@ mod tests {
     }
 
     #[test]
+    fn embedded_broker_clients_wait_briefly_unless_told_otherwise() {
+        let kafka = KafkaOptions::embedded("127.0.0.1:1");
+        assert_eq!(
+            kafka.consumer("g").get("fetch.wait.max.ms"),
+            Some(EMBEDDED_FETCH_WAIT_MS)
+        );
+        assert_eq!(kafka.producer().get("fetch.wait.max.ms"), None);
+        assert_eq!(
+            KafkaOptions::new("127.0.0.1:1")
+                .consumer("g")
+                .get("fetch.wait.max.ms"),
+            Some("100")
+        );
+        let mut told = KafkaOptions::embedded("127.0.0.1:1");
+        told.properties
+            .push(("fetch.wait.max.ms".into(), "250".into()));
+        assert_eq!(told.consumer("g").get("fetch.wait.max.ms"), Some("250"));
+    }
+
+    #[test]
     fn a_wrong_setting_is_refused_with_its_name() {
         let mut kafka = KafkaOptions::new("127.0.0.1:1");
         kafka

@@ -1254,3 +1254,51 @@ fn resend_failed(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>) 
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_of(bytes: usize) -> Job {
+        Job::Batch {
+            topic: "t".into(),
+            partition: 0,
+            batch: BatchBuilder::of_values([vec![0u8; bytes].as_slice()]),
+        }
+    }
+
+    /// Backpressure: a worker's queue takes batches up to QUEUE_BYTES (one
+    /// always, however large); the next waits until the worker is done with
+    /// some, so what a backlog can queue is bounded.
+    #[test]
+    fn a_full_queue_holds_the_sender_until_the_worker_makes_room() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queue = WorkerQueue {
+            jobs: tx,
+            queued: Arc::default(),
+        };
+        assert!(queue.send(batch_of(QUEUE_BYTES)), "one batch always fits");
+        let first = rx.recv().expect("queued").bytes();
+        assert!(first > QUEUE_BYTES);
+
+        let sent = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (queue, sent) = (queue.clone(), sent.clone());
+            std::thread::spawn(move || {
+                assert!(queue.send(batch_of(10)));
+                sent.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !sent.load(Ordering::SeqCst),
+            "the queue is full: the sender waits"
+        );
+        assert!(rx.try_recv().is_err());
+
+        queue.queued.done(first);
+        sender.join().expect("the sender finished");
+        assert!(sent.load(Ordering::SeqCst));
+        assert!(rx.recv().expect("the second batch").bytes() < 100);
+    }
+}

@@ -19,17 +19,21 @@
 //!
 //! The raw score is the sum of the trees' leaf values, in tree order, in
 //! `f64`, starting from 0 (the trees' leaf values already include the
-//! learning rate and the initial score).
+//! learning rate and the initial score). How the trees are walked is in
+//! [`crate::forest`]; this module parses them and, for the tests, keeps the
+//! rules above transcribed plainly.
 
 use std::fmt;
 
-/// LightGBM's `kZeroThreshold`: a `double` initialised from the float literal `1e-35f`.
-const ZERO_THRESHOLD: f64 = 1e-35_f32 as f64;
+use crate::forest::Forest;
 
-const CATEGORICAL: u8 = 1;
-const DEFAULT_LEFT: u8 = 2;
-const MISSING_ZERO: u8 = 1;
-const MISSING_NAN: u8 = 2;
+/// LightGBM's `kZeroThreshold`: a `double` initialised from the float literal `1e-35f`.
+pub(crate) const ZERO_THRESHOLD: f64 = 1e-35_f32 as f64;
+
+pub(crate) const CATEGORICAL: u8 = 1;
+pub(crate) const DEFAULT_LEFT: u8 = 2;
+pub(crate) const MISSING_ZERO: u8 = 1;
+pub(crate) const MISSING_NAN: u8 = 2;
 
 /// What is wrong with a model text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,28 +59,31 @@ macro_rules! refuse {
 /// One split node, flattened. Children: `>= 0` another node of the same tree,
 /// `< 0` the leaf `!child`.
 #[derive(Debug, Clone, Copy)]
-struct Node {
-    threshold: f64,
-    feature: u32,
-    left: i32,
-    right: i32,
-    decision: u8,
+pub(crate) struct Node {
+    pub(crate) threshold: f64,
+    pub(crate) feature: u32,
+    pub(crate) left: i32,
+    pub(crate) right: i32,
+    pub(crate) decision: u8,
     /// For categorical splits: the range of the bitset in `Booster::bitsets`.
-    bits_start: u32,
-    bits_len: u32,
+    pub(crate) bits_start: u32,
+    pub(crate) bits_len: u32,
 }
 
 #[derive(Debug, Clone)]
-struct Tree {
-    nodes: Vec<Node>,
-    leaves: Vec<f64>,
+pub(crate) struct Tree {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) leaves: Vec<f64>,
 }
 
 /// A parsed LightGBM model.
 #[derive(Debug, Clone)]
 pub struct Booster {
+    /// As parsed: what the tests' plain walk reads.
     trees: Vec<Tree>,
     bitsets: Vec<u32>,
+    /// The same trees, flattened: what scoring reads.
+    forest: Forest,
     num_features: usize,
     sigmoid: Option<f64>,
     objective: String,
@@ -149,6 +156,7 @@ impl Booster {
         let mut booster = Booster {
             trees: Vec::new(),
             bitsets: Vec::new(),
+            forest: Forest::default(),
             num_features,
             sigmoid,
             objective,
@@ -179,6 +187,7 @@ impl Booster {
         if booster.trees.is_empty() {
             refuse!("the model has no trees");
         }
+        booster.forest = Forest::new(&booster.trees, &booster.bitsets, booster.num_features)?;
         Ok(booster)
     }
 
@@ -308,6 +317,13 @@ impl Booster {
             "a row needs {} features",
             self.num_features
         );
+        self.forest.raw_score(&row[..self.num_features])
+    }
+
+    /// LightGBM's rules transcribed plainly, one tree at a time: what the
+    /// tests hold [`Booster::raw_score`] to.
+    #[cfg(test)]
+    pub(crate) fn plain_raw_score(&self, row: &[f64]) -> f64 {
         let mut sum = 0.0;
         for tree in &self.trees {
             sum += tree.leaves[self.leaf(tree, row)];
@@ -321,6 +337,7 @@ impl Booster {
         self.sigmoid.map(|s| 1.0 / (1.0 + (-s * raw).exp()))
     }
 
+    #[cfg(test)]
     fn leaf(&self, tree: &Tree, row: &[f64]) -> usize {
         if tree.nodes.is_empty() {
             return 0;
@@ -338,6 +355,7 @@ impl Booster {
         !at as usize
     }
 
+    #[cfg(test)]
     fn categorical(&self, node: &Node, value: f64) -> i32 {
         if value.is_nan() {
             return node.right;
@@ -360,6 +378,7 @@ impl Booster {
     }
 }
 
+#[cfg(test)]
 fn numerical(node: &Node, mut value: f64) -> i32 {
     let missing = (node.decision >> 2) & 3;
     if value.is_nan() && missing != MISSING_NAN {
@@ -479,5 +498,157 @@ end of trees
             .contains("tree 0: node 0")
         );
         assert!(err(&MODEL.replace("threshold=1.5", "threshold=x")).contains("threshold: \"x\""));
+    }
+
+    // Every missing-value rule: feature 0 is numerical with missing type
+    // NaN (default right, then default left), feature 1 numerical with
+    // missing type zero (default left, then right), feature 2 numerical with
+    // none (thresholds below, at and above 0), feature 3 categorical with a
+    // two-word bitset and a one-word one.
+    const RULES: &str = "tree
+version=v4
+num_class=1
+num_tree_per_iteration=1
+max_feature_idx=3
+objective=regression
+
+Tree=0
+num_leaves=5
+num_cat=0
+split_feature=0 1 2 0
+threshold=0.5 -2 -0.25 7
+decision_type=8 6 0 10
+left_child=1 2 -1 -3
+right_child=3 -2 -4 -5
+leaf_value=1 2 4 8 16
+shrinkage=1
+
+Tree=1
+num_leaves=4
+num_cat=2
+split_feature=3 1 3
+threshold=0 1e-30 1
+decision_type=1 4 9
+left_child=1 -1 -3
+right_child=2 -2 -4
+leaf_value=0.125 0.25 0.5 0.75
+cat_boundaries=0 2 3
+cat_threshold=5 2147483649 4
+shrinkage=1
+
+Tree=2
+num_leaves=3
+num_cat=0
+split_feature=2 2
+threshold=0 1.5
+decision_type=2 2
+left_child=-1 -2
+right_child=1 -3
+leaf_value=0.001 0.002 0.003
+shrinkage=1
+
+end of trees
+";
+
+    /// A small deterministic generator (xorshift64*), for test rows.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        /// A value that probes the rules: NaN, zeros, values near zero and
+        /// near the thresholds, fractions, negatives, large numbers.
+        fn value(&mut self, around: &[f64]) -> f64 {
+            let pick = self.next() % 100;
+            let r = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+            match pick {
+                0..=9 => f64::NAN,
+                10..=14 => 0.0,
+                15..=17 => -0.0,
+                18..=22 => (r - 0.5) * 4e-35,
+                23..=26 => f64::INFINITY * if r < 0.5 { 1.0 } else { -1.0 },
+                27..=29 => (r - 0.5) * 1e12,
+                30..=59 => {
+                    let t = around[(self.next() % around.len() as u64) as usize];
+                    // The threshold itself, or one ulp either side.
+                    match self.next() % 3 {
+                        0 => t,
+                        1 => f64::from_bits(t.to_bits().wrapping_add(1)),
+                        _ => f64::from_bits(t.to_bits().wrapping_sub(1)),
+                    }
+                }
+                _ => (r - 0.2) * 80.0,
+            }
+        }
+    }
+
+    fn assert_walks_agree(booster: &Booster, around: &[f64], rows: usize) {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..rows {
+            let row: Vec<f64> = (0..booster.num_features())
+                .map(|_| rng.value(around))
+                .collect();
+            let (fast, plain) = (booster.raw_score(&row), booster.plain_raw_score(&row));
+            assert_eq!(fast.to_bits(), plain.to_bits(), "row {row:?}");
+        }
+    }
+
+    #[test]
+    fn the_flattened_walk_follows_every_missing_value_rule() {
+        let b = Booster::parse(RULES).unwrap();
+        let around = [
+            0.5, -2.0, -0.25, 7.0, 1e-30, 0.0, 1.5, 1.0, 31.0, 32.0, 33.0, 2.0,
+        ];
+        assert_walks_agree(&b, &around, 200_000);
+        // Some rows worked by hand. NaN goes right at node 0 (missing type
+        // NaN, default right), left at node 3 (default left).
+        assert_eq!(b.raw_score(&[f64::NAN, 5.0, -1.0, 0.0]), 4.0 + 0.25 + 0.001);
+        // Near zero goes to the default side only where the missing type is
+        // zero; category 33 is in neither bitset.
+        assert_eq!(b.raw_score(&[0.0, 1e-36, 0.0, 33.0]), 8.0 + 0.75 + 0.001);
+        // NaN is 0 where the missing type is zero or none.
+        assert_eq!(
+            b.raw_score(&[0.0, f64::NAN, f64::NAN, 1.0]),
+            8.0 + 0.75 + 0.001
+        );
+        assert_eq!(b.raw_score(&[9.0, 0.0, 2.0, 2.0]), 16.0 + 0.25 + 0.003);
+        // Category 32 is bit 0 of the second word; -0.5 truncates to
+        // category 0, -1 is negative and goes right.
+        assert_eq!(b.raw_score(&[0.0, 5.0, -1.0, 32.0]), 2.0 + 0.25 + 0.001);
+        assert_eq!(b.raw_score(&[0.0, 5.0, -1.0, -0.5]), 2.0 + 0.25 + 0.001);
+        assert_eq!(b.raw_score(&[0.0, 5.0, -1.0, -1.0]), 2.0 + 0.75 + 0.001);
+    }
+
+    #[test]
+    fn the_flattened_walk_scores_the_committed_models_as_lightgbm_does() {
+        for text in [
+            include_str!("../../model/flight-delay-v1.json"),
+            include_str!("../../model/flight-delay-v2.json"),
+        ] {
+            let artifact: serde_json::Value = serde_json::from_str(text).unwrap();
+            let b = Booster::parse(artifact["lightgbm"].as_str().unwrap()).unwrap();
+            let around: Vec<f64> = b
+                .trees
+                .iter()
+                .flat_map(|t| &t.nodes)
+                .map(|n| n.threshold)
+                .collect();
+            assert_walks_agree(&b, &around, 20_000);
+        }
+    }
+
+    #[test]
+    fn refuses_splits_that_do_not_form_a_tree() {
+        let cycle = MODEL.replace(
+            "num_leaves=2\nnum_cat=0\nsplit_feature=0\nthreshold=1.5\ndecision_type=10\nleft_child=-1\nright_child=-2\nleaf_value=0.25 -0.5",
+            "num_leaves=3\nnum_cat=0\nsplit_feature=0 0\nthreshold=1.5 2\ndecision_type=10 10\nleft_child=1 0\nright_child=-2 -3\nleaf_value=0.25 -0.5 1",
+        );
+        let err = Booster::parse(&cycle).unwrap_err().to_string();
+        assert!(err.contains("tree 0: node 0 is reached twice"), "{err}");
     }
 }

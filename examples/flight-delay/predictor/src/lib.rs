@@ -5,6 +5,7 @@
 //! native benchmark loop both use this crate, so they evaluate the very same
 //! code.
 
+mod forest;
 pub mod gbdt;
 
 use std::collections::HashMap;

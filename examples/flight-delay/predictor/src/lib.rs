@@ -10,6 +10,7 @@ pub mod gbdt;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub use gbdt::{Booster, ModelError};
 use serde::{Deserialize, Serialize};
@@ -55,9 +56,9 @@ pub struct FlightModel {
     name: String,
     threshold: f64,
     threshold_logit: f64,
-    carriers: HashMap<String, f64>,
-    origins: HashMap<String, f64>,
-    dests: HashMap<String, f64>,
+    carriers: Vocabulary,
+    origins: Vocabulary,
+    dests: Vocabulary,
 }
 
 /// One scored flight.
@@ -113,7 +114,7 @@ impl FlightModel {
                 FEATURES.len()
             )));
         }
-        let vocabulary = |words: Vec<String>| -> HashMap<String, f64> {
+        let vocabulary = |words: Vec<String>| -> Vocabulary {
             words
                 .into_iter()
                 .enumerate()
@@ -150,7 +151,7 @@ impl FlightModel {
     /// is missing (NaN), which LightGBM sends down the "other" side of every
     /// categorical split — as LightGBM itself scores it.
     pub fn features(&self, flight: &Flight<'_>) -> [f64; 7] {
-        let code = |map: &HashMap<String, f64>, word: Option<&str>| {
+        let code = |map: &Vocabulary, word: Option<&str>| {
             word.and_then(|w| map.get(w).copied()).unwrap_or(f64::NAN)
         };
         [
@@ -185,6 +186,32 @@ impl FlightModel {
             threshold: self.threshold,
             model: &self.name,
         }
+    }
+}
+
+/// A category's code by its name. The names are a few short strings known
+/// to the model, not attacker-chosen keys, so FNV-1a hashes them: SipHash
+/// cost more than the rest of the feature row.
+type Vocabulary = HashMap<String, f64, BuildHasherDefault<Fnv1a>>;
+
+/// The 64-bit FNV-1a hash.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -275,15 +302,27 @@ pub fn parse_flight(text: &str) -> Result<Flight<'_>, InputError> {
 /// are checked; the others may hold anything.
 pub fn parse_csv(line: &str) -> Result<Flight<'_>, InputError> {
     let line = line.trim_end_matches(['\r', '\n']);
-    let mut fields = [""; 31];
-    let mut n = 0;
-    for field in line.split(',') {
-        if n < fields.len() {
-            fields[n] = field.trim();
+    // One pass over the bytes finds where the fields start; only the fields
+    // the model reads are then sliced and trimmed.
+    let mut starts = [0usize; 32];
+    let mut n = 1;
+    for (i, &b) in line.as_bytes().iter().enumerate() {
+        if b == b',' {
+            if n < starts.len() {
+                starts[n] = i + 1;
+            }
+            n += 1;
         }
-        n += 1;
     }
-    if fields[0] == "Year" {
+    let field = |i: usize| {
+        let end = if i + 1 < n {
+            starts[i + 1] - 1
+        } else {
+            line.len()
+        };
+        line[starts[i]..end].trim()
+    };
+    if field(0) == "Year" {
         return Err(InputError(
             "this is the CSV header line, not a flight".into(),
         ));
@@ -294,7 +333,7 @@ pub fn parse_csv(line: &str) -> Result<Flight<'_>, InputError> {
         )));
     }
     let number = |i: usize| -> Result<f64, InputError> {
-        match fields[i] {
+        match field(i) {
             "NA" | "" => Ok(f64::NAN),
             s => s.parse::<i64>().map(|v| v as f64).map_err(|_| {
                 InputError(format!(
@@ -305,7 +344,7 @@ pub fn parse_csv(line: &str) -> Result<Flight<'_>, InputError> {
             }),
         }
     };
-    let text = |i: usize| match fields[i] {
+    let text = |i: usize| match field(i) {
         "NA" | "" => None,
         s => Some(s),
     };

@@ -177,6 +177,9 @@ pub struct Registry {
     state: Arc<(Mutex<State>, Condvar)>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Held across a read-modify-write of a deployment; see
+    /// [`Registry::deployment_writes`].
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -264,6 +267,7 @@ impl Registry {
             state,
             stop,
             thread: Some(thread),
+            writes: tokio::sync::Mutex::new(()),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         for (topic, end) in ends {
@@ -389,6 +393,21 @@ impl Registry {
         )
         .await?;
         Ok(digest)
+    }
+
+    /// Serialises this node's changes to deployments. A change reads a
+    /// deployment, derives its next state (a new version number, for one)
+    /// and writes it; two changes that read the same state would both write
+    /// version N+1 and one would be lost. Hold the guard from that read
+    /// until the write returns (it returns once this node has read the
+    /// write back, so the next change reads it).
+    ///
+    /// Across nodes there is no lock: two nodes that change one deployment
+    /// at the same moment can both write the same version number. Every node
+    /// then runs the one written last, since each compares what it runs
+    /// with the registry's version in full, not by its number.
+    pub async fn deployment_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
     }
 
     /// Writes a deployment (a new one, or a new state of one).

@@ -799,3 +799,115 @@ async fn metrics_count_the_records_sent_and_readyz_says_when_a_deployment_backs_
     .await
     .unwrap();
 }
+
+/// Changes to one deployment that race each other: those sent to one node
+/// each get their own version, none is lost; those sent to two nodes at once
+/// end, on every node, in the version written last — the same function with
+/// the same config everywhere, even when two writes carried the same number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_changes_to_a_deployment_lose_no_version_and_leave_every_node_running_the_same_one()
+{
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    let dlq = format!("{output}.dlq");
+    topics(&kafka, &[&input, &output, &dlq], 2).await;
+    let registry = unique("reg");
+    let a = node(&kafka, &registry, None, 32 << 20).await;
+    let b = node(&kafka, &registry, None, 32 << 20).await;
+    let (s, v) = call(
+        reqwest::Method::POST,
+        format!("{}/v1/modules?config=field%3Dn&config=min%3D1", a.url()),
+        None,
+        Some(guest(guests::THRESHOLD_FILTER).into()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let filter = v["digest"].as_str().unwrap().to_owned();
+    let name = unique("d");
+    // A swap to the threshold filter keeping n >= min, sent to `url`.
+    let put = |url: String, min: u32| {
+        let u = format!("{url}/v1/deployments/{name}");
+        let body = json!({"module": filter, "input": [input], "output": output,
+            "config": {"field": "n", "min": min.to_string()}});
+        call(reqwest::Method::PUT, u, None, None, Some(body))
+    };
+    let (s, v) = put(a.url(), 1).await;
+    assert_eq!((s, v["version"].as_u64()), (201, Some(1)), "{v}");
+
+    // Five swaps sent to one node at once: versions 2 to 6, each once.
+    let mut racing = tokio::task::JoinSet::new();
+    for min in 2..7 {
+        racing.spawn(put(a.url(), min));
+    }
+    let mut versions = Vec::new();
+    for (s, v) in racing.join_all().await {
+        assert_eq!(s, 200, "{v}");
+        versions.push(v["version"].as_u64().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, vec![2, 3, 4, 5, 6]);
+    let record = a.registry().deployment(&name).unwrap();
+    assert_eq!(record.current, 6);
+    let kept: Vec<u64> = record.versions.iter().map(|v| v.version).collect();
+    assert_eq!(kept, vec![1, 2, 3, 4, 5, 6], "no version lost");
+
+    // Swaps sent to both nodes at once, a few rounds: whatever numbers they
+    // got, both nodes end up running what the registry says last. (Before
+    // nodes compared versions in full, some rounds left one node running a
+    // losing write of the same number.)
+    for round in 0..6 {
+        let (x, y) = tokio::join!(put(a.url(), 10 + round), put(b.url(), 20 + round));
+        assert_eq!((x.0, y.0), (200, 200), "{x:?} {y:?}");
+    }
+    let last = || {
+        let r = a.registry().deployment(&name).unwrap();
+        let min = r.current_version().unwrap().config["min"].clone();
+        (r.current, min)
+    };
+    until(
+        "both nodes run the registry's last version, a partition each",
+        || {
+            let (current, _) = last();
+            [&a, &b].iter().all(|cp| {
+                cp.node()
+                    .status()
+                    .iter()
+                    .any(|s| s.name == name && s.version == current && !s.partitions.is_empty())
+            })
+        },
+    )
+    .await;
+    let min: u32 = last().1.parse().unwrap();
+    // What each node runs shows in what it keeps: the filter keeps n >= min
+    // on both partitions, whichever node reads each.
+    let records: Vec<Rec> = (1..=30)
+        .flat_map(|n| {
+            (0..4).map(move |k| {
+                (
+                    Some(format!("k{k}-{n}")),
+                    json!({ "n": n }).to_string(),
+                    vec![],
+                )
+            })
+        })
+        .collect();
+    produce(&kafka, &input, &records).await;
+    let want: Vec<u32> = (min..=30).flat_map(|n| [n; 4]).collect();
+    let out = read(&kafka, &output, want.len(), WAIT).await;
+    let mut kept: Vec<u32> = out
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<Value>(&value(m)).unwrap()["n"]
+                .as_u64()
+                .unwrap() as u32
+        })
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(kept, want, "both nodes keep n >= {min}");
+    for cp in [a, b] {
+        tokio::task::spawn_blocking(move || cp.stop())
+            .await
+            .unwrap();
+    }
+}

@@ -404,20 +404,7 @@ async fn put_deployment(
     if req.input.is_empty() {
         return Err(unprocessable("a deployment needs at least one input topic"));
     }
-    let existing = state.registry.deployment(&name);
-    if let Some(old) = &existing
-        && (old.input != req.input
-            || old.output != req.output
-            || old.dead_letter != req.dead_letter)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "deployment {name:?} reads {:?} and writes {:?}: a new version keeps its topics; delete it and deploy again to change them",
-                old.input, old.output
-            ),
-        ));
-    }
+    keeps_topics(state.registry.deployment(&name).as_ref(), &name, &req)?;
     let mut topics: Vec<&str> = req.input.iter().map(String::as_str).collect();
     topics.push(&req.output);
     let dlq = req
@@ -457,6 +444,11 @@ async fn put_deployment(
         ))
     })?;
 
+    // Validation took a while; what to build on is read again now, under
+    // the lock, so that racing changes each get their own version.
+    let _writes = state.registry.deployment_writes().await;
+    let existing = state.registry.deployment(&name);
+    keeps_topics(existing.as_ref(), &name, &req)?;
     let version = Version {
         version: 0,
         module: module_digest,
@@ -495,6 +487,30 @@ async fn put_deployment(
         status,
         Json(json!({ "name": name, "version": v, "world": world.to_string() })),
     ))
+}
+
+/// A new version keeps the deployment's topics.
+fn keeps_topics(
+    existing: Option<&DeploymentRecord>,
+    name: &str,
+    req: &DeploymentRequest,
+) -> Result<()> {
+    match existing {
+        Some(old)
+            if old.input != req.input
+                || old.output != req.output
+                || old.dead_letter != req.dead_letter =>
+        {
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "deployment {name:?} reads {:?} and writes {:?}: a new version keeps its topics; delete it and deploy again to change them",
+                    old.input, old.output
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn check_topics(kafka: &KafkaOptions, topics: &[&str]) -> Result<()> {
@@ -574,6 +590,7 @@ async fn get_one(State(state): S, Path(name): Path<String>) -> Result<Json<Deplo
 }
 
 async fn delete(State(state): S, Path(name): Path<String>) -> Result<StatusCode> {
+    let _writes = state.registry.deployment_writes().await;
     record_of(&state, &name)?;
     state
         .registry
@@ -584,6 +601,7 @@ async fn delete(State(state): S, Path(name): Path<String>) -> Result<StatusCode>
 }
 
 async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<Value>> {
+    let _writes = state.registry.deployment_writes().await;
     let mut r = record_of(state, name)?;
     if r.paused != paused {
         r.paused = paused;
@@ -616,6 +634,7 @@ async fn rollback(
     Path(name): Path<String>,
     body: Option<Json<RollbackRequest>>,
 ) -> Result<Json<Value>> {
+    let _writes = state.registry.deployment_writes().await;
     let mut r = record_of(&state, &name)?;
     let to = match body.and_then(|Json(b)| b.to) {
         Some(v) => v,

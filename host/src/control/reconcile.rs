@@ -56,9 +56,12 @@ type Topics = (
     Option<usize>,
 );
 
-/// What runs here: the version and the topics it was started with.
+/// What runs here: the registry version and the topics it was started with.
 struct Running {
-    version: u64,
+    /// The whole version, not only its number: two nodes that change a
+    /// deployment at once can both write version N+1, and the one written
+    /// last must replace the other here too.
+    applied: Version,
     topics: Topics,
     /// When it was swapped in, from which version, and the node's trap and
     /// output counts then.
@@ -187,14 +190,29 @@ pub fn run(
             let Some(version) = record.current_version() else {
                 continue;
             };
-            let current = running.get(name).map(|r| (r.version, r.topics.clone()));
-            if current.as_ref().is_some_and(|(v, _)| *v == version.version) {
+            let current = running
+                .get(name)
+                .map(|r| (r.applied.version, r.topics.clone()));
+            // Unchanged: the same version (in full) with the same topics. A
+            // deployment deleted and made again under the same name, or two
+            // racing writes of one number, differ in content.
+            if running
+                .get(name)
+                .is_some_and(|r| r.applied == *version && r.topics == topics_of(record))
+            {
                 continue;
             }
             let result =
                 build(engine, &mut modules, registry, record, version).and_then(
                     |d| match &current {
-                        Some((_, topics)) if *topics == topics_of(record) => {
+                        // A hot swap runs the next number; a version that is
+                        // not above the running one (a racing write of the
+                        // same number, see `Running::applied`) restarts
+                        // instead, so that every node runs, and its outputs
+                        // name, the registry's number.
+                        Some((running, topics))
+                            if *topics == topics_of(record) && version.version > *running =>
+                        {
                             node.swap(name, d).map(|r| {
                                 tracing::info!(
                                     deployment = name,
@@ -228,7 +246,7 @@ pub fn run(
                     running.insert(
                         name.clone(),
                         Running {
-                            version: version.version,
+                            applied: version.clone(),
                             topics: topics_of(record),
                             swapped_at: swapped.then(|| Swapped {
                                 at: Instant::now(),
@@ -289,34 +307,37 @@ fn rollback_crash_loops(
             }
             _ => continue,
         };
-        let Some(mut record) = registry.deployment(&status.name) else {
-            continue;
-        };
-        if record.current != r.version {
-            continue; // someone already moved it
-        }
-        let Some(mut back) = record
-            .versions
-            .iter()
-            .find(|v| v.version == previous)
-            .cloned()
-        else {
-            continue;
-        };
+        let version = r.applied.version;
         let note = format!(
-            "automatic rollback from version {} to {previous}: it crash-looped right after the swap ({error})",
-            r.version
+            "automatic rollback from version {version} to {previous}: it crash-looped right after the swap ({error})"
         );
-        tracing::error!(deployment = status.name, "{note}");
-        back.reason = format!(
-            "rollback to {previous} (automatic: version {} crash-looped)",
-            r.version
-        );
-        back.created_ms = now_ms();
-        record.push_version(back);
         r.swapped_at = None;
-        match runtime.block_on(registry.put_deployment(&record)) {
-            Ok(()) => reconciled
+        let written = runtime.block_on(async {
+            let _writes = registry.deployment_writes().await;
+            let Some(mut record) = registry.deployment(&status.name) else {
+                return Ok(false);
+            };
+            if record.current_version() != Some(&r.applied) {
+                return Ok(false); // someone already moved it
+            }
+            let Some(mut back) = record
+                .versions
+                .iter()
+                .find(|v| v.version == previous)
+                .cloned()
+            else {
+                return Ok(false);
+            };
+            tracing::error!(deployment = status.name, "{note}");
+            back.reason =
+                format!("rollback to {previous} (automatic: version {version} crash-looped)");
+            back.created_ms = now_ms();
+            record.push_version(back);
+            registry.put_deployment(&record).await.map(|()| true)
+        });
+        match written {
+            Ok(false) => {}
+            Ok(true) => reconciled
                 .applied
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -190,18 +190,14 @@ pub fn run(
             let Some(version) = record.current_version() else {
                 continue;
             };
-            let current = running
-                .get(name)
-                .map(|r| (r.applied.version, r.topics.clone()));
             // Unchanged: the same version (in full) with the same topics. A
             // deployment deleted and made again under the same name, or two
             // racing writes of one number, differ in content.
-            if running
-                .get(name)
-                .is_some_and(|r| r.applied == *version && r.topics == topics_of(record))
-            {
+            let running_now = running.get(name);
+            if running_now.is_some_and(|r| r.applied == *version && r.topics == topics_of(record)) {
                 continue;
             }
+            let current = running_now.map(|r| (r.applied.version, r.topics.clone()));
             let result =
                 build(engine, &mut modules, registry, record, version).and_then(
                     |d| match &current {

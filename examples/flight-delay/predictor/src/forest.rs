@@ -87,9 +87,12 @@ impl Coding {
         match self {
             Coding::Unused => 1,
             // Value intervals, NaN, near zero.
-            Coding::Numerical { thresholds, .. } => thresholds.len() as u32 + 3,
+            // (Saturating: a model that large is refused by the mask bound.)
+            Coding::Numerical { thresholds, .. } => {
+                u32::try_from(thresholds.len()).map_or(u32::MAX, |t| t.saturating_add(3))
+            }
             // Categories, other.
-            Coding::Categorical { categories } => categories + 1,
+            Coding::Categorical { categories } => categories.saturating_add(1),
         }
     }
 
@@ -147,12 +150,13 @@ impl Forest {
         let codings = codings(trees, num_features)?;
         let words = |feature: u32| codings[feature as usize].codes().div_ceil(64);
         let widest = (0..num_features as u32).map(words).max().unwrap_or(1);
-        let needed: usize = trees
+        // In u64: on wasm32 a usize sum could wrap below the bound.
+        let needed: u64 = trees
             .iter()
             .flat_map(|t| &t.nodes)
-            .map(|n| words(n.feature) as usize)
+            .map(|n| u64::from(words(n.feature)))
             .sum();
-        if needed > MAX_MASK_WORDS {
+        if needed > MAX_MASK_WORDS as u64 {
             return Err(model_error(format!(
                 "the model's splits need {} MiB of masks, more than the {} MiB this evaluator allows: a feature is split at too many thresholds or categories",
                 needed >> 17,
@@ -175,7 +179,7 @@ impl Forest {
             steps: Vec::with_capacity(splits + 1 + leaves),
             first_leaf: splits as u32,
             values: Vec::with_capacity(1 + leaves),
-            masks: Vec::with_capacity(widest as usize + needed),
+            masks: Vec::with_capacity(widest as usize + needed as usize),
             groups: Vec::new(),
             codings: Vec::new(),
         };

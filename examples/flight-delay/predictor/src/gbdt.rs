@@ -651,4 +651,39 @@ end of trees
         let err = Booster::parse(&cycle).unwrap_err().to_string();
         assert!(err.contains("tree 0: node 0 is reached twice"), "{err}");
     }
+
+    #[test]
+    fn refuses_a_model_whose_masks_would_not_fit() {
+        // 40 categorical splits on one bitset of 2^21 words: each split's
+        // mask covers 2^26 categories, 1 Mi words, 40 Mi words in all.
+        let words = 1usize << 21;
+        let splits = 40;
+        let tree = format!(
+            "num_leaves={leaves}\nnum_cat=1\nsplit_feature={features}\nthreshold={thresholds}\ndecision_type={decisions}\nleft_child={lefts}\nright_child={rights}\nleaf_value={values}\ncat_boundaries=0 {words}\ncat_threshold={bits}\nshrinkage=1\n",
+            leaves = splits + 1,
+            features = vec!["1"; splits].join(" "),
+            thresholds = vec!["0"; splits].join(" "),
+            decisions = vec!["1"; splits].join(" "),
+            lefts = (0..splits)
+                .map(|i| (!(i as i32)).to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            rights = (1..=splits)
+                .map(|i| if i < splits {
+                    i.to_string()
+                } else {
+                    (!(splits as i32)).to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            values = vec!["0.5"; splits + 1].join(" "),
+            bits = vec!["1"; words].join(" "),
+        );
+        let text = format!(
+            "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nmax_feature_idx=1\nobjective=regression\n\nTree=0\n{tree}\nend of trees\n"
+        );
+        let err = Booster::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("MiB of masks"), "{err}");
+        assert!(err.contains("too many thresholds or categories"), "{err}");
+    }
 }

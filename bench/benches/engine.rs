@@ -10,6 +10,8 @@
 //! table is the result. To see where guest time goes, build with
 //! `--features runnel-host/profiling` and run the bench binary under
 //! `RUNNEL_PERFMAP=1 perf record`: perf then names the guest's functions.
+//! With `RUNNEL_PERFMAP=jitdump perf record -k mono`, then `perf inject
+//! --jit`, `perf annotate` shows their machine code.
 
 use std::sync::Arc;
 

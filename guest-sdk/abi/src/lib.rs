@@ -89,6 +89,7 @@ impl BatchBuilder {
     ///
     /// If the batch would grow past 4 GiB, or a field past `u32::MAX - 1`
     /// bytes: the index and lengths are `u32`. Callers bound batches well below.
+    #[inline]
     pub fn push(&mut self, frame: &Frame<'_>) {
         let start = u32::try_from(self.data.len()).expect("a packed batch is limited to 4 GiB");
         self.index.push(start);
@@ -96,14 +97,10 @@ impl BatchBuilder {
         let value = frame.value.unwrap_or_default();
         // This runs for every record the host sends, so it must cost about a
         // memcpy: one reservation, then the fixed header built in a register-
-        // sized array and copied at once, then the bytes.
-        let headers_len: usize = frame
-            .headers
-            .iter()
-            .map(|(n, v)| 8 + n.len() + v.map_or(0, <[u8]>::len))
-            .sum();
+        // sized array and copied at once, then the bytes. Headers, which most
+        // records lack, are written out of line.
         self.data
-            .reserve(FRAME_HEADER_LEN + key.len() + value.len() + headers_len);
+            .reserve(FRAME_HEADER_LEN + key.len() + value.len());
         let mut fixed = [0u8; FRAME_HEADER_LEN];
         fixed[0..4].copy_from_slice(&frame.partition.to_le_bytes());
         fixed[4..12].copy_from_slice(&frame.offset.to_le_bytes());
@@ -115,16 +112,10 @@ impl BatchBuilder {
         d.extend_from_slice(&fixed);
         d.extend_from_slice(key);
         d.extend_from_slice(value);
-        for (name, value) in frame.headers {
-            d.extend_from_slice(&len_u32(name.len()).to_le_bytes());
-            d.extend_from_slice(name.as_bytes());
-            d.extend_from_slice(&len_field(*value).to_le_bytes());
-            if let Some(value) = value {
-                d.extend_from_slice(value);
-            }
+        if !frame.headers.is_empty() {
+            push_headers(d, frame.headers);
         }
     }
-
     /// A batch of records with these values and nothing else, at partition
     /// 0 and offsets 0, 1, 2…: for tests.
     pub fn of_values<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
@@ -192,13 +183,37 @@ impl BatchBuilder {
     }
 }
 
-fn len_u32(len: usize) -> u32 {
-    match u32::try_from(len) {
-        Ok(n) if n != ABSENT => n,
-        _ => panic!("a record field is limited to 4 GiB - 2 bytes"),
+#[inline(never)]
+fn push_headers(d: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
+    let len: usize = headers
+        .iter()
+        .map(|(n, v)| 8 + n.len() + v.map_or(0, <[u8]>::len))
+        .sum();
+    d.reserve(len);
+    for (name, value) in headers {
+        d.extend_from_slice(&len_u32(name.len()).to_le_bytes());
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&len_field(*value).to_le_bytes());
+        if let Some(value) = value {
+            d.extend_from_slice(value);
+        }
     }
 }
 
+#[inline]
+fn len_u32(len: usize) -> u32 {
+    match u32::try_from(len) {
+        Ok(n) if n != ABSENT => n,
+        _ => too_long(),
+    }
+}
+
+#[cold]
+fn too_long() -> ! {
+    panic!("a record field is limited to 4 GiB - 2 bytes")
+}
+
+#[inline]
 fn len_field(bytes: Option<&[u8]>) -> u32 {
     bytes.map_or(ABSENT, |b| len_u32(b.len()))
 }
@@ -226,18 +241,30 @@ impl<'a> BatchRef<'a> {
     /// Decodes record `i`. Every length is checked against the buffer, so a
     /// corrupt batch is an error, never a panic or an out-of-bounds read.
     pub fn get(&self, i: usize) -> Result<RecordRef<'a>, FrameError> {
-        let err = |reason| FrameError { record: i, reason };
-        let start = *self.index.get(i).ok_or(err("index out of range"))? as usize;
+        let start = *self.index.get(i).ok_or(FrameError {
+            record: i,
+            reason: "index out of range",
+        })?;
+        self.decode_at(start)
+            .map_err(|reason| FrameError { record: i, reason })
+    }
+
+    fn decode_at(&self, start: u32) -> Result<RecordRef<'a>, &'static str> {
         let frame = self
             .data
-            .get(start..)
-            .ok_or(err("frame starts past the end of the data"))?;
-        RecordRef::decode(frame).map_err(err)
+            .get(start as usize..)
+            .ok_or("frame starts past the end of the data")?;
+        RecordRef::decode(frame)
     }
 
     /// Decodes every record in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<RecordRef<'a>, FrameError>> + '_ {
-        (0..self.len()).map(|i| self.get(i))
+        let batch = *self;
+        self.index.iter().enumerate().map(move |(i, &start)| {
+            batch
+                .decode_at(start)
+                .map_err(|reason| FrameError { record: i, reason })
+        })
     }
 }
 
@@ -270,12 +297,6 @@ fn read_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn read_i64(b: &[u8], at: usize) -> i64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    i64::from_le_bytes(x)
-}
-
 /// Splits an optional length-prefixed field off the front of `rest`.
 fn take<'a>(rest: &mut &'a [u8], len: u32) -> Result<Option<&'a [u8]>, &'static str> {
     if len == ABSENT {
@@ -292,29 +313,33 @@ fn take<'a>(rest: &mut &'a [u8], len: u32) -> Result<Option<&'a [u8]>, &'static 
 
 impl<'a> RecordRef<'a> {
     fn decode(frame: &'a [u8]) -> Result<Self, &'static str> {
-        if frame.len() < FRAME_HEADER_LEN {
-            return Err("frame shorter than its fixed header");
-        }
-        let partition = read_u32(frame, 0) as i32;
-        let offset = read_i64(frame, 4);
-        let timestamp_ms = read_i64(frame, 12);
-        let key_len = read_u32(frame, 20);
-        let value_len = read_u32(frame, 24);
-        let header_count = read_u32(frame, 28);
-        let mut rest = &frame[FRAME_HEADER_LEN..];
+        // One length check for the fixed header; the reads below are then at
+        // constant offsets into an array and need none. This runs once per
+        // record in every call, so it is kept to a few loads and compares.
+        let (fixed, mut rest) = frame
+            .split_first_chunk::<FRAME_HEADER_LEN>()
+            .ok_or("frame shorter than its fixed header")?;
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]])
+        };
+        let i64_at = |at: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&fixed[at..at + 8]);
+            i64::from_le_bytes(x)
+        };
+        let partition = u32_at(0) as i32;
+        let offset = i64_at(4);
+        let timestamp_ms = i64_at(12);
+        let key_len = u32_at(20);
+        let value_len = u32_at(24);
+        let header_count = u32_at(28);
         let key = take(&mut rest, key_len)?;
         let value = take(&mut rest, value_len)?;
-        // Headers are walked once here so that a corrupt frame fails now, not
-        // halfway through an author's loop; names are checked for UTF-8 then.
-        let headers_start = rest;
-        for _ in 0..header_count {
-            let name_len = read_len(&mut rest)?;
-            let name = take(&mut rest, name_len)?.ok_or("a header name cannot be absent")?;
-            std::str::from_utf8(name).map_err(|_| "a header name is not UTF-8")?;
-            let value_len = read_len(&mut rest)?;
-            take(&mut rest, value_len)?;
-        }
-        let headers = &headers_start[..headers_start.len() - rest.len()];
+        let headers = if header_count == 0 {
+            &[]
+        } else {
+            check_headers(rest, header_count)?
+        };
         Ok(Self {
             partition,
             offset,
@@ -372,6 +397,24 @@ impl<'a> RecordRef<'a> {
             headers,
         }
     }
+}
+
+/// Walks `count` headers at the front of `rest` and returns the bytes they
+/// span. Headers are checked once, when the record is decoded, so that a
+/// corrupt frame fails then and not halfway through an author's loop; names
+/// are checked for UTF-8 then. Kept out of line: most records have no
+/// headers, and the per-record loop stays small without this.
+#[inline(never)]
+fn check_headers(frame_rest: &[u8], count: u32) -> Result<&[u8], &'static str> {
+    let mut rest = frame_rest;
+    for _ in 0..count {
+        let name_len = read_len(&mut rest)?;
+        let name = take(&mut rest, name_len)?.ok_or("a header name cannot be absent")?;
+        std::str::from_utf8(name).map_err(|_| "a header name is not UTF-8")?;
+        let value_len = read_len(&mut rest)?;
+        take(&mut rest, value_len)?;
+    }
+    Ok(&frame_rest[..frame_rest.len() - rest.len()])
 }
 
 fn read_len(rest: &mut &[u8]) -> Result<u32, &'static str> {

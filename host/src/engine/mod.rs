@@ -256,8 +256,14 @@ impl Engine {
             // several times slower and runnel's calls are sync.
             .concurrency_support(false);
         #[cfg(feature = "profiling")]
-        if std::env::var_os("RUNNEL_PERFMAP").is_some() {
-            wt.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        if let Some(how) = std::env::var_os("RUNNEL_PERFMAP") {
+            // `jitdump` keeps the machine code too, for `perf annotate`
+            // (after `perf record -k mono` and `perf inject --jit`).
+            wt.profiler(if how == "jitdump" {
+                wasmtime::ProfilingStrategy::JitDump
+            } else {
+                wasmtime::ProfilingStrategy::PerfMap
+            });
         }
         let wasmtime = wasmtime::Engine::new(&wt).map_err(engine_err)?;
         let mut linker = Linker::new(&wasmtime);

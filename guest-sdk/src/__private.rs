@@ -2,6 +2,7 @@
 //! Not a public API: it changes with the macros.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::thread::LocalKey;
 
 use runnel_abi::{BatchBuilder, BatchRef};
@@ -48,22 +49,28 @@ pub fn filter_batch<F>(
     fail: impl Fn(u32, String) -> F,
 ) -> Verdicts<F> {
     let batch = BatchRef::new(data, index);
-    let mut keep = Vec::with_capacity(batch.len());
+    // One byte per record, written in place: the loop keeps no vector
+    // length in memory, and failures leave the loop through a cold call.
+    let mut keep = vec![0u8; batch.len()];
     let mut failures = Vec::new();
-    for (i, raw) in batch.iter().enumerate() {
+    for ((i, raw), slot) in batch.iter().enumerate().zip(&mut keep) {
         let verdict = match raw {
             Ok(raw) => f(&Record::new(raw)).map_err(|e| e.message),
             Err(e) => Err(e.to_string()),
         };
-        keep.push(match verdict {
-            Ok(k) => u8::from(k),
-            Err(message) => {
-                failures.push(fail(i as u32, message));
-                0
-            }
-        });
+        match verdict {
+            Ok(k) => *slot = u8::from(k),
+            Err(message) => failed(&mut failures, fail(i as u32, message)),
+        }
     }
     Verdicts { keep, failures }
+}
+
+/// Keeps a failure out of the per-record loop's hot path.
+#[cold]
+#[inline(never)]
+fn failed<F>(failures: &mut Vec<F>, failure: F) {
+    failures.push(failure);
 }
 
 /// What a map or scorer produced for one batch: see `outputs` in the WIT.
@@ -75,9 +82,10 @@ pub struct Outputs<F> {
     pub failures: Vec<F>,
 }
 
-/// Runs a map over a packed batch.
+/// Runs a map over a packed batch. The batch's data is shared with the
+/// outputs that forward an input's bytes ([`Record::to_output`]).
 pub fn map_batch<F>(
-    data: &[u8],
+    data: Vec<u8>,
     index: &[u32],
     mut f: impl FnMut(&Record<'_>) -> Result<Vec<Output>>,
     fail: impl Fn(u32, String) -> F,
@@ -94,7 +102,7 @@ pub fn map_batch<F>(
 
 /// Runs a scorer over a packed batch.
 pub fn score_batch<F>(
-    data: &[u8],
+    data: Vec<u8>,
     index: &[u32],
     mut f: impl FnMut(&Record<'_>) -> Result<Output>,
     fail: impl Fn(u32, String) -> F,
@@ -106,12 +114,13 @@ pub fn score_batch<F>(
 }
 
 fn run<F>(
-    data: &[u8],
+    data: Vec<u8>,
     index: &[u32],
     fail: impl Fn(u32, String) -> F,
     mut each: impl FnMut(&Record<'_>, &mut BatchBuilder) -> Result<u32>,
 ) -> Outputs<F> {
-    let batch = BatchRef::new(data, index);
+    let data = Arc::new(data);
+    let batch = BatchRef::new(&data, index);
     // Outputs are usually about as large as inputs.
     let mut out = BatchBuilder::with_capacity(batch.len(), data.len());
     let mut counts = Vec::with_capacity(batch.len());
@@ -119,7 +128,7 @@ fn run<F>(
     for (i, raw) in batch.iter().enumerate() {
         let produced = out.len();
         let result = match raw {
-            Ok(raw) => each(&Record::new(raw), &mut out).map_err(|e| e.message),
+            Ok(raw) => each(&Record::in_batch(raw, &data), &mut out).map_err(|e| e.message),
             Err(e) => Err(e.to_string()),
         };
         counts.push(match result {
@@ -168,7 +177,7 @@ mod tests {
             }
             Ok(v.split(',').map(|s| Output::new(s).with_key("k")).collect())
         };
-        let out = map_batch(&data, &index, split, |i, m| (i, m));
+        let out = map_batch(data, &index, split, |i, m| (i, m));
         assert_eq!(out.counts, vec![2, 0, 2]);
         assert_eq!(out.failures, vec![(1, "empty line".to_owned())]);
         let view = BatchRef::new(&out.data, &out.index);
@@ -187,7 +196,7 @@ mod tests {
     #[test]
     fn a_failed_record_leaves_no_outputs() {
         let (data, index) = batch(&[b"x"]);
-        let out = score_batch(&data, &index, |_| crate::bail!("no"), |i, m| (i, m));
+        let out = score_batch(data, &index, |_| crate::bail!("no"), |i, m| (i, m));
         assert_eq!(
             (out.counts, out.index.len(), out.failures),
             (vec![0], 0, vec![(0, "no".to_owned())])

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use runnel_abi::{Frame, RecordRef};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy)]
 pub struct Record<'a> {
     raw: RecordRef<'a>,
+    /// The batch's data, when outputs may share it (maps and scorers).
+    batch: Option<&'a Arc<Vec<u8>>>,
 }
 
 impl fmt::Debug for Record<'_> {
@@ -23,7 +26,15 @@ impl fmt::Debug for Record<'_> {
 
 impl<'a> Record<'a> {
     pub(crate) fn new(raw: RecordRef<'a>) -> Self {
-        Self { raw }
+        Self { raw, batch: None }
+    }
+
+    /// A record of `batch`, whose outputs can share the batch's bytes.
+    pub(crate) fn in_batch(raw: RecordRef<'a>, batch: &'a Arc<Vec<u8>>) -> Self {
+        Self {
+            raw,
+            batch: Some(batch),
+        }
     }
 
     /// The record's key, if it has one.
@@ -85,16 +96,77 @@ impl<'a> Record<'a> {
     }
 
     /// An output with this record's key, value and headers: the identity map.
+    ///
+    /// The key and value are not copied: the output shares them with the
+    /// batch they came in, which therefore stays in memory as long as the
+    /// output does (normally until the call returns).
     pub fn to_output(&self) -> Output {
         Output {
-            key: self.key().map(<[u8]>::to_vec),
-            value: self.value().map(<[u8]>::to_vec),
+            key: self.key().map(|b| self.share(b)),
+            value: self.value().map(|b| self.share(b)),
             headers: self
                 .headers()
                 .map(|(n, v)| (n.to_owned(), v.map(<[u8]>::to_vec)))
                 .collect(),
             timestamp_ms: None,
         }
+    }
+
+    /// `bytes`, a part of this record, as output bytes: a span of the batch
+    /// when there is one to share, else a copy.
+    fn share(&self, bytes: &[u8]) -> Bytes {
+        if let Some(batch) = self.batch {
+            let start = (bytes.as_ptr() as usize).wrapping_sub(batch.as_ptr() as usize);
+            if start <= batch.len() && bytes.len() <= batch.len() - start {
+                // A batch holds at most 4 GiB: its index is u32.
+                if let (Ok(start), Ok(end)) =
+                    (u32::try_from(start), u32::try_from(start + bytes.len()))
+                {
+                    return Bytes::Shared {
+                        batch: Arc::clone(batch),
+                        start,
+                        end,
+                    };
+                }
+            }
+        }
+        Bytes::Owned(bytes.to_vec())
+    }
+}
+
+/// The bytes of an output's key or value: its own, or a span of the input
+/// batch it was forwarded from (see [`Record::to_output`]).
+#[derive(Clone)]
+enum Bytes {
+    Owned(Vec<u8>),
+    Shared {
+        batch: Arc<Vec<u8>>,
+        start: u32,
+        end: u32,
+    },
+}
+
+impl Bytes {
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Shared { batch, start, end } => &batch[*start as usize..*end as usize],
+        }
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Bytes {}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
     }
 }
 
@@ -109,8 +181,8 @@ fn utf8<'a>(bytes: Option<&'a [u8]>, what: &str) -> Result<&'a str> {
 /// with [`Output::with_key`]); its timestamp to the input record's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Output {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
     headers: Vec<(String, Option<Vec<u8>>)>,
     timestamp_ms: Option<i64>,
 }
@@ -119,7 +191,7 @@ impl Output {
     /// An output with this value and no key.
     pub fn new(value: impl Into<Vec<u8>>) -> Self {
         Self {
-            value: Some(value.into()),
+            value: Some(Bytes::Owned(value.into())),
             ..Self::default()
         }
     }
@@ -138,13 +210,13 @@ impl Output {
 
     /// Sets the key.
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
+        self.key = Some(Bytes::Owned(key.into()));
         self
     }
 
     /// Sets the key to `key`, or to none.
     pub fn with_key_opt(mut self, key: Option<&[u8]>) -> Self {
-        self.key = key.map(<[u8]>::to_vec);
+        self.key = key.map(|k| Bytes::Owned(k.to_vec()));
         self
     }
 
@@ -160,12 +232,14 @@ impl Output {
         self
     }
 
+    #[inline]
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.key.as_ref().map(Bytes::as_slice)
     }
 
+    #[inline]
     pub fn value(&self) -> Option<&[u8]> {
-        self.value.as_deref()
+        self.value.as_ref().map(Bytes::as_slice)
     }
 
     pub fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
@@ -320,6 +394,44 @@ mod tests {
             assert_eq!(out.value(), Some(&b"v"[..]));
             assert_eq!(out.headers().count(), 2);
         });
+    }
+
+    #[test]
+    fn forwarded_bytes_are_shared_with_the_batch_not_copied() {
+        let mut b = BatchBuilder::default();
+        b.push(&Frame {
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(b"k"),
+            value: Some(b"value"),
+            headers: &[],
+        });
+        let (data, index) = b.into_parts();
+        let data = Arc::new(data);
+        let out = Record::in_batch(BatchRef::new(&data, &index).get(0).unwrap(), &data).to_output();
+        assert!(matches!(out.value, Some(Bytes::Shared { .. })));
+        assert_eq!(Arc::strong_count(&data), 3, "key and value share the batch");
+        // Equal to the same output built by copying, and still valid once
+        // every other owner of the batch is gone.
+        let copied = Output::new(&b"value"[..]).with_key(&b"k"[..]);
+        drop(data);
+        assert_eq!(out, copied);
+        assert_eq!(format!("{out:?}"), format!("{copied:?}"));
+        // A slice that is not in the batch is copied.
+        let other = vec![1u8, 2, 3];
+        let batch = Arc::new(vec![0u8; 8]);
+        let raw = BatchRef::new(&[0; 32], &[0]).get(0).unwrap();
+        let r = Record::in_batch(raw, &batch);
+        assert!(matches!(r.share(&other), Bytes::Owned(v) if v == other));
+        assert!(matches!(
+            r.share(&batch[2..5]),
+            Bytes::Shared {
+                start: 2,
+                end: 5,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -345,7 +345,7 @@ fn outputs_call(
     quote! {
         fn #export(batch: runnel::stream::types::Batch) -> runnel::stream::types::Outputs {
             let out = ::runnel_sdk::__private::#runner(
-                &batch.data, &batch.index,
+                batch.data, &batch.index,
                 |r| #per_record,
                 |index, message| runnel::stream::types::Failure {
                     index,

@@ -53,6 +53,7 @@ use std::fmt;
 
 pub use runnel_sdk_macros::{filter, map, scorer};
 
+pub mod alloc;
 mod record;
 pub use record::{Config, Output, Record};
 

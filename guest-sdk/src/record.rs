@@ -104,10 +104,13 @@ impl<'a> Record<'a> {
         Output {
             key: self.key().map(|b| self.share(b)),
             value: self.value().map(|b| self.share(b)),
-            headers: self
-                .headers()
-                .map(|(n, v)| (n.to_owned(), v.map(<[u8]>::to_vec)))
-                .collect(),
+            headers: if self.raw.header_count() == 0 {
+                Vec::new()
+            } else {
+                self.headers()
+                    .map(|(n, v)| (n.to_owned(), v.map(<[u8]>::to_vec)))
+                    .collect()
+            },
             timestamp_ms: None,
         }
     }

@@ -100,6 +100,7 @@ impl<'a> Record<'a> {
     /// The key and value are not copied: the output shares them with the
     /// batch they came in, which therefore stays in memory as long as the
     /// output does (normally until the call returns).
+    #[inline]
     pub fn to_output(&self) -> Output {
         Output {
             key: self.key().map(|b| self.share(b)),
@@ -117,6 +118,7 @@ impl<'a> Record<'a> {
 
     /// `bytes`, a part of this record, as output bytes: a span of the batch
     /// when there is one to share, else a copy.
+    #[inline]
     fn share(&self, bytes: &[u8]) -> Bytes {
         if let Some(batch) = self.batch {
             let start = (bytes.as_ptr() as usize).wrapping_sub(batch.as_ptr() as usize);
@@ -254,6 +256,7 @@ impl Output {
     }
 
     /// Appends this output to a packed batch.
+    #[inline]
     pub(crate) fn encode(&self, into: &mut runnel_abi::BatchBuilder) {
         let frame = |headers| Frame {
             partition: -1,

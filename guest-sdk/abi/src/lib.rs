@@ -89,7 +89,7 @@ impl BatchBuilder {
     ///
     /// If the batch would grow past 4 GiB, or a field past `u32::MAX - 1`
     /// bytes: the index and lengths are `u32`. Callers bound batches well below.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, frame: &Frame<'_>) {
         let start = u32::try_from(self.data.len()).expect("a packed batch is limited to 4 GiB");
         self.index.push(start);
@@ -249,6 +249,7 @@ impl<'a> BatchRef<'a> {
             .map_err(|reason| FrameError { record: i, reason })
     }
 
+    #[inline]
     fn decode_at(&self, start: u32) -> Result<RecordRef<'a>, &'static str> {
         let frame = self
             .data
@@ -312,6 +313,7 @@ fn take<'a>(rest: &mut &'a [u8], len: u32) -> Result<Option<&'a [u8]>, &'static 
 }
 
 impl<'a> RecordRef<'a> {
+    #[inline]
     fn decode(frame: &'a [u8]) -> Result<Self, &'static str> {
         // One length check for the fixed header; the reads below are then at
         // constant offsets into an array and need none. This runs once per

@@ -16,9 +16,9 @@
 //! Native builds (an author's unit tests) keep the system allocator.
 //!
 //! Memory: a class keeps at most [`KEPT_PER_CLASS`] free blocks and returns
-//! the rest to the system allocator, so the lists hold at most ~8.5 MiB
-//! (`KEPT_PER_CLASS` × the sizes of the 16 classes), and usually far less:
-//! what a batch frees, the next batch reuses.
+//! the rest to the system allocator, so the lists hold at most 4.25 MiB
+//! (`KEPT_PER_CLASS` × 2,176 bytes, the 16 class sizes added up), and usually
+//! far less: what a batch frees, the next batch reuses.
 
 // The one place in runnel-sdk that needs `unsafe`: an allocator hands out
 // raw memory. The lists are plain singly linked lists threaded through the

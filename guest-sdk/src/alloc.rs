@@ -51,7 +51,7 @@ struct Lists {
 ///
 /// Not thread-safe: it is only `Sync` (and so only usable as a global
 /// allocator) on targets without threads. Tests use it through a local value.
-pub struct SizeClasses<A> {
+pub struct SizeClasses<A: GlobalAlloc> {
     inner: A,
     lists: UnsafeCell<Lists>,
 }
@@ -59,9 +59,9 @@ pub struct SizeClasses<A> {
 // SAFETY: on wasm without the `atomics` feature there is exactly one thread,
 // so the lists are never touched by two threads.
 #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
-unsafe impl<A: Sync> Sync for SizeClasses<A> {}
+unsafe impl<A: GlobalAlloc + Sync> Sync for SizeClasses<A> {}
 
-impl<A> std::fmt::Debug for SizeClasses<A> {
+impl<A: GlobalAlloc> std::fmt::Debug for SizeClasses<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SizeClasses")
             .field("kept", &self.kept())
@@ -69,7 +69,7 @@ impl<A> std::fmt::Debug for SizeClasses<A> {
     }
 }
 
-impl<A> SizeClasses<A> {
+impl<A: GlobalAlloc> SizeClasses<A> {
     pub const fn new(inner: A) -> Self {
         Self {
             inner,
@@ -85,6 +85,26 @@ impl<A> SizeClasses<A> {
         // SAFETY: single-threaded (see the type's doc); no list operation is
         // in progress while this reads.
         unsafe { (*self.lists.get()).counts }
+    }
+}
+
+impl<A: GlobalAlloc> Drop for SizeClasses<A> {
+    /// Gives the kept blocks back to `inner` (a global allocator is never
+    /// dropped; a local one, as in the tests, would otherwise leak them).
+    fn drop(&mut self) {
+        let lists = self.lists.get_mut();
+        for (c, head) in lists.heads.iter_mut().enumerate() {
+            while !head.is_null() {
+                let block = *head;
+                // SAFETY: `block` is a free block of class `c`, allocated by
+                // `inner` with `class_layout(c)`; its first word links the next.
+                unsafe {
+                    *head = block.cast::<Link>().read();
+                    self.inner.dealloc(block, class_layout(c));
+                }
+            }
+            lists.counts[c] = 0;
+        }
     }
 }
 
@@ -202,6 +222,38 @@ mod tests {
 
     fn layout(size: usize) -> Layout {
         Layout::from_size_align(size, 8).unwrap()
+    }
+
+    /// The system allocator, counting the blocks it has out.
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicIsize>);
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            unsafe { System.dealloc(p, l) }
+        }
+    }
+
+    #[test]
+    fn dropping_gives_every_kept_block_back() {
+        let out = std::sync::Arc::new(std::sync::atomic::AtomicIsize::new(0));
+        {
+            let a = SizeClasses::new(Counting(out.clone()));
+            unsafe {
+                let blocks: Vec<_> = (1..=600).map(|n| (a.alloc(layout(n)), n)).collect();
+                for (b, n) in blocks {
+                    a.dealloc(b, layout(n));
+                }
+            }
+            // Blocks over 256 bytes went straight back; the small ones are kept.
+            assert_eq!(a.kept().iter().sum::<u32>(), 256);
+            assert_eq!(out.load(std::sync::atomic::Ordering::Relaxed), 256);
+        }
+        assert_eq!(out.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

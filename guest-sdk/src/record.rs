@@ -97,9 +97,10 @@ impl<'a> Record<'a> {
 
     /// An output with this record's key, value and headers: the identity map.
     ///
-    /// The key and value are not copied: the output shares them with the
-    /// batch they came in, which therefore stays in memory as long as the
-    /// output does (normally until the call returns).
+    /// In a map or scorer the key and value are not copied: the output
+    /// shares them with the batch they came in, which therefore stays in
+    /// memory as long as the output does (normally until the call returns).
+    /// Elsewhere (a record built for a native test) they are copied.
     #[inline]
     pub fn to_output(&self) -> Output {
         Output {

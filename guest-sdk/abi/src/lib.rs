@@ -116,6 +116,7 @@ impl BatchBuilder {
             push_headers(d, frame.headers);
         }
     }
+
     /// A batch of records with these values and nothing else, at partition
     /// 0 and offsets 0, 1, 2…: for tests.
     pub fn of_values<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {

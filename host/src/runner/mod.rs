@@ -48,9 +48,14 @@
 //! Owns consumers, producers and workers; knows nothing of how deployments
 //! are declared (a file today, the registry later).
 
+mod consumer;
+mod delivery;
 mod deployment;
+mod exec;
 pub mod headers;
 pub mod histogram;
+mod queue;
+mod status;
 pub mod tracker;
 
 use std::path::PathBuf;
@@ -65,7 +70,7 @@ use crate::config::DeploymentSpec;
 use crate::engine::{Engine, Limits, Module};
 use crate::kafka::KafkaOptions;
 
-pub use deployment::{DeploymentState, DeploymentStatus, PartitionStatus, SwapReport};
+pub use status::{DeploymentState, DeploymentStatus, PartitionStatus, SwapReport};
 
 /// What one deployment needs to run: its spec, its loaded module and model.
 #[derive(Debug, Clone)]

@@ -1,0 +1,285 @@
+//! The consumer side: polling, buffering records per partition, handing
+//! batches to the workers, the rebalance callbacks, and storing and
+//! committing offsets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use runnel_abi::BatchBuilder;
+
+use super::Deployment;
+use super::delivery::{FLUSH_TIMEOUT, flush};
+use super::deployment::Shared;
+use super::lock;
+use super::queue::{Job, sync_workers};
+use super::status::{DeploymentStatus, PartitionStatus};
+use crate::kafka::push_message;
+
+/// Records of one partition waiting to be run, packed as the function will
+/// receive them (copied once out of the consumer's buffers), and when the
+/// oldest arrived.
+pub(super) struct Pending {
+    pub(super) since: Instant,
+    pub(super) batch: BatchBuilder,
+}
+
+pub(super) type Buffers = HashMap<(String, i32), Pending>;
+
+pub(super) struct RebalanceContext {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): keeps the
+    /// high watermark of each partition, for the lag in the status.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut hw = lock(&self.shared.high_watermarks);
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.hi_offset >= 0 {
+                    hw.insert((topic.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            if let Rebalance::Error(e) = rebalance {
+                tracing::error!(deployment = self.shared.name, error = %e, "rebalance failed");
+            }
+            return;
+        };
+        let revoked = partitions(tpl);
+        tracing::info!(deployment = self.shared.name, partitions = ?revoked, "partitions revoked: committing");
+        // Records not yet run belong to the next owner, which reads them from
+        // the committed offset.
+        {
+            let mut buffers = lock(&self.shared.buffers);
+            let mut assigned = lock(&self.shared.assigned);
+            for tp in &revoked {
+                buffers.remove(tp);
+                assigned.remove(tp);
+            }
+        }
+        // Batches already handed to workers finish first.
+        lock(&self.shared.abandon).extend(revoked.iter().cloned());
+        sync_workers(&self.shared);
+        commit_final(&self.shared, consumer, &revoked);
+        lock(&self.shared.abandon).clear();
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let assigned = partitions(tpl);
+            lock(&self.shared.assigned).extend(assigned.iter().cloned());
+            tracing::info!(deployment = self.shared.name, partitions = ?assigned, "partitions assigned");
+        }
+    }
+}
+
+/// The (topic, partition) pairs of a list.
+pub(super) fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+/// Flushes the producer, then commits what may be committed for `partitions`
+/// synchronously and forgets them.
+pub(super) fn commit_final(
+    shared: &Shared,
+    consumer: &BaseConsumer<RebalanceContext>,
+    partitions: &[(String, i32)],
+) {
+    let producer = lock(&shared.producer).clone();
+    if let Some(p) = producer
+        && !flush(&p, FLUSH_TIMEOUT)
+    {
+        tracing::warn!(
+            deployment = shared.name,
+            "outputs still in flight after 30 s; their inputs will be read again"
+        );
+    }
+    let mut tpl = TopicPartitionList::new();
+    {
+        let mut tracker = lock(&shared.tracker);
+        for (topic, partition) in partitions {
+            if let Some(next) = tracker.remove(topic, *partition) {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(next));
+            }
+        }
+    }
+    // Stored too: librdkafka's own commit of a revoked partition (automatic
+    // commits are on) then writes this offset, not an older stored one.
+    let _ = consumer.store_offsets(&tpl);
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+    {
+        tracing::warn!(deployment = shared.name, error = %e, "final commit failed; records after the last commit will be read again");
+    }
+}
+
+/// Stores the offsets whose outputs are all acknowledged; the periodic commit
+/// carries them.
+pub(super) fn store_moved(shared: &Shared, consumer: &BaseConsumer<RebalanceContext>) {
+    let moved = lock(&shared.tracker).take_moved();
+    if moved.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    {
+        let mut stored = lock(&shared.stored);
+        for (topic, partition, next) in &moved {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            stored.insert((topic.clone(), *partition), *next);
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // A partition revoked meanwhile: its final offsets were committed then.
+        tracing::debug!(error = %e, "storing offsets");
+    }
+}
+
+/// Puts the assigned partitions, their offsets and lag in the status. The
+/// high watermarks come from the consumer's statistics: no request to the broker.
+pub(super) fn report_partitions(
+    shared: &Shared,
+    consumer: &BaseConsumer<RebalanceContext>,
+    status: &Mutex<DeploymentStatus>,
+) {
+    let assigned = consumer
+        .assignment()
+        .map(|a| partitions(&a))
+        .unwrap_or_default();
+    let mut stored = lock(&shared.stored);
+    stored.retain(|tp, _| assigned.contains(tp));
+    let report: Vec<PartitionStatus> = assigned
+        .into_iter()
+        .map(|(topic, partition)| {
+            let offset = stored.get(&(topic.clone(), partition)).copied();
+            let high_watermark = lock(&shared.high_watermarks)
+                .get(&(topic.clone(), partition))
+                .copied();
+            let lag = match (offset, high_watermark) {
+                (Some(o), Some(h)) => Some((h - o).max(0)),
+                _ => None,
+            };
+            PartitionStatus {
+                topic,
+                partition,
+                offset,
+                high_watermark,
+                lag,
+            }
+        })
+        .collect();
+    drop(stored);
+    lock(status).partitions = report;
+}
+
+/// The consumer's side: buffers records per partition and hands full (or
+/// lingering) batches to the partition's worker.
+pub(super) struct Poller<'a> {
+    pub(super) d: &'a Deployment,
+    pub(super) shared: &'a Shared,
+    pub(super) status: &'a Mutex<DeploymentStatus>,
+    pub(super) warned_missing: Option<Instant>,
+}
+
+impl Poller<'_> {
+    pub(super) fn buffer(&mut self, m: &BorrowedMessage<'_>) {
+        let key = (m.topic().to_owned(), m.partition());
+        let full = {
+            let mut buffers = lock(&self.shared.buffers);
+            if !buffers.contains_key(&key) && !lock(&self.shared.assigned).contains(&key) {
+                // Fetched before its partition was revoked: the next owner
+                // reads it from the committed offset, so it is not ours to run.
+                tracing::debug!(
+                    deployment = self.d.spec.name,
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "dropping a record of a revoked partition"
+                );
+                return;
+            }
+            let pending = buffers.entry(key.clone()).or_insert_with(|| Pending {
+                since: Instant::now(),
+                batch: BatchBuilder::default(),
+            });
+            if pending.batch.is_empty() {
+                pending.since = Instant::now();
+            }
+            push_message(&mut pending.batch, m);
+            pending.batch.len() >= self.d.spec.batch_size
+        };
+        if full {
+            self.dispatch(key);
+        }
+    }
+
+    pub(super) fn consumer_error(&mut self, e: &KafkaError) {
+        let missing = matches!(
+            e,
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+            )
+        );
+        if missing {
+            if self
+                .warned_missing
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+            {
+                tracing::warn!(deployment = self.d.spec.name, topics = ?self.d.spec.input,
+                    "an input topic does not exist (yet); waiting for it");
+                self.warned_missing = Some(Instant::now());
+                lock(self.status).last_error = Some(format!("input topic missing: {e}"));
+            }
+        } else {
+            tracing::warn!(deployment = self.d.spec.name, error = %e, "consumer error");
+        }
+    }
+
+    /// Hands every partition's batch that has lingered long enough to its worker.
+    pub(super) fn dispatch_ready(&mut self, linger: Duration) {
+        let ready: Vec<(String, i32)> = lock(&self.shared.buffers)
+            .iter()
+            .filter(|(_, p)| !p.batch.is_empty() && p.since.elapsed() >= linger)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ready {
+            self.dispatch(key);
+        }
+    }
+
+    /// Sends a partition's waiting records to its worker; blocks while that
+    /// worker's queue is full (see [`QUEUE_BYTES`]), which stops the
+    /// consumer: backpressure.
+    pub(super) fn dispatch(&mut self, key: (String, i32)) {
+        let Some(pending) = lock(&self.shared.buffers).remove(&key) else {
+            return;
+        };
+        let senders = lock(&self.shared.workers).clone();
+        if senders.is_empty() {
+            return;
+        }
+        let tx = &senders[key.1.unsigned_abs() as usize % senders.len()];
+        let job = Job::Batch {
+            topic: key.0,
+            partition: key.1,
+            batch: pending.batch,
+        };
+        if !tx.send(job) {
+            tracing::error!(deployment = self.d.spec.name, "a worker thread is gone");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The worker side: a worker thread runs the batches of its partitions
+//! through its own instance of the function, and hands what they made to the
+//! delivery side.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::ThreadedProducer;
+use runnel_abi::{BatchBuilder, RecordRef};
+
+use super::delivery::{Ack, DeliveryContext, send};
+use super::deployment::Shared;
+use super::queue::{Job, Queued};
+use super::status::{DeploymentState, DeploymentStatus};
+use super::{Deployment, headers, lock};
+use crate::engine::{Outcome, Worker};
+
+/// Longest wait between attempts to start a function that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A worker thread: runs batches through its own instance of the function
+/// and produces what they made.
+pub(super) struct Exec {
+    pub(super) d: Arc<Deployment>,
+    /// The version `d` is: see [`Shared::current`].
+    pub(super) generation: u64,
+    pub(super) producer: Arc<ThreadedProducer<DeliveryContext>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) status: Arc<Mutex<DeploymentStatus>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) worker: Option<Worker>,
+    /// Partitions whose batch was given up: their later batches are given
+    /// up too, or a commit after them would skip the records never run.
+    pub(super) skipping: HashSet<(String, i32)>,
+    pub(super) traps_seen: u64,
+    pub(super) dead_letter: String,
+    pub(super) module_header: String,
+    pub(super) version_header: String,
+    pub(super) backoff: Option<(Instant, Duration)>,
+}
+
+impl Exec {
+    pub(super) fn serve(&mut self, jobs: &Receiver<Job>, queued: &Queued) {
+        while let Ok(job) = jobs.recv() {
+            let bytes = job.bytes();
+            self.run(job);
+            queued.done(bytes);
+        }
+    }
+
+    pub(super) fn run(&mut self, job: Job) {
+        match job {
+            Job::Sync(done) => {
+                // Every batch of a revoked partition was before this.
+                self.skipping.clear();
+                let _ = done.send(());
+            }
+            Job::Batch {
+                topic,
+                partition,
+                mut batch,
+            } => {
+                let key = (topic, partition);
+                if self.skipping.contains(&key) {
+                    return;
+                }
+                self.follow_swaps();
+                // A function that cannot start keeps its batch and retries
+                // after the backoff; the full queue stops the consumer.
+                while !self.run_batch(&key.0, key.1, &mut batch) {
+                    let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
+                    while Instant::now() < until && !self.give_up(&key) {
+                        if self.take_staged() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if self.give_up(&key) {
+                        // Not run, so never committed: read again later.
+                        self.skipping.insert(key);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves to the version the deployment now runs, if it changed.
+    pub(super) fn follow_swaps(&mut self) {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if generation <= self.generation {
+            return;
+        }
+        let d = lock(&self.shared.current).clone();
+        self.adopt(generation, d);
+    }
+
+    /// While the function cannot start: takes a version being swapped in.
+    pub(super) fn take_staged(&mut self) -> bool {
+        let staged = lock(&self.shared.staged).clone();
+        match staged {
+            Some((generation, d)) if generation > self.generation => {
+                tracing::info!(
+                    deployment = self.d.spec.name,
+                    version = generation,
+                    "the function could not start: taking the version being swapped in now"
+                );
+                self.adopt(generation, d);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn adopt(&mut self, generation: u64, d: Arc<Deployment>) {
+        self.d = d;
+        self.generation = generation;
+        self.module_header = format!("sha256:{}", self.d.module.digest());
+        self.version_header = self.d.version.to_string();
+        self.worker = None;
+        self.traps_seen = 0;
+        self.backoff = None;
+    }
+
+    pub(super) fn give_up(&self, key: &(String, i32)) -> bool {
+        self.stop.load(Ordering::SeqCst) || lock(&self.shared.abandon).contains(key)
+    }
+
+    pub(super) fn worker(&mut self) -> Result<&mut Worker, String> {
+        if self.worker.is_none() {
+            let d = &self.d;
+            let config: Vec<(String, String)> = d.spec.config.clone().into_iter().collect();
+            match Worker::new(d.module.clone(), d.limits(), config, d.model.clone()) {
+                Ok(w) => {
+                    self.worker = Some(w);
+                    self.backoff = None;
+                    lock(&self.status).state = DeploymentState::Running;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(self.worker.as_mut().expect("set above"))
+    }
+
+    pub(super) fn fail_start(&mut self, error: String) {
+        let delay = self.backoff.map_or(Duration::from_millis(100), |(_, d)| {
+            (d * 2).min(MAX_BACKOFF)
+        });
+        tracing::error!(deployment = self.d.spec.name, error, retry_in = ?delay, "the function cannot start; backing off");
+        self.backoff = Some((Instant::now() + delay, delay));
+        self.worker = None;
+        self.traps_seen = 0;
+        let mut s = lock(&self.status);
+        s.state = DeploymentState::BackingOff {
+            error: error.clone(),
+            retry_in_ms: delay.as_millis() as u64,
+        };
+        s.last_error = Some(error);
+    }
+
+    /// Runs one batch and produces what it made. False, with the batch
+    /// untouched, if the function cannot start.
+    pub(super) fn run_batch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: &mut BatchBuilder,
+    ) -> bool {
+        let started = Instant::now();
+        let processed = match self.worker().map(|w| w.process(batch)) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.fail_start(e.to_string());
+                return false;
+            }
+            Err(e) => {
+                self.fail_start(e);
+                return false;
+            }
+        };
+        let called = started.elapsed();
+        let view = runnel_abi::BatchRef::new(batch.data(), batch.index());
+        let inputs: Vec<RecordRef<'_>> = view.iter().map_while(Result::ok).collect();
+        // Every input is in the tracker before any of its outputs can be
+        // acknowledged.
+        {
+            let mut tracker = lock(&self.shared.tracker);
+            for (input, outcome) in inputs.iter().zip(&processed.outcomes) {
+                let outputs = match outcome {
+                    Outcome::Keep | Outcome::Failed { .. } => 1,
+                    Outcome::Drop => 0,
+                    Outcome::Emit { count, .. } => *count,
+                };
+                tracker.add(topic, partition, input.offset(), outputs);
+            }
+        }
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let mut counts = (0u64, 0u64, 0u64); // out, filtered, dead-lettered
+        let mut last_failure = None;
+        for (i, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
+            let ack = || {
+                Box::new(Ack {
+                    topic: topic_arc.clone(),
+                    partition,
+                    offset: input.offset(),
+                })
+            };
+            match outcome {
+                Outcome::Keep => {
+                    self.send_output(input, input.timestamp_ms(), ack());
+                    counts.0 += 1;
+                }
+                Outcome::Drop => counts.1 += 1,
+                Outcome::Emit { .. } => {
+                    for record in processed.outputs_of(i) {
+                        self.send_output(&record, input.timestamp_ms(), ack());
+                        counts.0 += 1;
+                    }
+                }
+                Outcome::Failed { message, trapped } => {
+                    self.send_dead_letter(topic, partition, input, message, *trapped, ack());
+                    counts.2 += 1;
+                    last_failure = Some(format!(
+                        "record {topic}/{partition}@{}: {message}",
+                        input.offset()
+                    ));
+                }
+            }
+        }
+        let worker_traps = self.worker.as_ref().map_or(0, |w| w.stats().traps);
+        let mut s = lock(&self.status);
+        s.records_in += inputs.len() as u64;
+        s.records_out += counts.0;
+        s.filtered += counts.1;
+        s.dead_lettered += counts.2;
+        let new_traps = worker_traps.saturating_sub(self.traps_seen);
+        s.traps += new_traps;
+        s.restarts += new_traps;
+        s.call_seconds.observe(called.as_secs_f64());
+        s.batch_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(w) = &self.worker {
+            s.memory_bytes = w.memory_bytes();
+        }
+        if last_failure.is_some() {
+            s.last_error = last_failure;
+        }
+        self.traps_seen = worker_traps;
+        true
+    }
+
+    pub(super) fn send_output(&self, record: &RecordRef<'_>, input_ts: Option<i64>, ack: Box<Ack>) {
+        let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 4);
+        for (k, v) in record.headers().map_while(Result::ok) {
+            h = h.insert(Header { key: k, value: v });
+        }
+        h = h
+            .insert(Header {
+                key: headers::DEPLOYMENT,
+                value: Some(self.d.spec.name.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::VERSION,
+                value: Some(self.version_header.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::MODULE,
+                value: Some(self.module_header.as_bytes()),
+            });
+        if let Some(model) = &self.d.model_digest {
+            h = h.insert(Header {
+                key: headers::MODEL,
+                value: Some(model.as_bytes()),
+            });
+        }
+        let timestamp = record.timestamp_ms().or(input_ts);
+        send(
+            &self.producer,
+            &self.d.spec.name,
+            &self.d.spec.output,
+            record.key(),
+            record.value(),
+            h,
+            timestamp,
+            ack,
+        );
+    }
+
+    pub(super) fn send_dead_letter(
+        &self,
+        topic: &str,
+        partition: i32,
+        input: &RecordRef<'_>,
+        message: &str,
+        trapped: bool,
+        ack: Box<Ack>,
+    ) {
+        let mut h = OwnedHeaders::new_with_capacity(input.header_count() + 8);
+        for (k, v) in input.headers().map_while(Result::ok) {
+            h = h.insert(Header { key: k, value: v });
+        }
+        let partition_s = partition.to_string();
+        let offset_s = input.offset().to_string();
+        for (k, v) in [
+            (headers::ERROR, message),
+            (headers::ERROR_KIND, if trapped { "trap" } else { "error" }),
+            (headers::DEPLOYMENT, self.d.spec.name.as_str()),
+            (headers::VERSION, self.version_header.as_str()),
+            (headers::MODULE, self.module_header.as_str()),
+            (headers::SOURCE_TOPIC, topic),
+            (headers::SOURCE_PARTITION, partition_s.as_str()),
+            (headers::SOURCE_OFFSET, offset_s.as_str()),
+        ] {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        send(
+            &self.producer,
+            &self.d.spec.name,
+            &self.dead_letter,
+            input.key(),
+            input.value(),
+            h,
+            input.timestamp_ms(),
+            ack,
+        );
+    }
+}

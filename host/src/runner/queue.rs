@@ -1,0 +1,151 @@
+//! The worker side's queues: each worker thread takes batches from a queue
+//! bounded by the bytes in it, which is how backpressure reaches the consumer.
+
+use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use runnel_abi::BatchBuilder;
+
+use super::deployment::Shared;
+use super::lock;
+
+/// The bytes of batches a worker may have waiting before the consumer
+/// waits for it: backpressure. Several fetches' worth (librdkafka fetches up
+/// to 1 MiB per partition), so that the consumer, which receives one
+/// partition's records in runs, can hand a run to one worker while the others
+/// still work on theirs.
+pub(super) const QUEUE_BYTES: usize = 8 << 20;
+
+/// A worker thread's queue, bounded by the bytes of the batches in it.
+#[derive(Clone)]
+pub(super) struct WorkerQueue {
+    pub(super) jobs: Sender<Job>,
+    pub(super) queued: Arc<Queued>,
+}
+
+/// The bytes waiting in a worker's queue, and a signal when some are done.
+/// The worker holds only this, so that dropping the senders ends it.
+#[derive(Default)]
+pub(super) struct Queued {
+    pub(super) bytes: Mutex<usize>,
+    pub(super) room: Condvar,
+}
+
+impl Queued {
+    /// The worker's side: `bytes` of a job it took are done.
+    pub(super) fn done(&self, bytes: usize) {
+        let mut q = lock(&self.bytes);
+        *q = q.saturating_sub(bytes);
+        self.room.notify_all();
+    }
+}
+
+impl WorkerQueue {
+    /// Queues `job`, first waiting while the worker has [`QUEUE_BYTES`] or
+    /// more waiting (one batch is always let through, however large).
+    /// False if the worker is gone.
+    pub(super) fn send(&self, job: Job) -> bool {
+        let bytes = job.bytes();
+        {
+            let mut q = lock(&self.queued.bytes);
+            while *q > 0 && *q + bytes > QUEUE_BYTES {
+                q = self
+                    .queued
+                    .room
+                    .wait_timeout(q, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            *q += bytes;
+        }
+        self.jobs.send(job).is_ok()
+    }
+}
+
+/// Work for a worker thread.
+pub(super) enum Job {
+    /// Run a batch of one partition.
+    Batch {
+        topic: String,
+        partition: i32,
+        batch: BatchBuilder,
+    },
+    /// Answer once every job sent before this one is done.
+    Sync(SyncSender<()>),
+}
+
+impl Job {
+    /// What the job counts for in its queue's bound.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Job::Batch { batch, .. } => batch.data().len(),
+            Job::Sync(_) => 0,
+        }
+    }
+}
+
+/// Waits until every worker has finished what it was given.
+pub(super) fn sync_workers(shared: &Shared) {
+    let senders = lock(&shared.workers).clone();
+    let mut waits = Vec::new();
+    for tx in senders {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        if tx.send(Job::Sync(done_tx)) {
+            waits.push(done_rx);
+        }
+    }
+    for w in waits {
+        let _ = w.recv();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn batch_of(bytes: usize) -> Job {
+        Job::Batch {
+            topic: "t".into(),
+            partition: 0,
+            batch: BatchBuilder::of_values([vec![0u8; bytes].as_slice()]),
+        }
+    }
+
+    /// Backpressure: a worker's queue takes batches up to QUEUE_BYTES (one
+    /// always, however large); the next waits until the worker is done with
+    /// some, so what a backlog can queue is bounded.
+    #[test]
+    fn a_full_queue_holds_the_sender_until_the_worker_makes_room() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queue = WorkerQueue {
+            jobs: tx,
+            queued: Arc::default(),
+        };
+        assert!(queue.send(batch_of(QUEUE_BYTES)), "one batch always fits");
+        let first = rx.recv().expect("queued").bytes();
+        assert!(first > QUEUE_BYTES);
+
+        let sent = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (queue, sent) = (queue.clone(), sent.clone());
+            std::thread::spawn(move || {
+                assert!(queue.send(batch_of(10)));
+                sent.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !sent.load(Ordering::SeqCst),
+            "the queue is full: the sender waits"
+        );
+        assert!(rx.try_recv().is_err());
+
+        queue.queued.done(first);
+        sender.join().expect("the sender finished");
+        assert!(sent.load(Ordering::SeqCst));
+        assert!(rx.recv().expect("the second batch").bytes() < 100);
+    }
+}

@@ -1,0 +1,106 @@
+//! What a deployment reports about itself: its state, counters, partitions
+//! and swaps, for status, metrics and readiness.
+
+use serde::Serialize;
+
+use super::Deployment;
+
+/// What a deployment is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum DeploymentState {
+    Starting,
+    Running,
+    /// The function cannot start; retrying after `retry_in_ms`.
+    BackingOff {
+        error: String,
+        retry_in_ms: u64,
+    },
+    Stopped,
+}
+
+/// A deployment's progress, for logs, status and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentStatus {
+    pub name: String,
+    /// 1 when it starts, one more at each swap.
+    pub version: u64,
+    /// The module's sha256 digest.
+    pub module: String,
+    /// `sha256:<hex>` of the model, if any.
+    pub model: Option<String>,
+    pub state: DeploymentState,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub filtered: u64,
+    pub dead_lettered: u64,
+    pub traps: u64,
+    pub last_error: Option<String>,
+    /// The partitions this node holds: how far their outputs are
+    /// acknowledged, and how far behind the end of the log that is.
+    pub partitions: Vec<PartitionStatus>,
+    /// How the last swap on this node went.
+    pub last_swap: Option<SwapReport>,
+    /// Swaps on this node.
+    pub swaps: u64,
+    /// Times an instance was replaced by a fresh one after a trap, or made
+    /// again after its function could not start.
+    pub restarts: u64,
+    /// Seconds per batch: the call into the function and producing its outputs.
+    pub batch_seconds: super::histogram::Histogram,
+    /// Seconds per call into the function (one batch).
+    pub call_seconds: super::histogram::Histogram,
+    /// Linear memory of the worker instances, in bytes, last seen.
+    pub memory_bytes: u64,
+}
+
+/// One input partition a node holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to commit: every record before it has had its outputs
+    /// acknowledged. `None` until the first batch of this assignment.
+    pub offset: Option<i64>,
+    /// The end of the log, as last seen by the consumer (`None` if unknown).
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - offset`, where both are known.
+    pub lag: Option<i64>,
+}
+
+impl DeploymentStatus {
+    pub(super) fn new(d: &Deployment) -> Self {
+        Self {
+            name: d.spec.name.clone(),
+            version: d.version,
+            module: d.module.digest().to_owned(),
+            model: d.model_digest.clone(),
+            state: DeploymentState::Starting,
+            records_in: 0,
+            records_out: 0,
+            filtered: 0,
+            dead_lettered: 0,
+            traps: 0,
+            last_error: None,
+            partitions: Vec::new(),
+            last_swap: None,
+            swaps: 0,
+            restarts: 0,
+            batch_seconds: super::histogram::Histogram::default(),
+            call_seconds: super::histogram::Histogram::default(),
+            memory_bytes: 0,
+        }
+    }
+}
+
+/// How a swap went.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    /// The deployment's version now running.
+    pub version: u64,
+    /// How long records stopped moving: from the last batch handed to the
+    /// old version to the switch (drain, flush, commit).
+    pub paused_ms: f64,
+    /// How long validating the new version took (before the pause).
+    pub validate_ms: f64,
+}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -258,7 +258,21 @@ impl Registry {
             .name("runnel-registry".into())
             .spawn({
                 let (state, stop, topics) = (state.clone(), stop.clone(), topics.clone());
-                move || follow(&consumer, &topics, &state, &stop)
+                move || {
+                    // A record that makes the reader panic (a bug of
+                    // runnel's) is skipped, said once, and reading goes on:
+                    // the consumer's position is already past it.
+                    while let Err(panic) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            follow(&consumer, &topics, &state, &stop)
+                        }))
+                    {
+                        tracing::error!(
+                            error = crate::runner::panic_message(&*panic),
+                            "the registry's reader panicked on a record; skipping it"
+                        );
+                    }
+                }
             })
             .context("cannot start the registry's reader")?;
         let registry = Self {
@@ -502,11 +516,12 @@ fn follow(
         if topic == topics.deployments {
             apply_deployment(&mut s, key, m.payload());
         } else {
+            // Read as bytes: any client may write here, with any header name.
             let header = |name: &str| {
                 m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == name)
-                        .and_then(|h| h.value)
+                    crate::kafka::headers::raw(h)
+                        .find(|(k, _)| *k == name.as_bytes())
+                        .and_then(|(_, v)| v)
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                 })
             };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use runnel_host::broker::{BrokerOptions, EmbeddedBroker};
 use runnel_host::config::DeploymentSpec;
@@ -149,13 +149,25 @@ pub async fn positions(
         .collect()
 }
 
-/// A header's value as text.
+/// A header's value as text (the first of that name). Names are read as
+/// bytes: a record may carry one that is not UTF-8.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    let h = m.headers()?;
-    h.iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    raw_headers(m)
+        .into_iter()
+        .find(|(k, _)| k == name.as_bytes())
+        .and_then(|(_, v)| v)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// Every header of a record, in order, as bytes.
+pub fn raw_headers(m: &OwnedMessage) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    m.headers()
+        .map(|h| {
+            runnel_host::kafka::headers::raw(h.as_borrowed())
+                .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn value(m: &OwnedMessage) -> String {

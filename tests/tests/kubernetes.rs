@@ -49,6 +49,10 @@ fn the_manifests_validate_against_the_kubernetes_schemas() {
         "{report}"
     );
 
+    // The Secret ships no usable token: runnel refuses an empty one.
+    let secret = std::fs::read_to_string(dir.join("secret.yaml")).unwrap();
+    assert!(secret.contains("RUNNEL_TOKEN: \"\""), "{secret}");
+
     // The probes point at the API's health paths.
     let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
     assert!(deployment.contains("path: /healthz") && deployment.contains("path: /readyz"));

@@ -51,8 +51,15 @@ pub struct NodeArgs {
     #[arg(long, env = "RUNNEL_ADMIN", default_value = "127.0.0.1:7070")]
     pub admin: SocketAddr,
     /// A bearer token the admin API requires (`Authorization: Bearer ...`).
+    /// Required when `--admin` is not a loopback address; an empty one is
+    /// refused.
     #[arg(long, env = "RUNNEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve the admin API on an address that is not loopback without a
+    /// token. Anyone who reaches it can then deploy code: only behind
+    /// something else that authenticates.
+    #[arg(long, env = "RUNNEL_INSECURE_NO_TOKEN")]
+    pub insecure_no_token: bool,
     /// This node's name in the cluster status; default: host name and process id.
     #[arg(long, env = "RUNNEL_NODE_ID")]
     pub node_id: Option<String>,
@@ -97,6 +104,8 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
 }
 
 fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)> {
+    // Before anything starts: a node that would open its API refuses at once.
+    crate::control::check_admin_auth(node.admin, node.token.as_deref(), node.insecure_no_token)?;
     let config = match &node.config {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),
@@ -125,6 +134,7 @@ async fn run_node(
         topics: RegistryTopics::with_prefix(&args.registry),
         listen: args.admin,
         token: args.token.clone(),
+        insecure_no_token: args.insecure_no_token,
         node_id: args.node_id.clone(),
         ..ControlOptions::new(kafka.clone())
     };
@@ -143,12 +153,31 @@ async fn run_node(
         control.registry().deployments().len()
     );
     shutdown_signal().await;
-    println!("runnel: stopping (flushing outputs, committing offsets)");
-    tokio::task::spawn_blocking(move || control.stop())
-        .await
-        .context("stopping the node")?;
+    println!(
+        "runnel: stopping (flushing outputs, committing offsets; at most {} s, a second signal stops at once)",
+        STOP_BOUND.as_secs()
+    );
+    let stopping = tokio::task::spawn_blocking(move || control.stop());
+    tokio::select! {
+        stopped = stopping => stopped.context("stopping the node")?,
+        () = tokio::time::sleep(STOP_BOUND) => {
+            eprintln!("runnel: the node did not stop within {} s; exiting now. Records whose offsets were not committed are read again by the next owner: nothing acknowledged is lost.", STOP_BOUND.as_secs());
+            std::process::exit(1);
+        }
+        () = shutdown_signal() => {
+            eprintln!("runnel: a second signal; exiting now. Records whose offsets were not committed are read again by the next owner.");
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
+
+/// The longest a node takes to stop after SIGTERM or SIGINT: below the
+/// Kubernetes manifest's 60 s grace. A clean stop takes far less (each
+/// deployment, in parallel, waits at most 10 s for its outputs); past this
+/// the process exits anyway, which loses nothing acknowledged, since offsets
+/// are committed only for delivered outputs.
+pub const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(45);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (engine, _, deployments) = load(&args.node)?;

@@ -154,6 +154,9 @@ async fn readyz(State(state): S) -> (StatusCode, Json<Value>) {
             crate::runner::DeploymentState::BackingOff { error, .. } => {
                 problems.push(format!("deployment {:?} backs off: {error}", s.name));
             }
+            crate::runner::DeploymentState::Failed { error, .. } => {
+                problems.push(format!("deployment {:?} failed: {error}", s.name));
+            }
             crate::runner::DeploymentState::Stopped => {
                 problems.push(format!("deployment {:?} has stopped", s.name));
             }

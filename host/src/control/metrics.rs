@@ -35,11 +35,25 @@ fn histogram(out: &mut String, name: &str, deployment: &str, h: &Histogram) {
     );
 }
 
+/// Every [`DeploymentState`], by its name.
+const STATES: [&str; 5] = ["starting", "running", "backing_off", "failed", "stopped"];
+
+/// A state's name, as in the status' `state` field.
+pub fn state_name(state: &DeploymentState) -> &'static str {
+    match state {
+        DeploymentState::Starting => "starting",
+        DeploymentState::Running => "running",
+        DeploymentState::BackingOff { .. } => "backing_off",
+        DeploymentState::Failed { .. } => "failed",
+        DeploymentState::Stopped => "stopped",
+    }
+}
+
 /// The text of `/metrics`.
 pub fn render(statuses: &[DeploymentStatus]) -> String {
     let mut out = String::new();
     type Counter = fn(&DeploymentStatus) -> u64;
-    let counters: [(&str, &str, Counter); 7] = [
+    let counters: [(&str, &str, Counter); 8] = [
         (
             "runnel_records_in_total",
             "Records read from the input topics and run.",
@@ -69,6 +83,11 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
             "runnel_instance_restarts_total",
             "Instances replaced by a fresh one after a trap.",
             |s| s.restarts,
+        ),
+        (
+            "runnel_deployment_failures_total",
+            "Times the deployment failed (a thread panicked, or the dead-letter topic refused a record) and was started again.",
+            |s| s.failures,
         ),
         (
             "runnel_swaps_total",
@@ -105,7 +124,7 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
         &mut out,
         "runnel_deployment_up",
         "gauge",
-        "1 if the deployment runs (or waits for records), 0 if it backs off or stopped.",
+        "1 if the deployment runs (or waits for records), 0 if it backs off, failed or stopped.",
     );
     for s in statuses {
         let up = matches!(
@@ -118,6 +137,22 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
             label(&s.name),
             u8::from(up)
         );
+    }
+    family(
+        &mut out,
+        "runnel_deployment_state",
+        "gauge",
+        "1 for the state the deployment is in (starting, running, backing_off, failed, stopped), 0 for the others.",
+    );
+    for s in statuses {
+        for state in STATES {
+            let _ = writeln!(
+                out,
+                "runnel_deployment_state{{deployment=\"{}\",state=\"{state}\"}} {}",
+                label(&s.name),
+                u8::from(state_name(&s.state) == state)
+            );
+        }
     }
     family(
         &mut out,

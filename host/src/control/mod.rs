@@ -24,8 +24,11 @@ pub struct ControlOptions {
     pub topics: RegistryTopics,
     /// Where the admin API listens. Loopback by default.
     pub listen: SocketAddr,
-    /// A bearer token the API requires, if set.
+    /// A bearer token the API requires, if set. An empty one is refused.
     pub token: Option<String>,
+    /// Serve the API on an address that is not loopback without a token.
+    /// Without this, such a node refuses to start: see [`check_admin_auth`].
+    pub insecure_no_token: bool,
     /// The largest model accepted, in bytes.
     pub max_model_bytes: usize,
     /// This node's name in the cluster status; default: the host name (a
@@ -52,6 +55,34 @@ fn default_node_id() -> String {
     }
 }
 
+/// Refuses settings that would open the admin API by accident: an empty
+/// token (it used to switch authentication off), or an address other than
+/// loopback without a token, unless `insecure_no_token` says it is meant (a
+/// warning is logged then).
+pub fn check_admin_auth(
+    listen: SocketAddr,
+    token: Option<&str>,
+    insecure_no_token: bool,
+) -> anyhow::Result<()> {
+    match token {
+        Some(t) if t.trim().is_empty() => anyhow::bail!(
+            "the admin API token (--token, RUNNEL_TOKEN) is empty: give one (for instance `openssl rand -hex 32`), or unset it to serve on loopback only"
+        ),
+        Some(_) => Ok(()),
+        None if listen.ip().is_loopback() => Ok(()),
+        None if insecure_no_token => {
+            tracing::warn!(
+                admin = %listen,
+                "the admin API serves {listen} without a token (--insecure-no-token): anyone who reaches it can deploy code"
+            );
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "the admin API would serve {listen}, which is not loopback, without a token: give one with --token or RUNNEL_TOKEN (for instance `openssl rand -hex 32`), or pass --insecure-no-token if that is really meant"
+        ),
+    }
+}
+
 impl ControlOptions {
     pub fn new(kafka: KafkaOptions) -> Self {
         Self {
@@ -59,6 +90,7 @@ impl ControlOptions {
             topics: RegistryTopics::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             token: None,
+            insecure_no_token: false,
             max_model_bytes: 64 << 20,
             node_id: None,
         }
@@ -94,6 +126,11 @@ impl ControlPlane {
         engine: Engine,
         fixed: Vec<Deployment>,
     ) -> anyhow::Result<Self> {
+        check_admin_auth(
+            options.listen,
+            options.token.as_deref(),
+            options.insecure_no_token,
+        )?;
         let registry = Arc::new(Registry::open(&options.kafka, options.topics.clone()).await?);
         let fixed_names: Vec<String> = fixed.iter().map(|d| d.spec.name.clone()).collect();
         let node = Arc::new(Node::start(&options.kafka, fixed)?);
@@ -210,9 +247,8 @@ impl ControlPlane {
         if let Some(t) = self.reconciler.take() {
             let _ = t.join();
         }
-        for name in self.node.names() {
-            self.node.remove(&name);
-        }
+        // All at once: one wedged deployment does not hold up the others.
+        self.node.stop_all();
         // Gone from the cluster status at once, not after it goes stale.
         self.registry.report_node(&self.node_id, None);
         self.registry.flush(std::time::Duration::from_secs(1));
@@ -222,5 +258,29 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_api_cannot_be_opened_by_accident() {
+        let loopback: SocketAddr = "127.0.0.1:7070".parse().expect("an address");
+        let v6_loopback: SocketAddr = "[::1]:7070".parse().expect("an address");
+        let open: SocketAddr = "0.0.0.0:7070".parse().expect("an address");
+        for empty in ["", "  "] {
+            for addr in [loopback, open] {
+                let e = check_admin_auth(addr, Some(empty), true).expect_err("an empty token");
+                assert!(e.to_string().contains("token"), "{e}");
+            }
+        }
+        let e = check_admin_auth(open, None, false).expect_err("open without a token");
+        assert!(e.to_string().contains("--insecure-no-token"), "{e}");
+        check_admin_auth(open, None, true).expect("said so explicitly");
+        check_admin_auth(open, Some("s3cret"), false).expect("with a token");
+        check_admin_auth(loopback, None, false).expect("loopback");
+        check_admin_auth(v6_loopback, None, false).expect("loopback");
     }
 }

@@ -154,53 +154,58 @@ pub fn run(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let desired: HashMap<String, DeploymentRecord> = registry
-            .deployments()
-            .into_iter()
-            .filter(|r| !fixed.contains(&r.name))
-            .map(|r| (r.name.clone(), r))
-            .collect();
-        // Deleted or paused: stop.
-        let gone: Vec<String> = running
-            .keys()
-            .filter(|n| desired.get(*n).is_none_or(|r| r.paused))
-            .cloned()
-            .collect();
-        for name in gone {
-            tracing::info!(
-                deployment = name,
-                "stopping: deleted or paused in the registry"
-            );
-            node.remove(&name);
-            running.remove(&name);
-            let mut applied = reconciled
-                .applied
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if desired.contains_key(&name) {
-                applied.entry(name).or_default().version = None;
-            } else {
-                applied.remove(&name);
+        // A panic here is a bug of runnel's: say so, and try again at the
+        // next change (or in a second), rather than stop following the
+        // registry for good.
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let desired: HashMap<String, DeploymentRecord> = registry
+                .deployments()
+                .into_iter()
+                .filter(|r| !fixed.contains(&r.name))
+                .map(|r| (r.name.clone(), r))
+                .collect();
+            // Deleted or paused: stop.
+            let gone: Vec<String> = running
+                .keys()
+                .filter(|n| desired.get(*n).is_none_or(|r| r.paused))
+                .cloned()
+                .collect();
+            for name in gone {
+                tracing::info!(
+                    deployment = name,
+                    "stopping: deleted or paused in the registry"
+                );
+                node.remove(&name);
+                running.remove(&name);
+                let mut applied = reconciled
+                    .applied
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if desired.contains_key(&name) {
+                    applied.entry(name).or_default().version = None;
+                } else {
+                    applied.remove(&name);
+                }
             }
-        }
-        for (name, record) in &desired {
-            if record.paused {
-                continue;
-            }
-            let Some(version) = record.current_version() else {
-                continue;
-            };
-            // Unchanged: the same version (in full) with the same topics. A
-            // deployment deleted and made again under the same name, or two
-            // racing writes of one number, differ in content.
-            let running_now = running.get(name);
-            if running_now.is_some_and(|r| r.applied == *version && r.topics == topics_of(record)) {
-                continue;
-            }
-            let current = running_now.map(|r| (r.applied.version, r.topics.clone()));
-            let result =
-                build(engine, &mut modules, registry, record, version).and_then(
-                    |d| match &current {
+            for (name, record) in &desired {
+                if record.paused {
+                    continue;
+                }
+                let Some(version) = record.current_version() else {
+                    continue;
+                };
+                // Unchanged: the same version (in full) with the same topics. A
+                // deployment deleted and made again under the same name, or two
+                // racing writes of one number, differ in content.
+                let running_now = running.get(name);
+                if running_now
+                    .is_some_and(|r| r.applied == *version && r.topics == topics_of(record))
+                {
+                    continue;
+                }
+                let current = running_now.map(|r| (r.applied.version, r.topics.clone()));
+                let result = build(engine, &mut modules, registry, record, version).and_then(|d| {
+                    match &current {
                         // A hot swap runs the next number; a version that is
                         // not above the running one (a racing write of the
                         // same number, see `Running::applied`) restarts
@@ -224,45 +229,52 @@ pub fn run(
                             node.add(d).map(|()| false)
                         }
                         None => node.add(d).map(|()| false),
-                    },
-                );
-            let mut applied = reconciled
-                .applied
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let entry = applied.entry(name.clone()).or_default();
-            match result {
-                Ok(swapped) => {
-                    let previous = current.as_ref().map(|(v, _)| *v);
-                    let counts = node
-                        .status()
-                        .into_iter()
-                        .find(|s| s.name == *name)
-                        .map_or((0, 0), |s| (s.traps, s.records_out));
-                    running.insert(
-                        name.clone(),
-                        Running {
-                            applied: version.clone(),
-                            topics: topics_of(record),
-                            swapped_at: swapped.then(|| Swapped {
-                                at: Instant::now(),
-                                from: previous.unwrap_or(0),
-                                traps: counts.0,
-                                records_out: counts.1,
-                            }),
-                        },
-                    );
-                    entry.version = Some(version.version);
-                    entry.error = None;
-                }
-                Err(e) => {
-                    let message = format!("version {} cannot run here: {e:#}", version.version);
-                    tracing::error!(deployment = name, "{message}");
-                    entry.error = Some(message);
+                    }
+                });
+                let mut applied = reconciled
+                    .applied
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let entry = applied.entry(name.clone()).or_default();
+                match result {
+                    Ok(swapped) => {
+                        let previous = current.as_ref().map(|(v, _)| *v);
+                        let counts = node
+                            .status()
+                            .into_iter()
+                            .find(|s| s.name == *name)
+                            .map_or((0, 0), |s| (s.traps, s.records_out));
+                        running.insert(
+                            name.clone(),
+                            Running {
+                                applied: version.clone(),
+                                topics: topics_of(record),
+                                swapped_at: swapped.then(|| Swapped {
+                                    at: Instant::now(),
+                                    from: previous.unwrap_or(0),
+                                    traps: counts.0,
+                                    records_out: counts.1,
+                                }),
+                            },
+                        );
+                        entry.version = Some(version.version);
+                        entry.error = None;
+                    }
+                    Err(e) => {
+                        let message = format!("version {} cannot run here: {e:#}", version.version);
+                        tracing::error!(deployment = name, "{message}");
+                        entry.error = Some(message);
+                    }
                 }
             }
+            rollback_crash_loops(registry, node, reconciled, &mut running, runtime);
+        }));
+        if let Err(panic) = pass {
+            tracing::error!(
+                error = crate::runner::panic_message(&*panic),
+                "the reconciler panicked; it tries again"
+            );
         }
-        rollback_crash_loops(registry, node, reconciled, &mut running, runtime);
     }
 }
 
@@ -292,6 +304,7 @@ fn rollback_crash_loops(
         }
         let error = match &status.state {
             DeploymentState::BackingOff { error, .. } => format!("it cannot start: {error}"),
+            DeploymentState::Failed { error, .. } => format!("it failed: {error}"),
             _ if status.traps >= swapped.traps + CRASH_LOOP_TRAPS
                 && status.records_out == swapped.records_out =>
             {

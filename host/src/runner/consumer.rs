@@ -17,9 +17,9 @@ use super::Deployment;
 use super::delivery::{FLUSH_TIMEOUT, flush};
 use super::deployment::Shared;
 use super::lock;
-use super::queue::{Job, sync_workers};
+use super::queue::{Job, Rejected, sync_workers};
 use super::status::{DeploymentStatus, PartitionStatus};
-use crate::kafka::push_message;
+use crate::kafka::{BadHeaderName, push_message};
 
 /// Records of one partition waiting to be run, packed as the function will
 /// receive them (copied once out of the consumer's buffers), and when the
@@ -35,10 +35,29 @@ pub(super) struct RebalanceContext {
     pub(super) shared: Arc<Shared>,
 }
 
+impl RebalanceContext {
+    /// Runs a callback of librdkafka's: a panic must not unwind into C, and
+    /// fails the deployment instead of passing unnoticed.
+    fn guard(&self, what: &str, f: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.shared.fail(format!(
+                "the {what} callback panicked: {}",
+                super::panic_message(&*panic)
+            ));
+        }
+    }
+}
+
 impl ClientContext for RebalanceContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): keeps the
     /// high watermark of each partition, for the lag in the status.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.guard("statistics", || self.keep_high_watermarks(statistics));
+    }
+}
+
+impl RebalanceContext {
+    fn keep_high_watermarks(&self, statistics: rdkafka::Statistics) {
         let mut hw = lock(&self.shared.high_watermarks);
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
@@ -52,6 +71,16 @@ impl ClientContext for RebalanceContext {
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.guard("revoke", || self.revoke(consumer, rebalance));
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.guard("assign", || self.assign(rebalance));
+    }
+}
+
+impl RebalanceContext {
+    fn revoke(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             if let Rebalance::Error(e) = rebalance {
                 tracing::error!(deployment = self.shared.name, error = %e, "rebalance failed");
@@ -77,7 +106,7 @@ impl ConsumerContext for RebalanceContext {
         lock(&self.shared.abandon).clear();
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn assign(&self, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let assigned = partitions(tpl);
             lock(&self.shared.assigned).extend(assigned.iter().cloned());
@@ -107,7 +136,7 @@ pub(super) fn commit_final(
     {
         tracing::warn!(
             deployment = shared.name,
-            "outputs still in flight after 30 s; their inputs will be read again"
+            "outputs still in flight after the flush's time ran out; their inputs will be read again"
         );
     }
     let mut tpl = TopicPartitionList::new();
@@ -219,12 +248,41 @@ impl Poller<'_> {
             if pending.batch.is_empty() {
                 pending.since = Instant::now();
             }
-            push_message(&mut pending.batch, m);
+            if let Err(bad) = push_message(&mut pending.batch, m) {
+                drop(buffers);
+                self.reject(key, m, &bad);
+                return;
+            }
             pending.batch.len() >= self.d.spec.batch_size
         };
         if full {
             self.dispatch(key);
         }
+    }
+
+    /// Sends a record the function cannot be given to the partition's worker
+    /// to be dead-lettered, after the records buffered before it.
+    fn reject(&mut self, key: (String, i32), m: &BorrowedMessage<'_>, bad: &BadHeaderName) {
+        self.dispatch(key.clone());
+        let record = Rejected {
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
+            headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
+            kind: "bad-header",
+            error: bad.to_string(),
+        };
+        let senders = lock(&self.shared.workers).clone();
+        if senders.is_empty() {
+            return;
+        }
+        let tx = &senders[key.1.unsigned_abs() as usize % senders.len()];
+        tx.send(Job::Reject {
+            topic: key.0,
+            partition: key.1,
+            record: Box::new(record),
+        });
     }
 
     pub(super) fn consumer_error(&mut self, e: &KafkaError) {
@@ -268,6 +326,9 @@ impl Poller<'_> {
         let Some(pending) = lock(&self.shared.buffers).remove(&key) else {
             return;
         };
+        if pending.batch.is_empty() {
+            return;
+        }
         let senders = lock(&self.shared.workers).clone();
         if senders.is_empty() {
             return;

@@ -1,6 +1,33 @@
 //! The delivery side: producing outputs and dead letters, the delivery
-//! reports that tell the tracker an output was acknowledged, resending what
-//! failed, and waiting for what is in flight.
+//! reports that tell the tracker an output was acknowledged, and what happens
+//! to an output the broker did not take.
+//!
+//! # When a record cannot be produced
+//!
+//! librdkafka retries what can be retried (a leader moving, a broker
+//! restarting) for `message.timeout.ms` before it reports a failure. What
+//! reaches runnel is either *retriable* (the broker was gone for that long,
+//! the queue timed out) or *permanent* (see [`permanent`]): too large for the
+//! producer or the broker, an invalid timestamp, not authorised, a topic that
+//! does not exist, a record the broker refuses. Then:
+//!
+//! - a retriable failure is sent again after a backoff that doubles from
+//!   100 ms up to [`MAX_RETRY_BACKOFF`], never in a hot loop;
+//! - an output that failed permanently goes to the dead-letter topic instead,
+//!   with `runnel-error-kind` naming the reason (`too-large`,
+//!   `invalid-timestamp`, `not-authorized`, `topic-missing`, `refused`), and
+//!   when it was too large without its value and with
+//!   `runnel-original-size`;
+//! - a dead letter that failed permanently is sent once more cut to the bone
+//!   (no value, no key over 256 bytes, the error cut to 512 bytes, only
+//!   runnel's headers, no timestamp);
+//! - if even that fails, the deployment fails (see
+//!   [`super::DeploymentState::Failed`]): its record stays unacknowledged, so
+//!   its offset and every later one of its partition stay uncommitted and
+//!   nothing is lost.
+//!
+//! Each output counts once in the tracker whatever it becomes: the dead letter
+//! that replaces it carries the same acknowledgement.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -8,24 +35,52 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::deployment::Shared;
-use super::lock;
 use super::status::DeploymentStatus;
+use super::{headers, lock};
+use crate::kafka::headers::raw as raw_headers;
 
-/// How long a revoke or a stop waits for outstanding outputs.
+/// How long a revoke or a swap waits for outstanding outputs.
 pub(super) const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stop waits for outstanding outputs: what is still in flight
+/// then is read again by the next owner. Part of the node's stop bound (see
+/// `docs/node.md`).
+pub(super) const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait before an output that failed for a retriable reason is
+/// sent again.
+pub(super) const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest `runnel-error` of a dead letter cut to fit.
+const CUT_ERROR: usize = 512;
+/// The longest key a dead letter cut to fit, or one whose output was too
+/// large, keeps.
+const CUT_KEY: usize = 256;
 
-/// Which input an output belongs to, carried through the producer.
+/// What a produced record is, which decides what happens when the broker
+/// does not take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// An output of the function (or a kept record).
+    Output,
+    /// A failed record, or an output that could not be produced.
+    DeadLetter,
+    /// A dead letter cut to fit after it failed itself: the last resort.
+    CutDeadLetter,
+}
+
+/// Which input a produced record belongs to, carried through the producer.
 pub(super) struct Ack {
     pub(super) topic: Arc<str>,
     pub(super) partition: i32,
     pub(super) offset: i64,
+    pub(super) sent: Sent,
 }
 
+/// A record to produce, owned: one the broker did not take, kept to be sent
+/// again or dead-lettered.
 pub(super) struct Retry {
     pub(super) topic: String,
     pub(super) key: Option<Vec<u8>>,
@@ -33,6 +88,35 @@ pub(super) struct Retry {
     pub(super) headers: OwnedHeaders,
     pub(super) timestamp: Option<i64>,
     pub(super) ack: Box<Ack>,
+    /// Why it was not taken the last time.
+    pub(super) error: KafkaError,
+    /// Times it was sent again after a retriable failure.
+    pub(super) attempts: u32,
+    /// Not sent again before this.
+    pub(super) due: Instant,
+}
+
+/// The `runnel-error-kind` of a permanent production failure, or `None` if
+/// sending the record again may work.
+pub(super) fn permanent(e: &KafkaError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    let (KafkaError::MessageProduction(code) | KafkaError::Global(code)) = e else {
+        return None;
+    };
+    Some(match code {
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize => "too-large",
+        C::InvalidTimestamp => "invalid-timestamp",
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => "not-authorized",
+        C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition | C::InvalidTopic => {
+            "topic-missing"
+        }
+        C::InvalidRecord
+        | C::InvalidMessage
+        | C::UnsupportedForMessageFormat
+        | C::PolicyViolation
+        | C::InvalidArgument => "refused",
+        _ => return None,
+    })
 }
 
 pub(super) struct DeliveryContext {
@@ -45,19 +129,30 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
-        self.report(result, ack);
+        // This runs on the producer's polling thread, called from C: a panic
+        // must not unwind out of it, and must not pass unnoticed.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.report(result, ack);
+        }));
+        if let Err(panic) = caught {
+            self.shared.fail(format!(
+                "the delivery callback panicked: {}",
+                super::panic_message(&*panic)
+            ));
+        }
         // Last: a flush waits for this, so the tracker already knows.
         self.shared.reported.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 impl DeliveryContext {
-    pub(super) fn report(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+    fn report(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        super::fault::point(&self.shared.name, super::fault::Site::Delivery);
         match result {
             Ok(_) => lock(&self.shared.tracker).ack(&ack.topic, ack.partition, ack.offset),
             Err((e, m)) => {
-                tracing::warn!(deployment = self.shared.name, error = %e, topic = m.topic(),
-                    "an output was not delivered; sending it again");
+                // Never `m.headers().iter()`: it panics on a name that is not
+                // UTF-8. `detach` copies them as they are.
                 lock(&self.shared.retries).push(Retry {
                     topic: m.topic().to_owned(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -65,25 +160,31 @@ impl DeliveryContext {
                     headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
                     timestamp: m.timestamp().to_millis(),
                     ack,
+                    error: e.clone(),
+                    attempts: 0,
+                    due: Instant::now(),
                 });
             }
         }
     }
 }
 
-/// Waits until every output was delivered and its delivery report handled.
+/// Waits until every output was delivered and its delivery report handled,
+/// at most `timeout` ([`STOP_FLUSH_TIMEOUT`] once the deployment stops).
 /// rdkafka's own `flush` polls for events in steps of 100 ms while the
 /// threaded producer's thread takes them, so it often waits 100 ms for
 /// nothing; this asks every millisecond. False after `timeout`.
 pub(super) fn flush(producer: &ThreadedProducer<DeliveryContext>, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let shared = &producer.context().shared;
     // librdkafka stops counting a message once its delivery report is taken
     // off the queue, before the callback ran: the tracker may not know yet.
     while producer.in_flight_count() > 0
         || shared.reported.load(Ordering::SeqCst) < shared.sent.load(Ordering::SeqCst)
     {
-        if Instant::now() > deadline {
+        let waited = started.elapsed();
+        // A stop that comes during a long flush (a revoke's) shortens it.
+        if waited > timeout || (waited > STOP_FLUSH_TIMEOUT && shared.ending.is_set()) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -91,9 +192,9 @@ pub(super) fn flush(producer: &ThreadedProducer<DeliveryContext>, timeout: Durat
     true
 }
 
-/// Says so when an output topic is missing: outputs wait in the producer (and
-/// their inputs stay uncommitted) until it exists, so nothing is lost, but
-/// nothing moves either.
+/// Says so when an output topic is missing: outputs wait in the producer
+/// (librdkafka waits `topic.metadata.propagation.max.ms` for a topic to
+/// appear) and then go to the dead-letter topic as `topic-missing`.
 pub(super) fn check_topics(
     producer: &ThreadedProducer<DeliveryContext>,
     topics: &[&str],
@@ -117,72 +218,412 @@ pub(super) fn check_topics(
             }
         };
         if missing {
-            let message =
-                format!("output topic {topic:?} does not exist: outputs wait until it is created");
+            let message = format!(
+                "output topic {topic:?} does not exist: create it (`runnel topic create`, or your cluster's tools)"
+            );
             tracing::warn!(deployment = name, "{message}");
             lock(status).last_error = Some(message);
         }
     }
 }
 
+/// One record to produce, borrowed.
+pub(super) struct Outgoing<'a> {
+    pub(super) topic: &'a str,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) value: Option<&'a [u8]>,
+    pub(super) headers: OwnedHeaders,
+    pub(super) timestamp: Option<i64>,
+}
+
 /// Produces one record, waiting while the producer's queue is full (that is
 /// the backpressure: the worker, then the consumer, stop taking records).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn send(
-    producer: &ThreadedProducer<DeliveryContext>,
-    deployment: &str,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    headers: OwnedHeaders,
-    ts: Option<i64>,
-    ack: Box<Ack>,
-) {
+/// A record the producer refuses at once joins the failed ones (see the
+/// module documentation); a stop gives up the wait, leaving the record
+/// unacknowledged, so that its input is read again.
+pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'_>, ack: Box<Ack>) {
+    let shared = &producer.context().shared;
     let mut record: BaseRecord<'_, [u8], [u8], Box<Ack>> =
-        BaseRecord::with_opaque_to(topic, ack).headers(headers);
-    if let Some(k) = key {
+        BaseRecord::with_opaque_to(out.topic, ack).headers(out.headers);
+    if let Some(k) = out.key {
         record = record.key(k);
     }
-    if let Some(v) = value {
+    if let Some(v) = out.value {
         record = record.payload(v);
     }
-    if let Some(ts) = ts {
+    if let Some(ts) = out.timestamp {
         record = record.timestamp(ts);
     }
-    producer
-        .context()
-        .shared
-        .sent
-        .fetch_add(1, Ordering::SeqCst);
     loop {
         match producer.send(record) {
-            Ok(()) => return,
+            Ok(()) => {
+                shared.sent.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                if shared.ending.is_set() {
+                    tracing::debug!(
+                        deployment = shared.name,
+                        "stopping with the producer's queue full: an output is given up, its input will be read again"
+                    );
+                    return;
+                }
                 record = back;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err((e, back)) => {
-                tracing::error!(deployment, topic, error = %e, "cannot produce; retrying");
-                record = back;
-                std::thread::sleep(Duration::from_millis(200));
+            Err((error, back)) => {
+                lock(&shared.retries).push(Retry {
+                    topic: back.topic.to_owned(),
+                    key: back.key.map(<[u8]>::to_vec),
+                    value: back.payload.map(<[u8]>::to_vec),
+                    headers: back.headers.unwrap_or_default(),
+                    timestamp: back.timestamp,
+                    ack: back.delivery_opaque,
+                    error,
+                    attempts: 0,
+                    due: Instant::now(),
+                });
+                return;
             }
         }
     }
 }
 
-/// Sends again the outputs whose delivery failed.
+/// Handles the records the broker did not take whose time has come: sends
+/// again, dead-letters, or fails the deployment (see the module
+/// documentation). Called from the deployment's loop.
 pub(super) fn resend_failed(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>) {
-    let retries = std::mem::take(&mut *lock(&shared.retries));
-    for r in retries {
-        send(
-            producer,
-            &shared.name,
-            &r.topic,
-            r.key.as_deref(),
-            r.value.as_deref(),
-            r.headers,
-            r.timestamp,
-            r.ack,
+    let due: Vec<Retry> = {
+        let mut retries = lock(&shared.retries);
+        if retries.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later) = std::mem::take(&mut *retries)
+            .into_iter()
+            .partition(|r| r.due <= now);
+        *retries = later;
+        due
+    };
+    for r in due {
+        if shared.ending.is_set() {
+            return; // unacknowledged, so read again by the next owner
+        }
+        match permanent(&r.error) {
+            None => resend(shared, producer, r),
+            Some(kind) => redirect(shared, producer, r, kind),
+        }
+    }
+}
+
+/// Sends a record again after a retriable failure; if the producer refuses it
+/// at once it comes back with a longer backoff.
+fn resend(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>, r: Retry) {
+    let attempts = r.attempts + 1;
+    tracing::warn!(deployment = shared.name, topic = r.topic, error = %r.error, attempts,
+        "a record was not delivered; sending it again");
+    let before = lock(&shared.retries).len();
+    send(
+        producer,
+        Outgoing {
+            topic: &r.topic,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: r.headers,
+            timestamp: r.timestamp,
+        },
+        r.ack,
+    );
+    // Refused again at once: back off before the next try.
+    let mut retries = lock(&shared.retries);
+    if retries.len() > before
+        && let Some(back) = retries.last_mut()
+    {
+        back.attempts = attempts;
+        back.due = Instant::now() + retry_backoff(attempts);
+    }
+}
+
+/// 100 ms, doubling, up to [`MAX_RETRY_BACKOFF`].
+pub(super) fn retry_backoff(attempts: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << attempts.min(16))
+        .min(MAX_RETRY_BACKOFF)
+}
+
+/// Sends a record that failed permanently where it can still go.
+fn redirect(
+    shared: &Shared,
+    producer: &ThreadedProducer<DeliveryContext>,
+    mut r: Retry,
+    kind: &'static str,
+) {
+    let reason = format!("{} refused the record: {}", r.topic, r.error);
+    match r.ack.sent {
+        Sent::Output => {
+            tracing::warn!(deployment = shared.name, topic = r.topic, error = %r.error, kind,
+                source_partition = r.ack.partition, source_offset = r.ack.offset,
+                "an output cannot be produced; sending it to the dead-letter topic");
+            let too_large = kind == "too-large";
+            let mut h = r.headers;
+            for (k, v) in dead_letter_headers(&r.ack, kind, &reason) {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut key = r.key;
+            let mut value = r.value;
+            if too_large {
+                h = h.insert(Header {
+                    key: headers::ORIGINAL_SIZE,
+                    value: Some(value.as_ref().map_or(0, Vec::len).to_string().as_bytes()),
+                });
+                value = None;
+                if let Some(k) = key.take_if(|k| k.len() > CUT_KEY) {
+                    h = h.insert(Header {
+                        key: headers::ORIGINAL_KEY_SIZE,
+                        value: Some(k.len().to_string().as_bytes()),
+                    });
+                }
+            }
+            r.ack.sent = Sent::DeadLetter;
+            {
+                // Counted as an output when it was sent; it is a dead letter.
+                let mut s = lock(&shared.status);
+                s.records_out = s.records_out.saturating_sub(1);
+                s.dead_lettered += 1;
+            }
+            send(
+                producer,
+                Outgoing {
+                    topic: &shared.dead_letter,
+                    key: key.as_deref(),
+                    value: value.as_deref(),
+                    headers: h,
+                    // An invalid timestamp would fail the dead letter too.
+                    timestamp: (kind != "invalid-timestamp")
+                        .then_some(r.timestamp)
+                        .flatten(),
+                },
+                r.ack,
+            );
+        }
+        Sent::DeadLetter => {
+            tracing::warn!(deployment = shared.name, topic = r.topic, error = %r.error, kind,
+                source_partition = r.ack.partition, source_offset = r.ack.offset,
+                "a dead letter cannot be produced; sending it again cut to fit");
+            let (key, h) = cut_to_fit(r.key, &r.headers, r.value.as_ref().map(Vec::len), kind);
+            r.ack.sent = Sent::CutDeadLetter;
+            send(
+                producer,
+                Outgoing {
+                    topic: &r.topic,
+                    key: key.as_deref(),
+                    value: None,
+                    headers: h,
+                    timestamp: None,
+                },
+                r.ack,
+            );
+        }
+        Sent::CutDeadLetter => {
+            shared.fail(format!(
+                "the dead-letter topic cannot take the record {}/{}@{} ({reason}); its offset and every later one of that partition stay uncommitted",
+                r.ack.topic, r.ack.partition, r.ack.offset
+            ));
+            // Dropped unacknowledged: the commit stops before its input, which
+            // the run after the restart reads again.
+        }
+    }
+}
+
+/// The headers saying why and where from, for a dead letter of `ack`'s input.
+pub(super) fn dead_letter_headers(
+    ack: &Ack,
+    kind: &'static str,
+    reason: &str,
+) -> [(&'static str, String); 5] {
+    [
+        (headers::ERROR, reason.to_owned()),
+        (headers::ERROR_KIND, kind.to_owned()),
+        (headers::SOURCE_TOPIC, ack.topic.to_string()),
+        (headers::SOURCE_PARTITION, ack.partition.to_string()),
+        (headers::SOURCE_OFFSET, ack.offset.to_string()),
+    ]
+}
+
+/// A dead letter's last form: no value (its size in a header), no key over
+/// [`CUT_KEY`] bytes, runnel's own headers only, the error cut to
+/// [`CUT_ERROR`] bytes: a few hundred bytes in all, under librdkafka's
+/// smallest `message.max.bytes` (1,000).
+fn cut_to_fit(
+    key: Option<Vec<u8>>,
+    old: &OwnedHeaders,
+    value_len: Option<usize>,
+    kind: &'static str,
+) -> (Option<Vec<u8>>, OwnedHeaders) {
+    let mut h = OwnedHeaders::new();
+    let mut dropped = 0usize;
+    let mut original_size = value_len.map(|n| n.to_string());
+    for (k, v) in raw_headers(old.as_borrowed()) {
+        let Ok(name) = std::str::from_utf8(k) else {
+            dropped += 1;
+            continue;
+        };
+        if !name.starts_with("runnel-") {
+            dropped += 1;
+            continue;
+        }
+        match name {
+            headers::ERROR => {
+                let message = String::from_utf8_lossy(v.unwrap_or_default());
+                let cut = cut_str(&message, CUT_ERROR);
+                h = h.insert(Header {
+                    key: name,
+                    value: Some(cut.as_bytes()),
+                });
+            }
+            // Said again below, with this failure's reason.
+            headers::ERROR_KIND | headers::ORIGINAL_SIZE => {
+                if name == headers::ORIGINAL_SIZE {
+                    original_size = v.map(|v| String::from_utf8_lossy(v).into_owned());
+                }
+            }
+            _ => {
+                let v = v.unwrap_or_default();
+                if v.len() <= CUT_KEY {
+                    h = h.insert(Header {
+                        key: name,
+                        value: Some(v),
+                    });
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    let kind = if kind == "too-large" {
+        "dead-letter-too-large"
+    } else {
+        kind
+    };
+    h = h.insert(Header {
+        key: headers::ERROR_KIND,
+        value: Some(kind.as_bytes()),
+    });
+    if let Some(size) = original_size {
+        h = h.insert(Header {
+            key: headers::ORIGINAL_SIZE,
+            value: Some(size.as_bytes()),
+        });
+    }
+    if dropped > 0 {
+        h = h.insert(Header {
+            key: headers::HEADERS_DROPPED,
+            value: Some(dropped.to_string().as_bytes()),
+        });
+    }
+    let key = match key {
+        Some(k) if k.len() > CUT_KEY => {
+            h = h.insert(Header {
+                key: headers::ORIGINAL_KEY_SIZE,
+                value: Some(k.len().to_string().as_bytes()),
+            });
+            None
+        }
+        k => k,
+    };
+    (key, h)
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary, marked when cut.
+pub(super) fn cut_str(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_failures_are_told_from_retriable_ones() {
+        use RDKafkaErrorCode as C;
+        let p = |c| permanent(&KafkaError::MessageProduction(c));
+        assert_eq!(p(C::MessageSizeTooLarge), Some("too-large"));
+        assert_eq!(p(C::InvalidTimestamp), Some("invalid-timestamp"));
+        assert_eq!(p(C::TopicAuthorizationFailed), Some("not-authorized"));
+        assert_eq!(p(C::UnknownTopic), Some("topic-missing"));
+        assert_eq!(p(C::InvalidRecord), Some("refused"));
+        for retriable in [
+            C::MessageTimedOut,
+            C::NotLeaderForPartition,
+            C::BrokerNotAvailable,
+            C::RequestTimedOut,
+            C::NotEnoughReplicas,
+        ] {
+            assert_eq!(p(retriable), None, "{retriable:?}");
+        }
+    }
+
+    #[test]
+    fn retries_back_off_and_the_backoff_is_capped() {
+        assert_eq!(retry_backoff(0), Duration::from_millis(100));
+        assert_eq!(retry_backoff(3), Duration::from_millis(800));
+        assert_eq!(retry_backoff(10), MAX_RETRY_BACKOFF);
+        assert_eq!(retry_backoff(u32::MAX), MAX_RETRY_BACKOFF);
+    }
+
+    #[test]
+    fn a_dead_letter_cut_to_fit_keeps_runnel_headers_and_sizes_only() {
+        let big = "x".repeat(100_000);
+        let old = OwnedHeaders::new()
+            .insert(Header {
+                key: "user",
+                value: Some(&b"v"[..]),
+            })
+            .insert(Header {
+                key: headers::ERROR,
+                value: Some(big.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_OFFSET,
+                value: Some(&b"7"[..]),
+            });
+        let (key, h) = cut_to_fit(Some(vec![1; 5000]), &old, Some(999_999), "too-large");
+        assert_eq!(key, None);
+        let got: Vec<(String, String)> = raw_headers(h.as_borrowed())
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        let get = |name: &str| got.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert!(get(headers::ERROR).is_some_and(|e| e.len() <= CUT_ERROR && e.ends_with("...")));
+        assert_eq!(get(headers::SOURCE_OFFSET).as_deref(), Some("7"));
+        assert_eq!(
+            get(headers::ERROR_KIND).as_deref(),
+            Some("dead-letter-too-large")
         );
+        assert_eq!(get(headers::ORIGINAL_SIZE).as_deref(), Some("999999"));
+        assert_eq!(get(headers::ORIGINAL_KEY_SIZE).as_deref(), Some("5000"));
+        assert_eq!(get(headers::HEADERS_DROPPED).as_deref(), Some("1"));
+        assert_eq!(get("user"), None);
+    }
+
+    #[test]
+    fn cutting_a_string_respects_character_boundaries() {
+        assert_eq!(cut_str("short", 10), "short");
+        let cut = cut_str("ééééééé", 8);
+        assert!(cut.len() <= 8 && cut.ends_with("..."), "{cut}");
     }
 }

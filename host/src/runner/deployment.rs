@@ -67,7 +67,58 @@ pub(super) struct Shared {
     /// [`flush`].
     pub(super) sent: AtomicU64,
     pub(super) reported: AtomicU64,
+    /// The dead-letter topic.
+    pub(super) dead_letter: String,
+    pub(super) status: Arc<Mutex<DeploymentStatus>>,
+    /// Set when the node stops the deployment or it fails: every wait gives up.
+    pub(super) ending: Ending,
+    /// Why the deployment failed, if it did: see [`Shared::fail`].
+    pub(super) fatal: Mutex<Option<String>>,
 }
+
+impl Shared {
+    /// Fails the deployment: a fault that is not one record's (a panic in one
+    /// of its threads, a record even the dead-letter topic refuses). The
+    /// loop ends without taking more records, commits only what is
+    /// acknowledged, and [`run`] starts the deployment again after a backoff.
+    pub(super) fn fail(&self, error: String) {
+        tracing::error!(deployment = self.name, error, "the deployment failed");
+        lock(&self.fatal).get_or_insert(error);
+        self.ending.failed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The flags that end a run of the deployment: the node's stop, and a
+/// failure. Every loop that waits checks [`Ending::is_set`].
+#[derive(Clone, Default)]
+pub(super) struct Ending {
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) failed: Arc<AtomicBool>,
+}
+
+impl Ending {
+    pub(super) fn is_set(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// Drops the links that keep a run's threads and clients alive (the shared
+/// state holds the producer and the workers' queues), however the run ends,
+/// a panic included: the workers then finish and the producer goes.
+struct Teardown(Arc<Shared>);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        lock(&self.0.workers).clear();
+        *lock(&self.0.producer) = None;
+    }
+}
+
+/// The first wait before a failed deployment starts again; it doubles with
+/// each failure in a row, up to [`MAX_BACKOFF`](super::exec::MAX_BACKOFF).
+const FIRST_RESTART: Duration = Duration::from_secs(1);
+/// A run that lasted this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Runs one deployment until `stop` is set.
 pub(super) fn run(
@@ -78,21 +129,70 @@ pub(super) fn run(
     control: Receiver<Control>,
 ) {
     let name = d.spec.name.clone();
-    if let Err(e) = run_inner(Arc::new(d), &kafka, &stop, &status, &control) {
-        tracing::error!(deployment = name, error = %format!("{e:#}"), "the deployment stopped");
-        lock(&status).last_error = Some(format!("{e:#}"));
+    let mut d = Arc::new(d);
+    let mut delay = FIRST_RESTART;
+    loop {
+        let started = Instant::now();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_inner(&mut d, &kafka, &stop, &status, &control)
+        }));
+        let error = match run {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => format!(
+                "the deployment's thread panicked: {}",
+                super::panic_message(&*panic)
+            ),
+        };
+        if stop.load(Ordering::SeqCst) {
+            lock(&status).last_error = Some(error);
+            break;
+        }
+        if started.elapsed() > HEALTHY_RUN {
+            delay = FIRST_RESTART;
+        }
+        tracing::error!(deployment = name, error, retry_in = ?delay, "the deployment failed; it starts again after the backoff");
+        {
+            let mut s = lock(&status);
+            s.state = DeploymentState::Failed {
+                error: error.clone(),
+                retry_in_ms: delay.as_millis() as u64,
+            };
+            s.last_error = Some(error.clone());
+            s.failures += 1;
+        }
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            // A swap cannot wait for the restart: say why it is refused.
+            if let Ok(Control::Swap { reply, .. }) = control.try_recv() {
+                let _ = reply.send(Err(anyhow::anyhow!(
+                    "deployment {name:?} has failed and starts again in at most {delay:?}: {error}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        delay = (delay * 2).min(super::exec::MAX_BACKOFF);
+        lock(&status).state = DeploymentState::Starting;
     }
     lock(&status).state = DeploymentState::Stopped;
 }
 
+/// One run of the deployment, from creating its clients to leaving its
+/// group: until `stop` (`Ok`), or until it fails (`Err`). `d` follows the
+/// swaps, so that a run after a failure starts on the version that ran last.
 fn run_inner(
-    d: Arc<Deployment>,
+    current: &mut Arc<Deployment>,
     kafka: &KafkaOptions,
     stop: &Arc<AtomicBool>,
     status: &Arc<Mutex<DeploymentStatus>>,
     control: &Receiver<Control>,
 ) -> anyhow::Result<()> {
+    let d = current.clone();
     let spec = &d.spec;
+    let generation = lock(status).version;
     let shared = Arc::new(Shared {
         tracker: Mutex::default(),
         assigned: Mutex::default(),
@@ -103,13 +203,21 @@ fn run_inner(
         abandon: Mutex::default(),
         name: spec.name.clone(),
         current: Mutex::new(d.clone()),
-        generation: AtomicU64::new(1),
+        generation: AtomicU64::new(generation),
         staged: Mutex::default(),
         stored: Mutex::default(),
         high_watermarks: Mutex::default(),
         sent: AtomicU64::new(0),
         reported: AtomicU64::new(0),
+        dead_letter: spec.dead_letter_topic(),
+        status: status.clone(),
+        ending: Ending {
+            stop: stop.clone(),
+            failed: Arc::default(),
+        },
+        fatal: Mutex::default(),
     });
+    let _teardown = Teardown(shared.clone());
     let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
         kafka
             .producer()
@@ -135,16 +243,16 @@ fn run_inner(
         let queue = WorkerQueue {
             jobs: tx,
             queued: Arc::default(),
+            ending: shared.ending.clone(),
         };
         let queued = queue.queued.clone();
         lock(&shared.workers).push(queue);
         let mut exec = Exec {
             d: d.clone(),
-            generation: 1,
+            generation,
             producer: producer.clone(),
             shared: shared.clone(),
             status: status.clone(),
-            stop: stop.clone(),
             worker: None,
             skipping: HashSet::new(),
             traps_seen: 0,
@@ -180,7 +288,8 @@ fn run_inner(
     let linger = Duration::from_millis(spec.linger_ms);
     let poll_timeout = linger.clamp(Duration::from_millis(1), Duration::from_millis(100));
     let mut reported = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.ending.is_set() {
+        super::fault::point(&spec.name, super::fault::Site::Consumer);
         if reported.elapsed() >= Duration::from_millis(500) {
             report_partitions(&shared, &consumer, status);
             reported = Instant::now();
@@ -205,9 +314,15 @@ fn run_inner(
         poller.dispatch_ready(linger);
         store_moved(&shared, &consumer);
     }
+    let fatal = lock(&shared.fatal).take();
     tracing::info!(
         deployment = spec.name,
-        "stopping: finishing batches, flushing outputs and committing"
+        "{}: finishing batches, flushing outputs and committing what is acknowledged",
+        if fatal.is_some() {
+            "failed"
+        } else {
+            "stopping"
+        }
     );
     lock(&shared.buffers).clear();
     sync_workers(&shared);
@@ -223,8 +338,11 @@ fn run_inner(
     commit_final(&shared, &consumer, &assigned);
     consumer.unsubscribe();
     drop(consumer);
-    *lock(&shared.producer) = None;
-    Ok(())
+    *current = lock(&shared.current).clone();
+    match fatal {
+        Some(error) => Err(anyhow::anyhow!(error)),
+        None => Ok(()),
+    }
 }
 
 /// Switches the deployment to `next`'s module, model, config and limits (its

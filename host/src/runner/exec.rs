@@ -3,7 +3,7 @@
 //! delivery side.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,15 +12,15 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::ThreadedProducer;
 use runnel_abi::{BatchBuilder, RecordRef};
 
-use super::delivery::{Ack, DeliveryContext, send};
+use super::delivery::{Ack, DeliveryContext, Outgoing, Sent, dead_letter_headers, send};
 use super::deployment::Shared;
-use super::queue::{Job, Queued};
+use super::queue::{Job, Queued, Rejected};
 use super::status::{DeploymentState, DeploymentStatus};
 use super::{Deployment, headers, lock};
 use crate::engine::{Outcome, Worker};
 
 /// Longest wait between attempts to start a function that keeps failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A worker thread: runs batches through its own instance of the function
 /// and produces what they made.
@@ -31,7 +31,6 @@ pub(super) struct Exec {
     pub(super) producer: Arc<ThreadedProducer<DeliveryContext>>,
     pub(super) shared: Arc<Shared>,
     pub(super) status: Arc<Mutex<DeploymentStatus>>,
-    pub(super) stop: Arc<AtomicBool>,
     pub(super) worker: Option<Worker>,
     /// Partitions whose batch was given up: their later batches are given
     /// up too, or a commit after them would skip the records never run.
@@ -44,10 +43,30 @@ pub(super) struct Exec {
 }
 
 impl Exec {
+    /// Runs jobs until the queue's senders are gone. A panic (a bug of
+    /// runnel's, not of the function, whose traps are caught by the engine)
+    /// fails the deployment, which restarts: see
+    /// [`DeploymentState::Failed`]. Until then this worker answers syncs and
+    /// drops its batches, unacknowledged, so that nothing waits on it and
+    /// nothing it dropped is committed.
     pub(super) fn serve(&mut self, jobs: &Receiver<Job>, queued: &Queued) {
+        let mut broken = false;
         while let Ok(job) = jobs.recv() {
             let bytes = job.bytes();
-            self.run(job);
+            if broken {
+                if let Job::Sync(done) = job {
+                    let _ = done.send(());
+                }
+            } else if let Err(panic) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job)))
+            {
+                broken = true;
+                self.worker = None;
+                self.shared.fail(format!(
+                    "a worker thread panicked: {}",
+                    super::panic_message(&*panic)
+                ));
+            }
             queued.done(bytes);
         }
     }
@@ -59,6 +78,18 @@ impl Exec {
                 self.skipping.clear();
                 let _ = done.send(());
             }
+            // Ending: what is queued is not run, so not committed, and read
+            // again by the next owner.
+            Job::Reject { .. } | Job::Batch { .. } if self.shared.ending.is_set() => {}
+            Job::Reject {
+                topic,
+                partition,
+                record,
+            } => {
+                if !self.skipping.contains(&(topic.clone(), partition)) {
+                    self.reject(&topic, partition, *record);
+                }
+            }
             Job::Batch {
                 topic,
                 partition,
@@ -68,6 +99,7 @@ impl Exec {
                 if self.skipping.contains(&key) {
                     return;
                 }
+                super::fault::point(&self.d.spec.name, super::fault::Site::Worker);
                 self.follow_swaps();
                 // A function that cannot start keeps its batch and retries
                 // after the backoff; the full queue stops the consumer.
@@ -127,7 +159,7 @@ impl Exec {
     }
 
     pub(super) fn give_up(&self, key: &(String, i32)) -> bool {
-        self.stop.load(Ordering::SeqCst) || lock(&self.shared.abandon).contains(key)
+        self.shared.ending.is_set() || lock(&self.shared.abandon).contains(key)
     }
 
     pub(super) fn worker(&mut self) -> Result<&mut Worker, String> {
@@ -207,6 +239,7 @@ impl Exec {
                     topic: topic_arc.clone(),
                     partition,
                     offset: input.offset(),
+                    sent: Sent::Output,
                 })
             };
             match outcome {
@@ -222,7 +255,9 @@ impl Exec {
                     }
                 }
                 Outcome::Failed { message, trapped } => {
-                    self.send_dead_letter(topic, partition, input, message, *trapped, ack());
+                    let mut ack = ack();
+                    ack.sent = Sent::DeadLetter;
+                    self.send_dead_letter(topic, partition, input, message, *trapped, ack);
                     counts.2 += 1;
                     last_failure = Some(format!(
                         "record {topic}/{partition}@{}: {message}",
@@ -279,12 +314,13 @@ impl Exec {
         let timestamp = record.timestamp_ms().or(input_ts);
         send(
             &self.producer,
-            &self.d.spec.name,
-            &self.d.spec.output,
-            record.key(),
-            record.value(),
-            h,
-            timestamp,
+            Outgoing {
+                topic: &self.d.spec.output,
+                key: record.key(),
+                value: record.value(),
+                headers: h,
+                timestamp,
+            },
             ack,
         );
     }
@@ -321,13 +357,70 @@ impl Exec {
         }
         send(
             &self.producer,
-            &self.d.spec.name,
-            &self.dead_letter,
-            input.key(),
-            input.value(),
-            h,
-            input.timestamp_ms(),
+            Outgoing {
+                topic: &self.dead_letter,
+                key: input.key(),
+                value: input.value(),
+                headers: h,
+                timestamp: input.timestamp_ms(),
+            },
             ack,
         );
+    }
+
+    /// Sends a record that cannot be given to the function (see
+    /// [`Rejected`]) to the dead-letter topic, with its headers as they came.
+    fn reject(&mut self, topic: &str, partition: i32, record: Rejected) {
+        lock(&self.shared.tracker).add(topic, partition, record.offset, 1);
+        let ack = Box::new(Ack {
+            topic: Arc::from(topic),
+            partition,
+            offset: record.offset,
+            sent: Sent::DeadLetter,
+        });
+        tracing::warn!(
+            deployment = self.d.spec.name,
+            topic,
+            partition,
+            offset = record.offset,
+            kind = record.kind,
+            error = record.error,
+            "a record cannot be run; sending it to the dead-letter topic"
+        );
+        let mut h = record.headers;
+        for (k, v) in dead_letter_headers(&ack, record.kind, &record.error) {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        for (k, v) in [
+            (headers::DEPLOYMENT, self.d.spec.name.as_str()),
+            (headers::VERSION, self.version_header.as_str()),
+            (headers::MODULE, self.module_header.as_str()),
+        ] {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        send(
+            &self.producer,
+            Outgoing {
+                topic: &self.dead_letter,
+                key: record.key.as_deref(),
+                value: record.value.as_deref(),
+                headers: h,
+                timestamp: record.timestamp,
+            },
+            ack,
+        );
+        let mut s = lock(&self.status);
+        s.records_in += 1;
+        s.dead_lettered += 1;
+        s.last_error = Some(format!(
+            "record {topic}/{partition}@{}: {}",
+            record.offset, record.error
+        ));
     }
 }

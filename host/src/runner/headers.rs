@@ -15,8 +15,20 @@ pub const VERSION: &str = "runnel-version";
 pub const MODEL: &str = "runnel-model";
 /// Why the record failed (dead letters).
 pub const ERROR: &str = "runnel-error";
-/// `error` (the function rejected the record) or `trap` (the record made it crash).
+/// Why, in one word: `error` (the function rejected the record), `trap` (the
+/// record made it crash), `bad-header` (a header name is not UTF-8, so the
+/// record never reached the function), or, for an output the broker would
+/// not take, `too-large`, `invalid-timestamp`, `not-authorized`,
+/// `topic-missing` or `refused` (`dead-letter-too-large` when the dead
+/// letter itself had to be cut to fit).
 pub const ERROR_KIND: &str = "runnel-error-kind";
+/// The value's size in bytes, when the dead letter leaves the value out
+/// because it was too large.
+pub const ORIGINAL_SIZE: &str = "runnel-original-size";
+/// The key's size in bytes, when the dead letter leaves a large key out.
+pub const ORIGINAL_KEY_SIZE: &str = "runnel-original-key-size";
+/// How many headers a dead letter cut to fit left out.
+pub const HEADERS_DROPPED: &str = "runnel-headers-dropped";
 /// Where the failed record was read from (dead letters).
 pub const SOURCE_TOPIC: &str = "runnel-source-topic";
 pub const SOURCE_PARTITION: &str = "runnel-source-partition";

@@ -52,6 +52,7 @@ mod consumer;
 mod delivery;
 mod deployment;
 mod exec;
+pub mod fault;
 pub mod headers;
 pub mod histogram;
 mod queue;
@@ -164,6 +165,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
+}
+
 impl Node {
     /// A node with no deployment yet.
     pub fn new(kafka: &KafkaOptions) -> Self {
@@ -274,12 +284,20 @@ impl Node {
     /// Stops every deployment cleanly: outputs flushed, offsets committed,
     /// groups left.
     pub fn stop(self) {
+        self.stop_all();
+    }
+
+    /// Stops every deployment, all at once, and forgets them; see
+    /// [`Node::stop`]. A deployment whose outputs are wedged takes at most
+    /// `STOP_FLUSH_TIMEOUT` (10 s) plus the time to leave its group.
+    pub fn stop_all(&self) {
         let running = std::mem::take(&mut *lock(&self.running));
         stop_all(running);
     }
 }
 
-/// Signals every deployment to stop, then waits for each.
+/// Signals every deployment to stop, then waits for each: they stop in
+/// parallel.
 fn stop_all(mut running: Vec<Running>) {
     for r in &running {
         r.stop.store(true, Ordering::SeqCst);

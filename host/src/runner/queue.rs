@@ -5,9 +5,10 @@ use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+use rdkafka::message::OwnedHeaders;
 use runnel_abi::BatchBuilder;
 
-use super::deployment::Shared;
+use super::deployment::{Ending, Shared};
 use super::lock;
 
 /// The bytes of batches a worker may have waiting before the consumer
@@ -22,6 +23,8 @@ pub(super) const QUEUE_BYTES: usize = 8 << 20;
 pub(super) struct WorkerQueue {
     pub(super) jobs: Sender<Job>,
     pub(super) queued: Arc<Queued>,
+    /// A sender waiting for room gives up when the run ends.
+    pub(super) ending: Ending,
 }
 
 /// The bytes waiting in a worker's queue, and a signal when some are done.
@@ -43,13 +46,18 @@ impl Queued {
 
 impl WorkerQueue {
     /// Queues `job`, first waiting while the worker has [`QUEUE_BYTES`] or
-    /// more waiting (one batch is always let through, however large).
-    /// False if the worker is gone.
+    /// more waiting (one batch is always let through, however large; a sync
+    /// never waits). False if the worker is gone, or the deployment stops
+    /// while this waits: the job is then dropped, and its records, never
+    /// run, are read again by the next owner.
     pub(super) fn send(&self, job: Job) -> bool {
         let bytes = job.bytes();
         {
             let mut q = lock(&self.queued.bytes);
-            while *q > 0 && *q + bytes > QUEUE_BYTES {
+            while bytes > 0 && *q > 0 && *q + bytes > QUEUE_BYTES {
+                if self.ending.is_set() {
+                    return false;
+                }
                 q = self
                     .queued
                     .room
@@ -71,8 +79,30 @@ pub(super) enum Job {
         partition: i32,
         batch: BatchBuilder,
     },
+    /// Dead-letter a record that cannot be given to the function. It goes
+    /// through the partition's worker, after the batch before it, so that
+    /// offsets reach the tracker in order.
+    Reject {
+        topic: String,
+        partition: i32,
+        record: Box<Rejected>,
+    },
     /// Answer once every job sent before this one is done.
     Sync(SyncSender<()>),
+}
+
+/// A consumed record that cannot be given to the function (a header name
+/// that is not UTF-8), owned, with its headers as they came.
+pub(super) struct Rejected {
+    pub(super) offset: i64,
+    pub(super) key: Option<Vec<u8>>,
+    pub(super) value: Option<Vec<u8>>,
+    pub(super) timestamp: Option<i64>,
+    pub(super) headers: OwnedHeaders,
+    /// `runnel-error-kind`.
+    pub(super) kind: &'static str,
+    /// `runnel-error`.
+    pub(super) error: String,
 }
 
 impl Job {
@@ -80,6 +110,9 @@ impl Job {
     pub(super) fn bytes(&self) -> usize {
         match self {
             Job::Batch { batch, .. } => batch.data().len(),
+            Job::Reject { record, .. } => {
+                record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)
+            }
             Job::Sync(_) => 0,
         }
     }
@@ -123,6 +156,7 @@ mod tests {
         let queue = WorkerQueue {
             jobs: tx,
             queued: Arc::default(),
+            ending: Ending::default(),
         };
         assert!(queue.send(batch_of(QUEUE_BYTES)), "one batch always fits");
         let first = rx.recv().expect("queued").bytes();
@@ -147,5 +181,31 @@ mod tests {
         sender.join().expect("the sender finished");
         assert!(sent.load(Ordering::SeqCst));
         assert!(rx.recv().expect("the second batch").bytes() < 100);
+    }
+
+    /// A stop is never held by a full queue: the waiting sender gives up, and
+    /// a sync passes whatever is queued.
+    #[test]
+    fn a_sender_waiting_for_room_gives_up_when_the_deployment_stops() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queue = WorkerQueue {
+            jobs: tx,
+            queued: Arc::default(),
+            ending: Ending::default(),
+        };
+        assert!(queue.send(batch_of(QUEUE_BYTES)));
+        let (done, _wait) = std::sync::mpsc::sync_channel(1);
+        assert!(queue.send(Job::Sync(done)), "a sync never waits for room");
+        let sender = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.send(batch_of(10)))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        queue.ending.stop.store(true, Ordering::SeqCst);
+        assert!(
+            !sender.join().expect("the sender finished"),
+            "the batch is dropped, not queued"
+        );
+        assert_eq!(rx.try_iter().count(), 2, "the first batch and the sync");
     }
 }

@@ -5,7 +5,31 @@ use serde::Serialize;
 
 use super::Deployment;
 
-/// What a deployment is doing.
+/// What a deployment is doing: one state machine, the same in status,
+/// metrics and readiness.
+///
+/// ```text
+///             +-------------------- stop (any state) --------------------+
+///             v                                                          |
+///  start -> starting --instance made--> running --init fails--> backing_off
+///             ^  |                        |   ^                   |
+///             |  |                        |   +--instance made----+
+///             |  +--------+    +----------+
+///             |           v    v
+///             +-backoff-- failed      (a thread panicked, or the dead-letter
+///                                      topic refused a record)
+/// ```
+///
+/// - `starting`: its clients and threads are made; no instance yet.
+/// - `running`: an instance of the function started and runs batches.
+/// - `backing_off`: the function cannot start (its `init` fails or traps);
+///   the batch is held, so the consumer stops, and the start is tried again
+///   after `retry_in_ms` (100 ms, doubling, up to 30 s). A swap may end it.
+/// - `failed`: a fault that is not one record's. The run ended, committing
+///   only what was acknowledged; after `retry_in_ms` (1 s, doubling, up to
+///   30 s; back to 1 s after a run of a minute) it is `starting` again, from
+///   the committed offsets, on the version that ran last.
+/// - `stopped`: the node stopped it or it was removed; final.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum DeploymentState {
@@ -13,6 +37,11 @@ pub enum DeploymentState {
     Running,
     /// The function cannot start; retrying after `retry_in_ms`.
     BackingOff {
+        error: String,
+        retry_in_ms: u64,
+    },
+    /// The deployment failed; it starts again after `retry_in_ms`.
+    Failed {
         error: String,
         retry_in_ms: u64,
     },
@@ -35,6 +64,8 @@ pub struct DeploymentStatus {
     pub filtered: u64,
     pub dead_lettered: u64,
     pub traps: u64,
+    /// Times the deployment failed (see [`DeploymentState::Failed`]).
+    pub failures: u64,
     pub last_error: Option<String>,
     /// The partitions this node holds: how far their outputs are
     /// acknowledged, and how far behind the end of the log that is.
@@ -81,6 +112,7 @@ impl DeploymentStatus {
             filtered: 0,
             dead_lettered: 0,
             traps: 0,
+            failures: 0,
             last_error: None,
             partitions: Vec::new(),
             last_swap: None,

@@ -1,6 +1,9 @@
 //! rdkafka client settings, in one place: what runnel's consumers, producers
 //! and admin clients are configured with, and how user properties (TLS, SASL,
-//! tuning) pass through to librdkafka.
+//! tuning) pass through to librdkafka; and reading records' headers, whose
+//! names need not be UTF-8 ([`headers`]).
+
+pub mod headers;
 
 use std::time::Duration;
 
@@ -8,7 +11,7 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Debug, Clone, Copy)]
@@ -225,13 +228,34 @@ pub async fn create_topics(
     Ok(())
 }
 
+/// A record whose header name is not UTF-8: a frame's header names are UTF-8
+/// by contract, so such a record cannot be handed to a function.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("header {index} of the record has a name that is not UTF-8 ({name:?}, shown lossily)")]
+pub struct BadHeaderName {
+    /// The header's position among the record's headers, from 0.
+    pub index: usize,
+    /// The name, with invalid bytes replaced.
+    pub name: String,
+}
+
 /// Appends a consumed record to a packed batch: the one copy out of
-/// librdkafka's buffers.
-pub fn push_message(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMessage<'_>) {
-    let headers: Vec<(&str, Option<&[u8]>)> = m
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
+/// librdkafka's buffers. Refuses, and appends nothing, when a header name is
+/// not UTF-8.
+pub fn push_message(
+    batch: &mut runnel_abi::BatchBuilder,
+    m: &BorrowedMessage<'_>,
+) -> Result<(), BadHeaderName> {
+    let mut headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
+    if let Some(h) = m.headers() {
+        for (index, (name, value)) in headers::raw(h).enumerate() {
+            let name = std::str::from_utf8(name).map_err(|_| BadHeaderName {
+                index,
+                name: String::from_utf8_lossy(name).into_owned(),
+            })?;
+            headers.push((name, value));
+        }
+    }
     batch.push(&runnel_abi::Frame {
         partition: m.partition(),
         offset: m.offset(),
@@ -240,6 +264,7 @@ pub fn push_message(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMessage<'_
         value: m.payload(),
         headers: &headers,
     });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -50,6 +50,21 @@ fn an_empty_token_or_an_open_address_without_one_is_refused_at_start() {
     assert!(e.contains("empty"), "{e}");
 }
 
+/// `--kafka` used to be applied last, so it could change the group or the
+/// delivery guarantee without a word.
+#[test]
+fn kafka_settings_that_break_the_guarantee_are_refused_at_start() {
+    for (setting, name) in [
+        ("group.id=shared", "group.id"),
+        ("enable.auto.offset.store=true", "enable.auto.offset.store"),
+        ("auto.offset.reset=latest", "auto.offset.reset"),
+        ("acks=1", "acks"),
+    ] {
+        let e = refused(&["--kafka", setting], &[]);
+        assert!(e.contains(name) && e.contains("refused"), "{e}");
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -508,3 +508,91 @@ async fn an_output_the_broker_refuses_for_good_is_dead_lettered_with_the_reason(
     assert_eq!(s.state, DeploymentState::Running);
     node.stop();
 }
+
+/// Provenance cannot be spoofed: `runnel-*` headers that an input brings
+/// are not copied to an output (runnel's own stand alone), and a dead
+/// letter's `runnel-error*` and `runnel-source-*` are runnel's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runnel_headers_from_the_input_are_replaced_by_runnels_own() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    let dlq = format!("{output}.dlq");
+    topics(&kafka, &[&input, &output, &dlq], 1).await;
+    let spoofed: Vec<(String, String)> = [
+        ("runnel-deployment", "evil"),
+        ("runnel-version", "99"),
+        ("runnel-model", "sha256:evil"),
+        ("runnel-error", "not an error"),
+        ("runnel-source-offset", "12345"),
+        ("trace", "t-1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    produce(
+        &kafka,
+        &input,
+        &[
+            (Some("a".into()), "ok".into(), spoofed.clone()),
+            (Some("b".into()), "error".into(), spoofed),
+        ],
+    )
+    .await;
+    let d = spec("hostile", guests::HOSTILE, &input, &output, &[]);
+    let name = d.name.clone();
+    let node = Node::start(&kafka, vec![deployment(d)]).unwrap();
+    let names = |m: &rdkafka::message::OwnedMessage| -> Vec<String> {
+        raw_headers(m)
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    };
+    let out = read(&kafka, &output, 1, WAIT).await;
+    assert_eq!(out.len(), 1);
+    let o = &out[0];
+    let mut got = names(o);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "runnel-deployment",
+            "runnel-module",
+            "runnel-version",
+            "trace"
+        ],
+        "the input's runnel-* headers are gone"
+    );
+    assert_eq!(
+        header(o, "runnel-deployment").as_deref(),
+        Some(name.as_str())
+    );
+    assert_eq!(header(o, "runnel-version").as_deref(), Some("1"));
+
+    let dead = read(&kafka, &dlq, 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    let got = names(d);
+    for once in [
+        "runnel-deployment",
+        "runnel-version",
+        "runnel-error",
+        "runnel-source-offset",
+    ] {
+        assert_eq!(
+            got.iter().filter(|n| *n == once).count(),
+            1,
+            "{once}: {got:?}"
+        );
+    }
+    assert!(
+        !got.iter().any(|n| n == "runnel-model"),
+        "the deployment has no model: {got:?}"
+    );
+    assert_eq!(header(d, "runnel-source-offset").as_deref(), Some("1"));
+    assert_eq!(
+        header(d, "runnel-deployment").as_deref(),
+        Some(name.as_str())
+    );
+    assert!(header(d, "runnel-error").unwrap().contains("asked to fail"));
+    node.stop();
+}

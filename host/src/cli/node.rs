@@ -106,6 +106,7 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
 fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)> {
     // Before anything starts: a node that would open its API refuses at once.
     crate::control::check_admin_auth(node.admin, node.token.as_deref(), node.insecure_no_token)?;
+    crate::kafka::check_properties(&node.kafka)?;
     let config = match &node.config {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),

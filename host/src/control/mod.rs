@@ -131,6 +131,7 @@ impl ControlPlane {
             options.token.as_deref(),
             options.insecure_no_token,
         )?;
+        crate::kafka::check_properties(&options.kafka.properties)?;
         let registry = Arc::new(Registry::open(&options.kafka, options.topics.clone()).await?);
         let fixed_names: Vec<String> = fixed.iter().map(|d| d.spec.name.clone()).collect();
         let node = Arc::new(Node::start(&options.kafka, fixed)?);

@@ -78,6 +78,95 @@ const PRODUCER_ONLY: &[&str] = &[
     "sticky.partitioning.linger.ms",
 ];
 
+/// librdkafka properties that `--kafka` may not set, with why: runnel sets
+/// them itself, and its guarantees depend on them. `None`: never; `Some(v)`:
+/// only to one of the values `v`, which are what runnel sets or mean the same.
+const RESERVED: &[(&str, Option<&[&str]>, &str)] = &[
+    (
+        "bootstrap.servers",
+        None,
+        "give the cluster's address with --brokers",
+    ),
+    (
+        "group.id",
+        None,
+        "each deployment is a consumer group of its own, runnel.<name>",
+    ),
+    (
+        "group.instance.id",
+        None,
+        "every deployment of a node would share it, and static members of one group fence each other",
+    ),
+    (
+        "enable.auto.offset.store",
+        Some(&["false"]),
+        "an offset is stored only once every output of its record is acknowledged: that is the at-least-once guarantee",
+    ),
+    (
+        "enable.auto.commit",
+        Some(&["true"]),
+        "the stored offsets are committed by librdkafka's periodic commit; without it nothing would be committed",
+    ),
+    (
+        "auto.offset.reset",
+        Some(&["earliest", "smallest", "beginning"]),
+        "a deployment without a committed offset reads its inputs from the beginning; another reset would skip records",
+    ),
+    (
+        "acks",
+        Some(&["all", "-1"]),
+        "an input is committed only once its outputs are acknowledged by every in-sync replica",
+    ),
+    (
+        "request.required.acks",
+        Some(&["all", "-1"]),
+        "an input is committed only once its outputs are acknowledged by every in-sync replica",
+    ),
+    (
+        "delivery.report.only.error",
+        Some(&["false"]),
+        "an input is committed on its outputs' delivery reports; without them nothing would be committed",
+    ),
+    (
+        "isolation.level",
+        Some(&["read_committed"]),
+        "records of aborted transactions must not be run",
+    ),
+    (
+        "transactional.id",
+        None,
+        "runnel's producers are not transactional, and one id shared by many producers fences them",
+    ),
+    (
+        "partition.assignment.strategy",
+        Some(&["cooperative-sticky"]),
+        "partitions move one by one, with their batches finished and committed (cooperative-sticky)",
+    ),
+    (
+        "enable.partition.eof",
+        Some(&["false"]),
+        "the end of a partition is not an event a deployment handles",
+    ),
+];
+
+/// Refuses `--kafka` properties that would break a deployment's group or the
+/// delivery guarantee (see [`RESERVED`]), naming the property and why.
+pub fn check_properties(properties: &[(String, String)]) -> anyhow::Result<()> {
+    for (key, value) in properties {
+        let key = key.trim();
+        let Some((_, allowed, why)) = RESERVED.iter().find(|(k, _, _)| *k == key) else {
+            continue;
+        };
+        let ok = allowed.is_some_and(|a| a.iter().any(|v| v.eq_ignore_ascii_case(value.trim())));
+        if !ok {
+            anyhow::bail!(
+                "--kafka {key}={value} is refused: runnel sets {key} itself, because {why}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
@@ -343,6 +432,40 @@ mod tests {
         told.properties
             .push(("fetch.wait.max.ms".into(), "250".into()));
         assert_eq!(told.consumer("g").get("fetch.wait.max.ms"), Some("250"));
+    }
+
+    #[test]
+    fn settings_that_break_the_group_or_the_guarantee_are_refused() {
+        let kv = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        for (k, v) in [
+            ("group.id", "mine"),
+            ("enable.auto.offset.store", "true"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "latest"),
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("isolation.level", "read_uncommitted"),
+            ("delivery.report.only.error", "true"),
+            ("transactional.id", "t"),
+            ("partition.assignment.strategy", "range"),
+            ("group.instance.id", "a"),
+            ("bootstrap.servers", "elsewhere:9092"),
+            ("enable.partition.eof", "true"),
+        ] {
+            let e = check_properties(&kv(k, v)).expect_err(k).to_string();
+            assert!(e.contains(k) && e.contains("because"), "{e}");
+        }
+        for (k, v) in [
+            ("acks", "all"),
+            ("acks", "-1"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.offset.store", "false"),
+            ("linger.ms", "50"),
+            ("security.protocol", "SASL_SSL"),
+            ("max.poll.interval.ms", "30000"),
+        ] {
+            check_properties(&kv(k, v)).expect(k);
+        }
     }
 
     #[test]

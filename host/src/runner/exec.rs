@@ -290,7 +290,10 @@ impl Exec {
     pub(super) fn send_output(&self, record: &RecordRef<'_>, input_ts: Option<i64>, ack: Box<Ack>) {
         let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 4);
         for (k, v) in record.headers().map_while(Result::ok) {
-            h = h.insert(Header { key: k, value: v });
+            // runnel's own, written below: never the input's or the function's.
+            if !k.starts_with(headers::PREFIX) {
+                h = h.insert(Header { key: k, value: v });
+            }
         }
         h = h
             .insert(Header {
@@ -336,7 +339,10 @@ impl Exec {
     ) {
         let mut h = OwnedHeaders::new_with_capacity(input.header_count() + 8);
         for (k, v) in input.headers().map_while(Result::ok) {
-            h = h.insert(Header { key: k, value: v });
+            // Replaced by runnel's own, below.
+            if !headers::DEAD_LETTER.contains(&k) {
+                h = h.insert(Header { key: k, value: v });
+            }
         }
         let partition_s = partition.to_string();
         let offset_s = input.offset().to_string();
@@ -353,6 +359,12 @@ impl Exec {
             h = h.insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),
+            });
+        }
+        if let Some(model) = &self.d.model_digest {
+            h = h.insert(Header {
+                key: headers::MODEL,
+                value: Some(model.as_bytes()),
             });
         }
         send(

@@ -2,7 +2,14 @@
 //!
 //! Every output carries [`DEPLOYMENT`], [`VERSION`] and [`MODULE`] (and
 //! [`MODEL`] for a scorer), so a swap point or a replay is visible in the data. A dead letter also carries why it failed and
-//! where it came from.
+//! where it came from. Headers with runnel's [`PREFIX`] that an input or a
+//! function brings are dropped from outputs, and those of the names in
+//! [`DEAD_LETTER`] from dead letters: what runnel writes cannot be spoofed.
+
+/// The prefix of runnel's headers. On an output every header with it is
+/// runnel's own: those the input or the function carried are dropped, so
+/// that provenance cannot be spoofed.
+pub const PREFIX: &str = "runnel-";
 
 /// The deployment that produced the record.
 pub const DEPLOYMENT: &str = "runnel-deployment";
@@ -33,3 +40,18 @@ pub const HEADERS_DROPPED: &str = "runnel-headers-dropped";
 pub const SOURCE_TOPIC: &str = "runnel-source-topic";
 pub const SOURCE_PARTITION: &str = "runnel-source-partition";
 pub const SOURCE_OFFSET: &str = "runnel-source-offset";
+
+/// The headers runnel writes on a dead letter ([`MODEL`] when the
+/// deployment has one): the input's headers of these names are replaced by
+/// runnel's.
+pub const DEAD_LETTER: [&str; 9] = [
+    ERROR,
+    ERROR_KIND,
+    DEPLOYMENT,
+    VERSION,
+    MODULE,
+    MODEL,
+    SOURCE_TOPIC,
+    SOURCE_PARTITION,
+    SOURCE_OFFSET,
+];

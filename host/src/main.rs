@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use runnel_host::cli::control::{ApiArgs, ControlCommand};
 use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
 use runnel_host::cli::run::{RunArgs, run};
-use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs};
+use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs, TopicCommand};
 use tracing_subscriber::EnvFilter;
 
 /// runnel: sandboxed WebAssembly stream functions on Kafka.
@@ -40,6 +40,11 @@ enum Command {
     Produce(ProduceArgs),
     /// Print a topic's records as JSON lines, from the beginning.
     Consume(ConsumeArgs),
+    /// Create, list and delete topics on any Kafka cluster.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
     #[command(flatten)]
     Control(ControlCommand),
 }
@@ -82,6 +87,12 @@ fn main() -> ExitCode {
         Command::Control(command) => block_on(async move {
             let mut out = String::new();
             runnel_host::cli::control::run(&cli.api, &command, &mut out).await?;
+            print!("{out}");
+            Ok(())
+        }),
+        Command::Topic { command } => block_on(async move {
+            let mut out = String::new();
+            runnel_host::cli::topic::topic(&command, &mut out).await?;
             print!("{out}");
             Ok(())
         }),

@@ -199,17 +199,27 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 }
             }
             let r = client.put_deployment(&a.name, &body).await?;
-            let line = format!(
-                "deployed {} version {} ({}, module {})\n",
+            let mut lines = String::new();
+            for topic in r["created_topics"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    lines,
+                    "created topic {} ({} partitions)",
+                    text(topic),
+                    r["partitions"]
+                );
+            }
+            let _ = writeln!(
+                lines,
+                "deployed {} version {} ({}, module {})",
                 a.name,
                 r["version"],
                 r["world"].as_str().unwrap_or("?"),
                 short(module["digest"].as_str())
             );
-            (r, line)
+            (r, lines)
         }
         ControlCommand::Ls => {
-            let r = client.get("/v1/deployments").await?;
+            let r = client.get(&["v1", "deployments"]).await?;
             let table = ls_table(&r);
             (r, table)
         }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use runnel_host::cli::control::{ApiArgs, ControlCommand};
+use runnel_host::cli::new::NewArgs;
 use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
 use runnel_host::cli::run::{RunArgs, run};
 use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs, TopicCommand};
@@ -25,6 +26,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a new function's crate: the function, a unit test, golden test
+    /// data and a README.
+    New(NewArgs),
     /// Run a function over records from a file or stdin, without Kafka, and
     /// print its outputs as JSON lines (the author's test harness).
     Run(RunArgs),
@@ -76,6 +80,9 @@ fn main() -> ExitCode {
                 &mut std::io::stderr(),
             );
             ExitCode::from(code)
+        }
+        Command::New(args) => {
+            report(runnel_host::cli::new::new(&args).map(|said| print!("{said}")))
         }
         Command::Broker(args) => block_on(runnel_host::cli::node::broker(args)),
         Command::Serve(args) => block_on(runnel_host::cli::node::serve(args)),

@@ -307,6 +307,7 @@ fn api(cp: &ControlPlane) -> ApiArgs {
         api: cp.url(),
         token: None,
         json: false,
+        api_timeout: 60,
     }
 }
 

@@ -415,7 +415,11 @@ impl Scorer for Weights {
             .split_whitespace()
             .map(str::to_lowercase)
             .collect();
-        let score: f64 = words.iter().filter_map(|w| self.weights.get(w)).sum();
+        // A fold from 0.0: `sum()` of no f64 is -0.0.
+        let score = words
+            .iter()
+            .filter_map(|w| self.weights.get(w))
+            .fold(0.0, |sum, w| sum + w);
         let scored = serde_json::json!({ "score": score, "words": words.len() });
         Ok(Output::json(&scored)?.with_key_opt(record.key()))
     }

@@ -1,12 +1,14 @@
 //! The `runnel` command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use runnel_host::cli::control::{ApiArgs, ControlCommand};
+use runnel_host::cli::new::NewArgs;
 use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
 use runnel_host::cli::run::{RunArgs, run};
-use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs};
+use runnel_host::cli::topic::{ConsumeArgs, ProduceArgs, TopicCommand};
 use tracing_subscriber::EnvFilter;
 
 /// runnel: sandboxed WebAssembly stream functions on Kafka.
@@ -25,6 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a new function's crate: the function, a unit test, golden test
+    /// data and a README.
+    New(NewArgs),
     /// Run a function over records from a file or stdin, without Kafka, and
     /// print its outputs as JSON lines (the author's test harness).
     Run(RunArgs),
@@ -40,6 +45,11 @@ enum Command {
     Produce(ProduceArgs),
     /// Print a topic's records as JSON lines, from the beginning.
     Consume(ConsumeArgs),
+    /// Create, list and delete topics on any Kafka cluster.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
     #[command(flatten)]
     Control(ControlCommand),
 }
@@ -59,6 +69,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .init();
     match cli.command {
         Command::Run(args) => {
@@ -71,6 +85,9 @@ fn main() -> ExitCode {
                 &mut std::io::stderr(),
             );
             ExitCode::from(code)
+        }
+        Command::New(args) => {
+            report(runnel_host::cli::new::new(&args).map(|said| print!("{said}")))
         }
         Command::Broker(args) => block_on(runnel_host::cli::node::broker(args)),
         Command::Serve(args) => block_on(runnel_host::cli::node::serve(args)),
@@ -85,6 +102,12 @@ fn main() -> ExitCode {
             print!("{out}");
             Ok(())
         }),
+        Command::Topic { command } => block_on(async move {
+            let mut out = String::new();
+            runnel_host::cli::topic::topic(&command, &mut out).await?;
+            print!("{out}");
+            Ok(())
+        }),
         Command::Consume(args) => {
             let stdout = std::io::stdout();
             let result = runnel_host::cli::topic::consume(
@@ -94,6 +117,13 @@ fn main() -> ExitCode {
             report(result.map(|n| eprintln!("runnel: {n} records read from {}", args.topic)))
         }
     }
+}
+
+/// Log lines are coloured only on a terminal, and not when `NO_COLOR` is
+/// set to anything but the empty string (no-color.org): a file, a pipe, a
+/// journal or a pod's log gets no escape codes.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
@@ -125,5 +155,18 @@ fn block_on(f: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }

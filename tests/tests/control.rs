@@ -201,7 +201,7 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
             "d",
             json!({"module": filter, "input": ["nope"], "output": output, "config": {"field": "n"}}),
             422,
-            "topic \"nope\" does not exist",
+            "topic \"nope\" does not exist: create it first with `runnel topic create nope`",
         ),
         (
             "d",
@@ -307,6 +307,7 @@ fn api(cp: &ControlPlane) -> ApiArgs {
         api: cp.url(),
         token: None,
         json: false,
+        api_timeout: 60,
     }
 }
 

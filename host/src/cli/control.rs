@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use serde_json::{Value, json};
+use url::{Host, Url};
 
 use crate::control::api::error_message;
 
@@ -29,6 +32,16 @@ pub struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the API's answer (an upload included) before giving up.
+    #[arg(
+        long,
+        env = "RUNNEL_API_TIMEOUT",
+        default_value_t = 60,
+        value_name = "SECS",
+        global = true,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub api_timeout: u64,
 }
 
 /// The control commands.
@@ -104,12 +117,39 @@ pub struct SwapArgs {
 
 struct Client {
     http: reqwest::Client,
+    base: Url,
     args: ApiArgs,
 }
 
 impl Client {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.args.api.trim_end_matches('/'))
+    fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let base = api_url(&args.api)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(args.api_timeout))
+            .connect_timeout(Duration::from_secs(args.api_timeout.min(10)))
+            .build()
+            .context("cannot make an HTTP client")?;
+        Ok(Self {
+            http,
+            base,
+            args: args.clone(),
+        })
+    }
+
+    /// The API's URL for these path segments, each escaped (a deployment's
+    /// name cannot reach another path or the query). URLs drop `.` and `..`
+    /// segments, even escaped, so no name can be one.
+    fn url(&self, segments: &[&str]) -> anyhow::Result<Url> {
+        if let Some(s) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            anyhow::bail!(
+                "{s:?} cannot be a deployment name: use 1 to 200 letters, digits, '-', '_' or '.'"
+            );
+        }
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        Ok(url)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -117,12 +157,9 @@ impl Client {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the runnel API at {}", self.args.api))?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = response.text().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
             anyhow::bail!("{}", error_message(status.as_u16(), &body));
         }
@@ -133,47 +170,102 @@ impl Client {
             .with_context(|| format!("the API answered something that is not JSON: {body}"))
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(self.url(path))).await
+    /// What went wrong between here and the API, as a sentence.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        let api = &self.args.api;
+        let sentence = if e.is_timeout() {
+            format!(
+                "the runnel API at {api} did not answer within {} s (--api-timeout SECS waits longer)",
+                self.args.api_timeout
+            )
+        } else if e.is_connect() {
+            format!(
+                "cannot reach the runnel API at {api}: is a node running there? (`runnel dev` starts one; --api or RUNNEL_API says where)"
+            )
+        } else {
+            format!("cannot talk to the runnel API at {api}")
+        };
+        anyhow::Error::new(e).context(sentence)
     }
 
-    async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.post(self.url(path)).json(body)).await
+    async fn get(&self, segments: &[&str]) -> anyhow::Result<Value> {
+        self.send(self.http.get(self.url(segments)?)).await
+    }
+
+    async fn post_json(&self, segments: &[&str], body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(self.url(segments)?).json(body))
+            .await
     }
 
     async fn put_deployment(&self, name: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(
             self.http
-                .put(self.url(&format!("/v1/deployments/{name}")))
+                .put(self.url(&["v1", "deployments", name])?)
                 .json(body),
         )
         .await
     }
 
-    async fn upload(&self, path: &str, file: &PathBuf) -> anyhow::Result<Value> {
+    /// POSTs a file to `/v1/<what>` with this `query`.
+    async fn upload(&self, what: &str, query: &str, file: &PathBuf) -> anyhow::Result<Value> {
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        self.send(self.http.post(self.url(path)).body(bytes))
+        let mut url = self.url(&["v1", what])?;
+        url.set_query((!query.is_empty()).then_some(query));
+        self.send(self.http.post(url).body(bytes))
             .await
             .with_context(|| format!("uploading {}", file.display()))
     }
 }
 
-/// Runs one command; what it prints goes to `out`.
-pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> anyhow::Result<()> {
-    let client = Client {
-        http: reqwest::Client::new(),
-        args: api.clone(),
+/// The API's base URL, checked: http or https, with a host.
+fn api_url(api: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(api).map_err(|e| {
+        anyhow::anyhow!("--api {api:?} is not a URL ({e}): give one like http://127.0.0.1:7070")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.cannot_be_a_base() {
+        anyhow::bail!(
+            "--api {api:?} is not an http:// or https:// address: give one like http://127.0.0.1:7070"
+        );
+    }
+    Ok(url)
+}
+
+/// A warning when a token would cross the network in clear: plain http to
+/// an address that is not this machine's.
+pub fn clear_token_warning(api: &str, token: Option<&str>) -> Option<String> {
+    let url = Url::parse(api).ok()?;
+    let loopback = match url.host()? {
+        Host::Ipv4(a) => a.is_loopback(),
+        Host::Ipv6(a) => a.is_loopback(),
+        Host::Domain(d) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
     };
+    (token.is_some() && url.scheme() == "http" && !loopback).then(|| {
+        format!(
+            "warning: sending the API token in clear over plain http to {}: anyone on the way can read it; put TLS in front of the node and use an https:// address",
+            url.host_str().unwrap_or_default()
+        )
+    })
+}
+
+/// Runs one command; what it prints goes to `out`.
+/// A token about to cross the network in clear is warned about on stderr
+/// first.
+pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    if let Some(warning) = clear_token_warning(&api.api, api.token.as_deref()) {
+        eprintln!("{warning}");
+    }
     let (value, table) = match command {
         ControlCommand::Deploy(a) => {
             let model = match &a.model {
-                Some(m) => Some(client.upload("/v1/models", m).await?),
+                Some(m) => Some(client.upload("models", "", m).await?),
                 None => None,
             };
             let module = client
                 .upload(
-                    &module_path(model.as_ref().map(|m| &m["digest"]), &a.config),
+                    "modules",
+                    &module_query(model.as_ref().map(|m| &m["digest"]), &a.config),
                     &a.module,
                 )
                 .await?;
@@ -199,29 +291,37 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 }
             }
             let r = client.put_deployment(&a.name, &body).await?;
-            let line = format!(
-                "deployed {} version {} ({}, module {})\n",
+            let mut lines = String::new();
+            for topic in r["created_topics"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    lines,
+                    "created topic {} ({} partitions)",
+                    text(topic),
+                    r["partitions"]
+                );
+            }
+            let _ = writeln!(
+                lines,
+                "deployed {} version {} ({}, module {})",
                 a.name,
                 r["version"],
                 r["world"].as_str().unwrap_or("?"),
                 short(module["digest"].as_str())
             );
-            (r, line)
+            (r, lines)
         }
         ControlCommand::Ls => {
-            let r = client.get("/v1/deployments").await?;
+            let r = client.get(&["v1", "deployments"]).await?;
             let table = ls_table(&r);
             (r, table)
         }
         ControlCommand::Status { name } => {
-            let r = client
-                .get(&format!("/v1/deployments/{name}/status"))
-                .await?;
+            let r = client.get(&["v1", "deployments", name, "status"]).await?;
             let table = status_table(&r);
             (r, table)
         }
         ControlCommand::Swap(a) => {
-            let current = client.get(&format!("/v1/deployments/{}", a.name)).await?;
+            let current = client.get(&["v1", "deployments", &a.name]).await?;
             let version = current["versions"]
                 .as_array()
                 .and_then(|vs| vs.iter().find(|v| v["version"] == current["current"]))
@@ -231,7 +331,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 anyhow::bail!("nothing to swap: give a module, --model FILE or --config KEY=VALUE");
             }
             let model = match &a.model {
-                Some(m) => client.upload("/v1/models", m).await?["digest"].clone(),
+                Some(m) => client.upload("models", "", m).await?["digest"].clone(),
                 None => version["model"]
                     .as_str()
                     .map_or(Value::Null, |m| json!(format!("sha256:{m}"))),
@@ -246,8 +346,8 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             };
             let module = match &a.module {
                 Some(m) => {
-                    let path = module_path((!model.is_null()).then_some(&model), &config);
-                    client.upload(&path, m).await?["digest"].clone()
+                    let query = module_query((!model.is_null()).then_some(&model), &config);
+                    client.upload("modules", &query, m).await?["digest"].clone()
                 }
                 None => json!(format!(
                     "sha256:{}",
@@ -279,7 +379,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
         ControlCommand::Rollback { name, to } => {
             let body = to.map_or_else(|| json!({}), |v| json!({ "to": v }));
             let r = client
-                .post_json(&format!("/v1/deployments/{name}/rollback"), &body)
+                .post_json(&["v1", "deployments", name, "rollback"], &body)
                 .await?;
             let line = format!(
                 "rolled {name} back to version {} as version {}\n",
@@ -289,13 +389,13 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
         }
         ControlCommand::Pause { name } => {
             let r = client
-                .post_json(&format!("/v1/deployments/{name}/pause"), &json!({}))
+                .post_json(&["v1", "deployments", name, "pause"], &json!({}))
                 .await?;
             (r, format!("paused {name}\n"))
         }
         ControlCommand::Resume { name } => {
             let r = client
-                .post_json(&format!("/v1/deployments/{name}/resume"), &json!({}))
+                .post_json(&["v1", "deployments", name, "resume"], &json!({}))
                 .await?;
             (r, format!("resumed {name}\n"))
         }
@@ -304,7 +404,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 .send(
                     client
                         .http
-                        .delete(client.url(&format!("/v1/deployments/{name}"))),
+                        .delete(client.url(&["v1", "deployments", name])?),
                 )
                 .await?;
             (json!({ "deleted": name }), format!("deleted {name}\n"))
@@ -322,9 +422,9 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
     Ok(())
 }
 
-/// `/v1/modules` with the query that lets the API run the function's init:
+/// The query of `/v1/modules` that lets the API run the function's init:
 /// its config and, for a scorer, its model.
-fn module_path(model: Option<&Value>, config: &[(String, String)]) -> String {
+fn module_query(model: Option<&Value>, config: &[(String, String)]) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in config {
         query.append_pair("config", &format!("{k}={v}"));
@@ -332,12 +432,7 @@ fn module_path(model: Option<&Value>, config: &[(String, String)]) -> String {
     if let Some(m) = model.and_then(Value::as_str) {
         query.append_pair("model", m);
     }
-    let query = query.finish();
-    if query.is_empty() {
-        "/v1/modules".to_owned()
-    } else {
-        format!("/v1/modules?{query}")
-    }
+    query.finish()
 }
 
 /// `sha256:0123456789ab…` → `0123456789ab`.
@@ -537,4 +632,73 @@ fn status_table(v: &Value) -> String {
     out.push_str("\nversions:\n");
     out.push_str(&table(&["VERSION", "MODULE", "MODEL", "REASON"], &versions));
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+mod tests {
+    use super::*;
+
+    fn client(api: &str) -> Client {
+        Client::new(&ApiArgs {
+            api: api.to_owned(),
+            token: None,
+            json: false,
+            api_timeout: 60,
+        })
+        .expect("a valid API address")
+    }
+
+    #[test]
+    fn names_are_escaped_in_paths() {
+        let c = client("http://127.0.0.1:7070/");
+        assert_eq!(
+            c.url(&["v1", "deployments", "a/b?c#d e", "status"])
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:7070/v1/deployments/a%2Fb%3Fc%23d%20e/status"
+        );
+        let c = client("https://runnel.example/prefix");
+        assert_eq!(
+            c.url(&["v1", "deployments", "d"]).unwrap().as_str(),
+            "https://runnel.example/prefix/v1/deployments/d"
+        );
+        for name in ["", ".", ".."] {
+            let err = c.url(&["v1", "deployments", name]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{name:?} cannot be a deployment name")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_api_address_must_be_http_or_https() {
+        for bad in ["127.0.0.1:7070", "ftp://host", "http//host", ""] {
+            let err = api_url(bad).expect_err(bad).to_string();
+            assert!(err.starts_with(&format!("--api {bad:?} is not")), "{err}");
+            assert!(err.contains("http://127.0.0.1:7070"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_clear_off_this_machine_is_warned_about() {
+        let t = Some("secret");
+        for quiet in [
+            ("http://127.0.0.1:7070", t),
+            ("http://127.8.9.10:7070", t),
+            ("http://[::1]:7070", t),
+            ("http://localhost:7070", t),
+            ("https://runnel.example", t),
+            ("http://runnel.example", None),
+        ] {
+            assert_eq!(clear_token_warning(quiet.0, quiet.1), None, "{quiet:?}");
+        }
+        let w = clear_token_warning("http://10.0.0.7:7070", t).unwrap_or_default();
+        assert!(
+            w.starts_with("warning: sending the API token in clear over plain http to 10.0.0.7"),
+            "{w}"
+        );
+        assert!(w.contains("https://"), "{w}");
+    }
 }

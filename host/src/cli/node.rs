@@ -77,8 +77,9 @@ pub struct DevArgs {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub node: NodeArgs,
-    /// Partitions of the topics `dev` creates for the deployments.
-    #[arg(long, default_value_t = 3)]
+    /// Partitions of the topics `dev` creates: those of the config file's
+    /// deployments at start, and the missing ones of each `runnel deploy`.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
 }
 
@@ -124,11 +125,15 @@ fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)
     Ok((engine, config, deployments))
 }
 
+/// Runs a node until SIGINT or SIGTERM. `create_topics`: the partitions of
+/// the topics it creates for deployments made through its API (`dev`), or
+/// `None` to refuse deployments whose topics do not exist (`serve`).
 async fn run_node(
     kafka: KafkaOptions,
     args: &NodeArgs,
     engine: Engine,
     deployments: Vec<Deployment>,
+    create_topics: Option<i32>,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = deployments.iter().map(|d| d.spec.name.clone()).collect();
     let options = ControlOptions {
@@ -137,6 +142,7 @@ async fn run_node(
         token: args.token.clone(),
         insecure_no_token: args.insecure_no_token,
         node_id: args.node_id.clone(),
+        create_topics,
         ..ControlOptions::new(kafka.clone())
     };
     let control = ControlPlane::start(options, engine, deployments).await?;
@@ -186,7 +192,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         brokers: args.brokers,
         properties: args.node.kafka.clone(),
     };
-    run_node(kafka, &args.node, engine, deployments).await
+    run_node(kafka, &args.node, engine, deployments, None).await
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -205,8 +211,19 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         topics.push(d.dead_letter_topic());
     }
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    ensure_topics(&kafka, &topics, args.partitions).await?;
-    run_node(kafka, &args.node, engine, deployments).await?;
+    // Without a config file there is nothing to create yet (and the broker
+    // refuses a request to create no topics).
+    if !topics.is_empty() {
+        ensure_topics(&kafka, &topics, args.partitions).await?;
+    }
+    run_node(
+        kafka,
+        &args.node,
+        engine,
+        deployments,
+        Some(args.partitions),
+    )
+    .await?;
     drop(broker);
     Ok(())
 }

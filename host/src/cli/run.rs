@@ -2,7 +2,8 @@
 //!
 //! It is the author's test harness: the same engine, limits and trap handling
 //! as a node, with records read from JSON lines (or one raw value per line)
-//! and outputs written as JSON lines.
+//! and outputs written as JSON lines. With `--expect FILE` it is a golden
+//! test: the outputs and the errors, in input order, are compared with FILE.
 //!
 //! Exit codes:
 //!
@@ -13,10 +14,11 @@
 //! | 2 | the command line is wrong |
 //! | 3 | the module was refused: not a component, unknown world, over a limit, or its `init` failed |
 //! | 4 | some records failed (a malformed input line, an error the function returned, or a trap); the others were processed |
+//! | 5 | `--expect FILE`: the outputs and errors differ from FILE (a diff is on stderr) |
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_RECORDS_FAILED: u8 = 4;
+pub const EXIT_UNEXPECTED: u8 = 5;
 
 /// How input lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -74,6 +77,15 @@ pub struct RunArgs {
     /// Neither read nor write the compiled-module cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Compare the outputs and errors with this file instead of printing
+    /// them, and exit 5 with a diff when they differ. The file holds, in
+    /// input order, each output as `runnel run` prints it and each failed
+    /// record as `{"line": N, "error": "message"}`, one JSON value a line.
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<PathBuf>,
+    /// With `--expect FILE`: write FILE from this run instead of comparing.
+    #[arg(long, requires = "expect")]
+    pub bless: bool,
 }
 
 pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -305,6 +317,8 @@ fn run_inner(
     let io_err = |e: std::io::Error| (EXIT_FAILURE, format!("cannot write output: {e}"));
     let mut line_no = 0usize;
     let mut text = String::new();
+    // With --expect, results are kept as lines to compare instead of printed.
+    let mut results: Option<Vec<String>> = args.expect.as_ref().map(|_| Vec::new());
     loop {
         text.clear();
         let n = reader.read_line(&mut text).map_err(|e| {
@@ -322,7 +336,14 @@ fn run_inner(
             }
         }
         if pending.len() >= args.batch_size as usize || (eof && !pending.is_empty()) {
-            run_batch(&mut worker, &mut batch, &pending, &mut tally, out, err)
+            let sink = match results.as_mut() {
+                Some(lines) => Sink::Collect(lines),
+                None => Sink::Print {
+                    out: &mut *out,
+                    err: &mut *err,
+                },
+            };
+            run_batch(&mut worker, &mut batch, &pending, &mut tally, sink)
                 .map_err(fail(EXIT_REFUSED))?;
             pending.clear();
         }
@@ -338,6 +359,9 @@ fn run_inner(
         tally.records, tally.outputs, tally.dropped, tally.failed, stats.traps, stats.batches
     )
     .map_err(io_err)?;
+    if let (Some(path), Some(got)) = (&args.expect, &results) {
+        return expect(path, got, args.bless, err);
+    }
     Ok(if tally.failed > 0 {
         EXIT_RECORDS_FAILED
     } else {
@@ -345,13 +369,169 @@ fn run_inner(
     })
 }
 
+/// `--expect FILE`: compares `got` with FILE (or writes it, with `--bless`).
+fn expect(
+    path: &Path,
+    got: &[String],
+    bless: bool,
+    err: &mut dyn Write,
+) -> Result<u8, (u8, String)> {
+    let io_err = |e: std::io::Error| (EXIT_FAILURE, format!("cannot write output: {e}"));
+    if bless {
+        let mut text = got.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(path, text).map_err(|e| {
+            (
+                EXIT_FAILURE,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+        writeln!(err, "wrote {} lines to {}", got.len(), path.display()).map_err(io_err)?;
+        return Ok(EXIT_OK);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!(
+                "cannot read the expected results {}: {e} (--bless writes it from this run)",
+                path.display()
+            ),
+        )
+    })?;
+    let expected: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
+    let diff = diff_lines(&expected, got);
+    if diff.is_empty() {
+        writeln!(err, "the results match {}", path.display()).map_err(io_err)?;
+        return Ok(EXIT_OK);
+    }
+    writeln!(
+        err,
+        "the results differ from {} (- expected, + this run; line numbers of each):",
+        path.display()
+    )
+    .map_err(io_err)?;
+    const SHOWN: usize = 40;
+    for d in diff.iter().take(SHOWN) {
+        writeln!(err, "{d}").map_err(io_err)?;
+    }
+    if diff.len() > SHOWN {
+        writeln!(err, "... and {} more lines", diff.len() - SHOWN).map_err(io_err)?;
+    }
+    writeln!(
+        err,
+        "(if this run is right, --bless writes it to {})",
+        path.display()
+    )
+    .map_err(io_err)?;
+    Ok(EXIT_UNEXPECTED)
+}
+
+/// Two lines are the same result when they are equal as JSON (key order and
+/// spacing aside), or as text when either is not JSON.
+fn same(expected: &str, got: &str) -> bool {
+    match (
+        serde_json::from_str::<Value>(expected),
+        serde_json::from_str::<Value>(got),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => expected == got,
+    }
+}
+
+/// The lines that differ, `-N: line` for an expected line (N: its line in
+/// the file) and `+N: line` for a result (N: its position), along a longest
+/// common subsequence; position by position when both are long.
+fn diff_lines(expected: &[(usize, &str)], got: &[String]) -> Vec<String> {
+    let (n, m) = (expected.len(), got.len());
+    let mut out = Vec::new();
+    if n.saturating_mul(m) > 4_000_000 {
+        for i in 0..n.max(m) {
+            match (expected.get(i), got.get(i)) {
+                (Some((_, e)), Some(g)) if same(e, g) => {}
+                (e, g) => {
+                    if let Some((no, e)) = e {
+                        out.push(format!("-{no}: {e}"));
+                    }
+                    if let Some(g) = g {
+                        out.push(format!("+{}: {g}", i + 1));
+                    }
+                }
+            }
+        }
+        return out;
+    }
+    // lcs[i][j]: the longest common subsequence of expected[i..] and got[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if same(expected[i].1, &got[j]) {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && same(expected[i].1, &got[j]) {
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push(format!("-{}: {}", expected[i].0, expected[i].1));
+            i += 1;
+        } else {
+            out.push(format!("+{}: {}", j + 1, got[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+/// Where a batch's results go: printed (outputs on stdout, errors on
+/// stderr), or collected as lines for `--expect`.
+enum Sink<'a> {
+    Print {
+        out: &'a mut dyn Write,
+        err: &'a mut dyn Write,
+    },
+    Collect(&'a mut Vec<String>),
+}
+
+impl Sink<'_> {
+    fn output(&mut self, line: &Value) -> std::io::Result<()> {
+        match self {
+            Sink::Print { out, .. } => writeln!(out, "{line}"),
+            Sink::Collect(lines) => {
+                lines.push(line.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn error(&mut self, line: usize, message: &str) -> std::io::Result<()> {
+        match self {
+            Sink::Print { err, .. } => writeln!(err, "line {line}: {message}"),
+            Sink::Collect(lines) => {
+                lines.push(json!({ "line": line, "error": message }).to_string());
+                Ok(())
+            }
+        }
+    }
+}
+
 fn run_batch(
     worker: &mut Worker,
     batch: &mut BatchBuilder,
     pending: &[Result<Input, (usize, String)>],
     tally: &mut Tally,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
+    mut sink: Sink<'_>,
 ) -> Result<(), String> {
     let write_err = |e: std::io::Error| format!("cannot write output: {e}");
     let inputs: Vec<&Input> = pending.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -384,7 +564,7 @@ fn run_batch(
             Ok(input) => input,
             Err((line, message)) => {
                 tally.failed += 1;
-                writeln!(err, "line {line}: {message}").map_err(write_err)?;
+                sink.error(*line, message).map_err(write_err)?;
                 continue;
             }
         };
@@ -394,18 +574,20 @@ fn run_batch(
             Outcome::Keep => {
                 let record = view.get(k - 1).map_err(|e| e.to_string())?;
                 tally.outputs += 1;
-                writeln!(out, "{}", output_json(input.line, &record)).map_err(write_err)?;
+                sink.output(&output_json(input.line, &record))
+                    .map_err(write_err)?;
             }
             Outcome::Drop => tally.dropped += 1,
             Outcome::Emit { .. } => {
                 for record in processed.outputs_of(k - 1) {
                     tally.outputs += 1;
-                    writeln!(out, "{}", output_json(input.line, &record)).map_err(write_err)?;
+                    sink.output(&output_json(input.line, &record))
+                        .map_err(write_err)?;
                 }
             }
             Outcome::Failed { message, .. } => {
                 tally.failed += 1;
-                writeln!(err, "line {}: {message}", input.line).map_err(write_err)?;
+                sink.error(input.line, message).map_err(write_err)?;
             }
         }
     }

@@ -37,6 +37,9 @@ pub struct AppState {
     pub token: Option<String>,
     pub reconciled: Arc<Reconciled>,
     pub max_model_bytes: usize,
+    /// Partitions of the topics a deployment names that do not exist yet,
+    /// created for it (`runnel dev`); `None` refuses such a deployment.
+    pub create_topics: Option<i32>,
 }
 
 type S = State<Arc<AppState>>;
@@ -366,7 +369,8 @@ fn strip_digest(d: &str) -> &str {
 /// Creates a deployment, or makes a new version of it (a swap: same topics;
 /// module, model, config or limits change). Validated before anything is
 /// written: the module and model exist, the topics exist, and the function
-/// starts with this config and model.
+/// starts with this config and model. A node that creates topics (`runnel
+/// dev`) creates the missing ones once the rest is valid, and says which.
 async fn put_deployment(
     State(state): S,
     Path(name): Path<String>,
@@ -415,7 +419,10 @@ async fn put_deployment(
         .clone()
         .unwrap_or_else(|| format!("{}.dlq", req.output));
     topics.push(&dlq);
-    check_topics(&state.kafka, &topics).await?;
+    let missing = missing_topics(&state.kafka, &topics).await?;
+    if !missing.is_empty() && state.create_topics.is_none() {
+        return Err(unprocessable(missing_topics_message(&missing)));
+    }
 
     let memory_mib = req.memory_mib.unwrap_or(128);
     let timeout_ms = req.timeout_ms.unwrap_or(5000);
@@ -480,16 +487,24 @@ async fn put_deployment(
             StatusCode::CREATED,
         ),
     };
+    if let (false, Some(partitions)) = (missing.is_empty(), state.create_topics) {
+        let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+        crate::kafka::create_topics(&state.kafka, &names, partitions, &[])
+            .await
+            .map_err(|e| internal(format!("{e:#}")))?;
+    }
     let v = record.push_version(version);
     state
         .registry
         .put_deployment(&record)
         .await
         .map_err(internal)?;
-    Ok((
-        status,
-        Json(json!({ "name": name, "version": v, "world": world.to_string() })),
-    ))
+    let mut body = json!({ "name": name, "version": v, "world": world.to_string() });
+    if !missing.is_empty() {
+        body["created_topics"] = json!(missing);
+        body["partitions"] = json!(state.create_topics);
+    }
+    Ok((status, Json(body)))
 }
 
 /// A new version keeps the deployment's topics.
@@ -516,7 +531,23 @@ fn keeps_topics(
     }
 }
 
-async fn check_topics(kafka: &KafkaOptions, topics: &[&str]) -> Result<()> {
+/// What to say when a deployment names topics that do not exist on a node
+/// that does not create them.
+fn missing_topics_message(missing: &[String]) -> String {
+    let quoted: Vec<String> = missing.iter().map(|t| format!("{t:?}")).collect();
+    let (what, verb, it) = match missing.len() {
+        1 => ("topic", "does", "it"),
+        _ => ("topics", "do", "them"),
+    };
+    format!(
+        "{what} {} {verb} not exist: create {it} first with `runnel topic create {}` (a node started with `runnel dev` creates a deployment's topics itself)",
+        quoted.join(", "),
+        missing.join(" ")
+    )
+}
+
+/// The topics of `topics` the cluster does not have.
+async fn missing_topics(kafka: &KafkaOptions, topics: &[&str]) -> Result<Vec<String>> {
     let kafka = kafka.clone();
     let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
@@ -535,14 +566,13 @@ async fn check_topics(kafka: &KafkaOptions, topics: &[&str]) -> Result<()> {
             .filter(|t| t.error().is_none())
             .map(|t| t.name())
             .collect();
-        for t in &topics {
-            if !known.contains(&t.as_str()) {
-                return Err(unprocessable(format!(
-                    "topic {t:?} does not exist: create it first"
-                )));
+        let mut missing: Vec<String> = Vec::new();
+        for t in topics {
+            if !known.contains(&t.as_str()) && !missing.contains(&t) {
+                missing.push(t);
             }
         }
-        Ok(())
+        Ok(missing)
     })
     .await
     .map_err(internal)?

@@ -34,6 +34,9 @@ pub struct ControlOptions {
     /// This node's name in the cluster status; default: the host name (a
     /// pod's name on Kubernetes) and the process id.
     pub node_id: Option<String>,
+    /// A deployment's topics that do not exist are created with this many
+    /// partitions (`runnel dev`); `None` refuses the deployment instead.
+    pub create_topics: Option<i32>,
 }
 
 /// How often a node reports what it runs, and when a report is stale.
@@ -93,6 +96,7 @@ impl ControlOptions {
             insecure_no_token: false,
             max_model_bytes: 64 << 20,
             node_id: None,
+            create_topics: None,
         }
     }
 }
@@ -174,6 +178,7 @@ impl ControlPlane {
             token: options.token.clone(),
             reconciled,
             max_model_bytes: options.max_model_bytes,
+            create_topics: options.create_topics,
         }));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

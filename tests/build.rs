@@ -22,6 +22,8 @@ const WORKSPACES: &[(&str, &[&str])] = &[
             "identity-map",
             "echo-scorer",
             "unknown-world",
+            "contract-breaker",
+            "big-data",
         ],
     ),
 ];

@@ -52,6 +52,14 @@ pub struct DeploymentSpec {
     /// Time limit of one call into the function, in milliseconds.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// The most output records one input record may produce; more is a
+    /// bug of the function (it traps). Default 10,000.
+    #[serde(default = "defaults::max_outputs_per_record")]
+    pub max_outputs_per_record: u32,
+    /// The most bytes of output records one call may return, in MiB; more
+    /// is a bug of the function (it traps). Default 64.
+    #[serde(default = "defaults::max_output_mib")]
+    pub max_output_mib: u64,
     /// Records per call into the function.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
@@ -65,12 +73,18 @@ pub struct DeploymentSpec {
     pub workers: usize,
 }
 
-mod defaults {
+pub mod defaults {
     pub fn memory_mib() -> u64 {
         128
     }
     pub fn timeout_ms() -> u64 {
         5000
+    }
+    pub fn max_outputs_per_record() -> u32 {
+        crate::engine::Limits::default().max_outputs_per_record
+    }
+    pub fn max_output_mib() -> u64 {
+        crate::engine::Limits::default().max_output_bytes >> 20
     }
     pub fn batch_size() -> usize {
         256

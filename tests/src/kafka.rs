@@ -200,6 +200,8 @@ pub fn spec(
             .collect(),
         memory_mib: 64,
         timeout_ms: 2000,
+        max_outputs_per_record: runnel_host::config::defaults::max_outputs_per_record(),
+        max_output_mib: runnel_host::config::defaults::max_output_mib(),
         batch_size: 32,
         linger_ms: 10,
         workers: 2,

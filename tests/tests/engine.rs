@@ -69,6 +69,65 @@ fn a_corrupt_cache_file_is_recompiled() {
     assert!(!again.from_cache());
 }
 
+/// A cache file whose compiled bytes were changed or cut short fails its
+/// digest before wasmtime deserializes it: the module is compiled again and
+/// the file replaced, so that the next load comes from the cache again.
+#[test]
+fn a_tampered_or_truncated_cache_file_is_recompiled_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = guest(guests::IDENTITY_FILTER);
+    engine(Some(dir.path())).load("f", &bytes).unwrap();
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .unwrap();
+    let good = std::fs::read(&file).unwrap();
+    let mut tampered = good.clone();
+    // A byte of the machine code, past the header and the digest.
+    let at = good.len() / 2;
+    tampered[at] ^= 0x40;
+    for damaged in [tampered, good[..good.len() - 100].to_vec()] {
+        std::fs::write(&file, &damaged).unwrap();
+        let again = engine(Some(dir.path())).load("f", &bytes).unwrap();
+        assert!(!again.from_cache());
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            good,
+            "the file was not replaced"
+        );
+        let third = engine(Some(dir.path())).load("f", &bytes).unwrap();
+        assert!(third.from_cache());
+    }
+    // The folder is private, and holds no temporary file.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+/// One loaded module serves every deployment that runs its digest; each
+/// deployment's errors (and log lines) carry its own name, not the name of
+/// the deployment that loaded it first.
+#[test]
+fn a_shared_module_speaks_under_each_deployments_name() {
+    let first = engine(None).load("first", &guest(guests::HOSTILE)).unwrap();
+    let second = first.with_name("second");
+    assert_eq!(first.name(), "first");
+    assert_eq!(second.digest(), first.digest());
+    let mut w = Worker::new(Arc::new(second), Limits::default(), vec![], None).unwrap();
+    let p = w.process(&mut batch_of(&["panic"])).unwrap();
+    let message = failure(&p.outcomes[0]);
+    assert!(
+        message.starts_with("function `second` panicked"),
+        "{message}"
+    );
+}
+
 #[test]
 fn bad_uploads_are_refused_and_nothing_is_cached() {
     let dir = tempfile::tempdir().unwrap();

@@ -378,6 +378,15 @@ impl<'a> RecordRef<'a> {
         self.header_count as usize
     }
 
+    /// How many bytes this record's frame takes in its batch: where the next
+    /// frame may start at the earliest.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER_LEN
+            + self.key.map_or(0, <[u8]>::len)
+            + self.value.map_or(0, <[u8]>::len)
+            + self.headers.len()
+    }
+
     /// The headers in order, as `(name, value)`; a `None` value is a null header.
     pub fn headers(&self) -> Headers<'a> {
         Headers {
@@ -488,6 +497,17 @@ mod tests {
             headers: &[("a", Some(b"1")), ("b", None)],
         });
         b
+    }
+
+    #[test]
+    fn frame_len_is_where_the_next_frame_starts() {
+        let b = sample();
+        let view = BatchRef::new(b.data(), b.index());
+        assert_eq!(view.get(0).unwrap().frame_len(), b.index()[1] as usize);
+        assert_eq!(
+            b.index()[1] as usize + view.get(1).unwrap().frame_len(),
+            b.data().len()
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)
         None => NodeConfig::default(),
     };
     let engine = Engine::new(EngineConfig {
-        cache_dir: Some(default_cache_dir()),
+        cache_dir: default_cache_dir(),
         ..EngineConfig::default()
     })?;
     let deployments = config

@@ -254,7 +254,7 @@ fn run_inner(
         )
     })?;
     let engine = Engine::new(EngineConfig {
-        cache_dir: (!args.no_cache).then(default_cache_dir),
+        cache_dir: (!args.no_cache).then(default_cache_dir).flatten(),
         max_instances: 16,
         ..EngineConfig::default()
     })
@@ -294,6 +294,7 @@ fn run_inner(
     let limits = Limits {
         memory_bytes: args.memory_mib << 20,
         call_timeout: Duration::from_millis(args.timeout_ms),
+        ..Limits::default()
     };
     let mut worker = Worker::new(Arc::new(module), limits, args.config.clone(), model)
         .map_err(|e| (EXIT_REFUSED, e.to_string()))?;

@@ -442,6 +442,7 @@ async fn put_deployment(
         let limits = Limits {
             memory_bytes: memory_mib << 20,
             call_timeout: Duration::from_millis(timeout_ms),
+            ..Limits::default()
         };
         Worker::new(module.into(), limits, config, model).map_err(|e| e.to_string())?;
         Ok(world)

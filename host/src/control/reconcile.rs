@@ -106,6 +106,8 @@ pub fn build(
             m
         }
     };
+    // The module is shared by digest; its logs and errors must name this deployment.
+    let module = Arc::new(module.with_name(&record.name));
     let model = match &version.model {
         Some(digest) => match registry.artifact(digest) {
             Some((_, bytes)) => Some(bytes.to_vec()),
@@ -123,6 +125,8 @@ pub fn build(
         config: version.config.clone(),
         memory_mib: version.memory_mib,
         timeout_ms: version.timeout_ms,
+        max_outputs_per_record: crate::config::defaults::max_outputs_per_record(),
+        max_output_mib: crate::config::defaults::max_output_mib(),
         batch_size: record.batch_size,
         linger_ms: record.linger_ms,
         workers: record

@@ -11,7 +11,8 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, Batch, Outputs, Verdicts};
-use super::guest_log::{GuestLog, Stream};
+use super::deadline::{BlockedAtDeadline, CallDeadline};
+use super::guest_log::{CallLog, GuestLog, Stream};
 use super::{EPOCH_TICK, Limits, Module, WorldPre};
 
 /// Bytes, for people: "128 MiB", "1.5 GiB", "900 B".
@@ -35,6 +36,16 @@ impl fmt::Display for HumanBytes {
 pub enum CallError {
     #[error("function `{function}` ran past its deadline of {limit:?} per call and was stopped")]
     Deadline { function: Arc<str>, limit: Duration },
+    #[error(
+        "function `{function}` was still waiting in `{call}` (a sleep or a poll) at its deadline \
+         of {limit:?} per call and was stopped"
+    )]
+    Blocked {
+        function: Arc<str>,
+        /// The WASI function it waited in.
+        call: &'static str,
+        limit: Duration,
+    },
     #[error(
         "function `{function}` tried to grow its memory to {}, over its limit of {}",
         HumanBytes(*requested),
@@ -79,8 +90,26 @@ struct MemoryLimiter {
     granted: u64,
 }
 
+/// The most bytes one call may copy out of the guest, in a host call's
+/// arguments or in what an export returns (wasmtime's default, set here so
+/// that an upgrade cannot change it unseen). What the host holds for a call
+/// is bounded by it: 1,000 failures that alias one 20 MB message in guest
+/// memory trap instead of becoming 20 GB in the host.
+pub const HOSTCALL_FUEL: usize = 128 << 20;
+
+/// The most resources (streams, pollables) a guest may hold at once, in the
+/// host's table and in the component's own handle tables. Each costs host
+/// memory outside the guest's limit; a function needs a handful.
+pub const MAX_RESOURCES: usize = 10_000;
+
+/// The most random bytes one `get-random-bytes` call returns (wasmtime-wasi's
+/// default is 64 MiB).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// Tables hold function references; a guest needs a few thousand at most.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// The pooling allocator reserves this many per table, and the limiter
+/// refuses growth past it (`table.grow` then fails in the guest).
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
@@ -110,8 +139,10 @@ impl ResourceLimiter for MemoryLimiter {
 
 pub(crate) struct StoreState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     limiter: MemoryLimiter,
+    /// When the current call ends, for host calls that wait.
+    pub(crate) deadline: CallDeadline,
 }
 
 impl WasiView for StoreState {
@@ -142,6 +173,8 @@ pub struct Instance {
     function: Arc<str>,
     limits: Limits,
     stderr: GuestLog,
+    /// What the current call logged, against its cap.
+    logged: Arc<CallLog>,
 }
 
 impl fmt::Debug for Instance {
@@ -156,28 +189,46 @@ impl fmt::Debug for Instance {
 impl Instance {
     pub(crate) fn new(module: &Module, limits: Limits) -> Result<Self, CallError> {
         let function = module.name.clone();
-        let stderr = GuestLog::new(function.clone(), Stream::Stderr);
+        let logged = Arc::new(CallLog::default());
+        let stderr = GuestLog::new(module.log.clone(), logged.clone(), Stream::Stderr);
         // No preopens, no environment, no arguments, no network: a function
         // sees only its records, clocks and randomness.
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestLog::new(function.clone(), Stream::Stdout))
+            .stdout(GuestLog::new(
+                module.log.clone(),
+                logged.clone(),
+                Stream::Stdout,
+            ))
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            // The host makes what a guest asks for before the guest's
+            // memory limit applies: keep one request small. A guest wanting
+            // more asks again.
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = StoreState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 limit: limits.memory_bytes,
                 exceeded: None,
                 granted: 0,
             },
+            deadline: CallDeadline::new(module.engine.ticks().clone()),
         };
         let mut store = Store::new(module.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
+        store.set_max_component_handles(MAX_RESOURCES);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
+        store
+            .data_mut()
+            .deadline
+            .start(deadline_ticks(limits.call_timeout));
         store.epoch_deadline_trap();
         let instantiated = match &module.pre {
             WorldPre::Filter(pre) => pre.instantiate(&mut store).map(Bound::Filter),
@@ -206,11 +257,17 @@ impl Instance {
             function,
             limits,
             stderr,
+            logged,
         };
         instance
             .store
             .set_epoch_deadline(deadline_ticks(limits.call_timeout));
         Ok(instance)
+    }
+
+    /// The hostcall fuel each copy out of the guest starts with.
+    pub fn hostcall_fuel(&self) -> usize {
+        self.store.hostcall_fuel()
     }
 
     /// The linear memory this instance has, in bytes.
@@ -258,9 +315,11 @@ impl Instance {
     }
 
     fn begin_call(&mut self) {
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        let ticks = deadline_ticks(self.limits.call_timeout);
+        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().deadline.start(ticks);
         self.stderr.clear_tail();
+        self.logged.reset();
     }
 
     /// Names what killed the instance.
@@ -271,6 +330,13 @@ impl Instance {
                 function,
                 requested,
                 limit: self.limits.memory_bytes,
+            };
+        }
+        if let Some(blocked) = error.downcast_ref::<BlockedAtDeadline>() {
+            return CallError::Blocked {
+                function,
+                call: blocked.call,
+                limit: self.limits.call_timeout,
             };
         }
         let said = self.stderr.tail();
@@ -298,7 +364,19 @@ impl Instance {
                 }
             }
             _ => {
-                let mut trap = trap.map_or_else(|| format!("{error:#}"), |t| t.to_string());
+                // A host call's error, without the wasm backtrace that
+                // wasmtime wraps around it (the innermost frame is named below).
+                let mut trap = trap.map_or_else(
+                    || {
+                        error
+                            .chain()
+                            .map(ToString::to_string)
+                            .filter(|e| !e.starts_with("error while executing at wasm backtrace"))
+                            .collect::<Vec<_>>()
+                            .join(": ")
+                    },
+                    |t| t.to_string(),
+                );
                 if let Some(at) = innermost_function(&error) {
                     trap.push_str(&format!(" in `{at}`"));
                 }

@@ -13,6 +13,7 @@
 
 mod bindings;
 mod cache;
+mod deadline;
 mod guest_log;
 mod instance;
 mod worker;
@@ -25,10 +26,16 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 
-pub use cache::{ArtifactCache, default_dir as default_cache_dir};
-pub use instance::{CallError, Instance};
+pub use cache::{ArtifactCache, CacheError, default_dir as default_cache_dir};
+pub use guest_log::{
+    DROP_NOTE_INTERVAL, LOG_BURST, LOG_BYTES_PER_CALL, LOG_BYTES_PER_SECOND, MAX_LINE, WRITE_PERMIT,
+};
+pub use instance::{CallError, HOSTCALL_FUEL, Instance, MAX_RANDOM_BYTES, MAX_RESOURCES};
+pub use worker::MAX_FAILURE_MESSAGE;
 pub use worker::{Outcome, Processed, Worker};
 
+use deadline::Ticks;
+use guest_log::LogBudget;
 use instance::StoreState;
 
 /// How often the epoch ticks: the granularity of call deadlines.
@@ -51,7 +58,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            cache_dir: Some(default_cache_dir()),
+            cache_dir: default_cache_dir(),
             max_module_bytes: 32 << 20,
             max_instances: 256,
             max_memory_bytes: 1 << 30,
@@ -59,13 +66,21 @@ impl Default for EngineConfig {
     }
 }
 
-/// What one instance of a function may use.
+/// What one instance of a function may use, and return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Linear memory, in bytes. An ML scorer needs its model's size and more.
     pub memory_bytes: u64,
-    /// Wall-clock time one call (`init`, or one batch) may take.
+    /// Wall-clock time one call (`init`, or one batch) may take, host calls
+    /// (a sleep, a poll) included.
     pub call_timeout: Duration,
+    /// The most output records one input record may produce (a scorer's is
+    /// always 1). Default 10,000.
+    pub max_outputs_per_record: u32,
+    /// The most bytes of output frames one call may return. Default 64 MiB;
+    /// whatever the setting, what one call returns is also bounded by the
+    /// hostcall fuel ([`HOSTCALL_FUEL`]).
+    pub max_output_bytes: u64,
 }
 
 impl Default for Limits {
@@ -73,6 +88,8 @@ impl Default for Limits {
         Self {
             memory_bytes: 128 << 20,
             call_timeout: Duration::from_secs(5),
+            max_outputs_per_record: 10_000,
+            max_output_bytes: 64 << 20,
         }
     }
 }
@@ -156,6 +173,8 @@ pub struct Module {
     size: usize,
     from_cache: bool,
     pre: WorldPre,
+    /// What the guest may log, shared by every instance of this module.
+    log: Arc<LogBudget>,
 }
 
 impl fmt::Debug for Module {
@@ -181,6 +200,25 @@ impl Module {
     /// The name used in logs and errors.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same compiled module under another name, with a log budget of its
+    /// own: one loaded module serves every deployment that runs it, and each
+    /// deployment's log lines and errors must carry its own name, and its
+    /// log rate must be its own.
+    pub fn with_name(&self, name: &str) -> Module {
+        let name: Arc<str> = name.into();
+        Module {
+            log: Arc::new(LogBudget::new(name.clone())),
+            name,
+            ..self.clone()
+        }
+    }
+
+    /// Bytes of guest output (stdout and stderr) that were not logged: past
+    /// the cap per call, over the deployment's rate, or cut from long lines.
+    pub fn log_dropped_bytes(&self) -> u64 {
+        self.log.dropped_bytes()
     }
 
     /// sha256 of the module's bytes, in hex: its identity.
@@ -213,6 +251,8 @@ struct EngineInner {
     linker: Linker<StoreState>,
     cache: Option<ArtifactCache>,
     config: EngineConfig,
+    /// Epoch ticks so far: host calls that wait measure the deadline in them.
+    ticks: Ticks,
 }
 
 /// Compiles and validates function components. Cheap to clone.
@@ -243,6 +283,7 @@ impl Engine {
             .max_memories_per_component(2)
             .max_tables_per_component(8)
             .max_core_instances_per_component(16)
+            .table_elements(instance::MAX_TABLE_ELEMENTS)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             // Memories and tables stay mapped between instances of a module.
             .max_unused_warm_slots(n / 2);
@@ -268,17 +309,23 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&wt).map_err(engine_err)?;
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-        spawn_epoch_ticker(&wasmtime);
-        let cache = config
-            .cache_dir
-            .clone()
-            .map(|dir| ArtifactCache::new(dir, &wasmtime));
+        deadline::bound_blocking_calls(&mut linker).map_err(engine_err)?;
+        let ticks = Ticks::default();
+        spawn_epoch_ticker(&wasmtime, ticks.clone());
+        let cache = config.cache_dir.clone().and_then(|dir| {
+            ArtifactCache::open(dir, &wasmtime)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "compiled modules will not be cached");
+                })
+                .ok()
+        });
         Ok(Self {
             inner: Arc::new(EngineInner {
                 wasmtime,
                 linker,
                 cache,
                 config,
+                ticks,
             }),
         })
     }
@@ -293,6 +340,10 @@ impl Engine {
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.wasmtime
+    }
+
+    pub(crate) fn ticks(&self) -> &Ticks {
+        &self.inner.ticks
     }
 
     /// Validates and compiles `bytes` (or loads the compiled code from the
@@ -340,9 +391,11 @@ impl Engine {
             cache.put(&digest, &component);
         }
         tracing::debug!(function = name, %digest, %world, from_cache, elapsed = ?started.elapsed(), "module loaded");
+        let name: Arc<str> = name.into();
         Ok(Module {
             engine: self.clone(),
-            name: name.into(),
+            log: Arc::new(LogBudget::new(name.clone())),
+            name,
             digest,
             world,
             size: bytes.len(),
@@ -393,14 +446,16 @@ fn detect_world(engine: &wasmtime::Engine, component: &Component) -> Result<Worl
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
-fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
+/// Advances the engine's epoch, and `ticks` with it, every [`EPOCH_TICK`]
+/// until the engine is dropped.
+fn spawn_epoch_ticker(engine: &wasmtime::Engine, ticks: Ticks) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new()
         .name("runnel-epoch".into())
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
+                ticks.advance();
                 drop(engine);
                 std::thread::sleep(EPOCH_TICK);
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use runnel_abi::{BatchBuilder, BatchRef, RecordRef};
 
 use super::bindings::{Batch, Failure};
-use super::instance::{CallError, Instance, RawResult};
+use super::instance::{CallError, HumanBytes, Instance, RawResult};
 use super::{Limits, Module};
 
 /// What happened to one input record.
@@ -149,7 +149,7 @@ impl Worker {
         *data = wit.data;
         *index = wit.index;
         let checked = result.and_then(|raw| {
-            check(raw, n).map_err(|reason| CallError::BadOutput { function, reason })
+            check(raw, n, &self.limits).map_err(|reason| CallError::BadOutput { function, reason })
         });
         if let Err(e) = &checked {
             debug_assert!(e.is_trap());
@@ -216,10 +216,17 @@ fn failed(trap: &CallError) -> Outcome {
     }
 }
 
+/// The longest failure message kept, in bytes: it travels in a Kafka header
+/// of the dead letter. A longer one is cut, and says how much was cut.
+pub const MAX_FAILURE_MESSAGE: usize = 1024;
+
 /// Turns what the guest returned into outcomes, refusing anything that does
-/// not add up: a verdict or count per input record, failures in order and in
-/// range, and every output frame well formed.
-fn check(raw: RawResult, n: usize) -> Result<Processed, String> {
+/// not add up: a verdict or count per input record, no more outputs per
+/// record nor bytes per call than the limits allow, failures in order and in
+/// range, and output frames well formed, in order and not overlapping (so
+/// that the host emits no more bytes than the guest returned: frames that
+/// alias one another would multiply them).
+fn check(raw: RawResult, n: usize, limits: &Limits) -> Result<Processed, String> {
     match raw {
         RawResult::Filter(v) => {
             if v.keep.len() != n {
@@ -246,14 +253,24 @@ fn check(raw: RawResult, n: usize) -> Result<Processed, String> {
                     o.counts.len()
                 ));
             }
-            let frames = o.records.index.len();
-            let view = BatchRef::new(&o.records.data, &o.records.index);
-            if let Some(Err(e)) = view.iter().find(Result::is_err) {
-                return Err(format!("output {e}"));
+            let bytes = o.records.data.len() as u64;
+            if bytes > limits.max_output_bytes {
+                return Err(format!(
+                    "its outputs take {} ({bytes} bytes), over the limit of {} per call",
+                    HumanBytes(bytes),
+                    HumanBytes(limits.max_output_bytes)
+                ));
             }
+            let frames = o.records.index.len();
             let mut next: u64 = 0;
             let mut outcomes = Vec::with_capacity(n);
-            for &count in &o.counts {
+            for (i, &count) in o.counts.iter().enumerate() {
+                if count > limits.max_outputs_per_record {
+                    return Err(format!(
+                        "record {i} produced {count} outputs, over the limit of {} per record",
+                        limits.max_outputs_per_record
+                    ));
+                }
                 outcomes.push(if count == 0 {
                     Outcome::Drop
                 } else {
@@ -267,6 +284,7 @@ fn check(raw: RawResult, n: usize) -> Result<Processed, String> {
                     "the counts add up to {next} output records but {frames} were returned"
                 ));
             }
+            check_frames(&o.records.data, &o.records.index)?;
             for f in &o.failures {
                 if o.counts.get(f.index as usize).is_some_and(|&c| c != 0) {
                     return Err(format!(
@@ -284,16 +302,189 @@ fn check(raw: RawResult, n: usize) -> Result<Processed, String> {
     }
 }
 
+/// Every frame decodes, starts at or after the end of the one before, and
+/// ends within the data: the frames' bytes add up to at most the data's.
+fn check_frames(data: &[u8], index: &[u32]) -> Result<(), String> {
+    let view = BatchRef::new(data, index);
+    let mut end = 0usize;
+    for (i, &start) in index.iter().enumerate() {
+        let start = start as usize;
+        if start < end {
+            return Err(format!(
+                "output frame {i} starts at byte {start}, before the end of frame {} at byte \
+                 {end}: frames must be in order and must not overlap",
+                i - 1
+            ));
+        }
+        let record = view.get(i).map_err(|e| format!("output {e}"))?;
+        end = start + record.frame_len();
+    }
+    Ok(())
+}
+
 fn apply_failures(outcomes: &mut [Outcome], failures: Vec<Failure>) -> Result<(), String> {
     let n = outcomes.len();
+    let mut after: Option<u32> = None;
     for f in failures {
+        if after.is_some_and(|a| f.index <= a) {
+            return Err(format!(
+                "a failure names record {} after record {}: failures must be in batch order, \
+                 one per record",
+                f.index,
+                after.unwrap_or_default()
+            ));
+        }
+        after = Some(f.index);
         let slot = outcomes
             .get_mut(f.index as usize)
             .ok_or_else(|| format!("a failure names record {} of a batch of {n}", f.index))?;
         *slot = Outcome::Failed {
-            message: f.error.message,
+            message: cut_message(f.error.message),
             trapped: false,
         };
     }
     Ok(())
+}
+
+/// `message`, cut to [`MAX_FAILURE_MESSAGE`] bytes (at a character boundary)
+/// with a note of how much was cut.
+fn cut_message(mut message: String) -> String {
+    if message.len() <= MAX_FAILURE_MESSAGE {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_FAILURE_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!(" [{} more bytes cut]", total - end));
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::bindings::Outputs;
+    use crate::engine::bindings::filter::runnel::stream::types::RecordError;
+    use runnel_abi::Frame;
+
+    fn frame(value: &[u8]) -> BatchBuilder {
+        let mut b = BatchBuilder::default();
+        b.push(&Frame {
+            partition: -1,
+            offset: -1,
+            timestamp_ms: None,
+            key: None,
+            value: Some(value),
+            headers: &[],
+        });
+        b
+    }
+
+    fn outputs(counts: Vec<u32>, data: Vec<u8>, index: Vec<u32>) -> RawResult {
+        RawResult::Outputs(Outputs {
+            counts,
+            records: Batch { data, index },
+            failures: vec![],
+        })
+    }
+
+    #[test]
+    fn frames_that_alias_one_another_are_refused() {
+        let (data, _) = frame(&[7; 1000]).into_parts();
+        let err = check(outputs(vec![3], data, vec![0, 0, 0]), 1, &Limits::default()).unwrap_err();
+        assert_eq!(
+            err,
+            "output frame 1 starts at byte 0, before the end of frame 0 at byte 1032: frames \
+             must be in order and must not overlap"
+        );
+    }
+
+    #[test]
+    fn frames_out_of_order_or_overlapping_are_refused() {
+        let mut b = frame(b"first");
+        b.push(&Frame {
+            partition: -1,
+            offset: -1,
+            timestamp_ms: None,
+            key: None,
+            value: Some(b"second"),
+            headers: &[],
+        });
+        let (data, index) = b.into_parts();
+        let ok = check(
+            outputs(vec![2], data.clone(), index.clone()),
+            1,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(ok.outcomes, vec![Outcome::Emit { first: 0, count: 2 }]);
+        let swapped = vec![index[1], index[0]];
+        assert!(
+            check(
+                outputs(vec![2], data.clone(), swapped),
+                1,
+                &Limits::default()
+            )
+            .unwrap_err()
+            .contains("must be in order")
+        );
+        // The second frame starting one byte early reads into the first.
+        let overlapping = vec![index[0], index[1] - 1];
+        assert!(check(outputs(vec![2], data, overlapping), 1, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn outputs_per_record_and_bytes_per_call_are_limited() {
+        let limits = Limits {
+            max_outputs_per_record: 2,
+            max_output_bytes: 100,
+            ..Limits::default()
+        };
+        let err = check(outputs(vec![3], vec![], vec![0, 0, 0]), 1, &limits).unwrap_err();
+        assert_eq!(
+            err,
+            "record 0 produced 3 outputs, over the limit of 2 per record"
+        );
+        let (data, index) = frame(&[1; 200]).into_parts();
+        let err = check(outputs(vec![1], data, index), 1, &limits).unwrap_err();
+        assert_eq!(
+            err,
+            "its outputs take 232 B (232 bytes), over the limit of 100 B per call"
+        );
+    }
+
+    #[test]
+    fn failures_are_in_order_and_messages_are_cut() {
+        let fail = |index: u32, message: String| Failure {
+            index,
+            error: RecordError { message },
+        };
+        let mut outcomes = vec![Outcome::Keep; 3];
+        let long = "é".repeat(MAX_FAILURE_MESSAGE);
+        apply_failures(&mut outcomes, vec![fail(0, "short".into()), fail(2, long)]).unwrap();
+        assert_eq!(
+            outcomes[0],
+            Outcome::Failed {
+                message: "short".into(),
+                trapped: false
+            }
+        );
+        let Outcome::Failed { message, .. } = &outcomes[2] else {
+            panic!("{:?}", outcomes[2]);
+        };
+        assert!(
+            message.len() < MAX_FAILURE_MESSAGE + 40,
+            "{}",
+            message.len()
+        );
+        assert!(message.ends_with(" [1024 more bytes cut]"), "{message}");
+        let err = apply_failures(
+            &mut outcomes,
+            vec![fail(1, "a".into()), fail(1, "b".into())],
+        )
+        .unwrap_err();
+        assert!(err.contains("failures must be in batch order"), "{err}");
+    }
 }

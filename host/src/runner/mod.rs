@@ -124,6 +124,8 @@ impl Deployment {
         Limits {
             memory_bytes: self.spec.memory_mib << 20,
             call_timeout: Duration::from_millis(self.spec.timeout_ms),
+            max_outputs_per_record: self.spec.max_outputs_per_record,
+            max_output_bytes: self.spec.max_output_mib << 20,
         }
     }
 }

@@ -2,7 +2,11 @@
 //!
 //! `loop` spins forever, `alloc` allocates without bound, `recurse` overflows
 //! the shadow stack in linear memory, `deep` the wasm stack, `panic` panics, `print` writes to stdout and stderr, `error`
-//! returns a per-record error; anything else is kept.
+//! returns a per-record error; `sleep` sleeps for two minutes (in a host
+//! call, where epoch interruption cannot reach), `stdin` reads stdin to its
+//! end, `flood` prints 100 MB of 100-byte lines to stdout in one `write_all`; anything else is kept.
+
+use std::io::{Read, Write};
 
 use runnel_sdk::{Record, Result, bail};
 
@@ -31,6 +35,24 @@ fn hostile(record: &Record) -> Result<bool> {
             Ok(true)
         }
         "error" => bail!("asked to fail"),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            Ok(true)
+        }
+        "stdin" => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input)?;
+            Ok(input.is_empty())
+        }
+        "flood" => {
+            let mut flood = Vec::with_capacity(100 << 20);
+            while flood.len() < 100 << 20 {
+                flood.extend_from_slice(&[b'x'; 99]);
+                flood.push(b'\n');
+            }
+            std::io::stdout().write_all(&flood)?;
+            Ok(true)
+        }
         _ => Ok(true),
     }
 }

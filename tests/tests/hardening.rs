@@ -596,3 +596,41 @@ async fn runnel_headers_from_the_input_are_replaced_by_runnels_own() {
     assert!(header(d, "runnel-error").unwrap().contains("asked to fail"));
     node.stop();
 }
+
+/// Guest logs are capped per call and per second; what the caps drop is
+/// counted in the status and in `/metrics`, per deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_log_caps_drop_is_counted_per_deployment() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 1).await;
+    // Two short lines per record: 10,000 records print far more than the
+    // per-second allowance and its burst.
+    let n = 10_000;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()
+        .unwrap();
+    for _ in 0..n {
+        producer
+            .send(rdkafka::producer::BaseRecord::<(), _>::to(&input).payload("print"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let mut d = spec("hostile", guests::HOSTILE, &input, &output, &[]);
+    d.batch_size = 1000;
+    let name = d.name.clone();
+    let node = Node::start(&kafka, vec![deployment(d)]).unwrap();
+    let s = wait_for(&node, "every record run", |s| s.records_in == n as u64).await;
+    assert!(s.log_dropped_bytes > 0, "{s:#?}");
+    let metrics = runnel_host::control::metrics::render(&node.status());
+    assert!(
+        metrics.contains(&format!(
+            "runnel_guest_log_dropped_bytes_total{{deployment=\"{name}\"}} {}",
+            s.log_dropped_bytes
+        )),
+        "{metrics}"
+    );
+    node.stop();
+}

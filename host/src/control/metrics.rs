@@ -53,7 +53,7 @@ pub fn state_name(state: &DeploymentState) -> &'static str {
 pub fn render(statuses: &[DeploymentStatus]) -> String {
     let mut out = String::new();
     type Counter = fn(&DeploymentStatus) -> u64;
-    let counters: [(&str, &str, Counter); 8] = [
+    let counters: [(&str, &str, Counter); 9] = [
         (
             "runnel_records_in_total",
             "Records read from the input topics and run.",
@@ -88,6 +88,11 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
             "runnel_deployment_failures_total",
             "Times the deployment failed (a thread panicked, or the dead-letter topic refused a record) and was started again.",
             |s| s.failures,
+        ),
+        (
+            "runnel_guest_log_dropped_bytes_total",
+            "Bytes of the function's stdout and stderr dropped by the log caps (per call, per second), by the version running now.",
+            |s| s.log_dropped_bytes,
         ),
         (
             "runnel_swaps_total",

@@ -280,6 +280,7 @@ impl Exec {
         if let Some(w) = &self.worker {
             s.memory_bytes = w.memory_bytes();
         }
+        s.log_dropped_bytes = self.d.module.log_dropped_bytes();
         if last_failure.is_some() {
             s.last_error = last_failure;
         }

@@ -83,6 +83,9 @@ pub struct DeploymentStatus {
     pub call_seconds: super::histogram::Histogram,
     /// Linear memory of the worker instances, in bytes, last seen.
     pub memory_bytes: u64,
+    /// Bytes of the function's stdout and stderr dropped by the log caps
+    /// (per call and per second), by the version running now.
+    pub log_dropped_bytes: u64,
 }
 
 /// One input partition a node holds.
@@ -121,6 +124,7 @@ impl DeploymentStatus {
             batch_seconds: super::histogram::Histogram::default(),
             call_seconds: super::histogram::Histogram::default(),
             memory_bytes: 0,
+            log_dropped_bytes: 0,
         }
     }
 }

@@ -15,8 +15,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use runnel_abi::{BatchBuilder, BatchRef};
 
 use super::run::{Format, output_json, parse_line};
-use crate::kafka::headers::raw as raw_headers;
-use crate::kafka::{KafkaOptions, push_message};
+use crate::kafka::{KafkaOptions, push_message_lossy};
 
 /// How long an admin request or a metadata read may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -324,27 +323,8 @@ pub fn consume(args: &ConsumeArgs, out: &mut dyn Write) -> anyhow::Result<u64> {
         let m = m.with_context(|| format!("cannot read {}", args.topic))?;
         last = Instant::now();
         frame.clear();
-        if push_message(&mut frame, &m).is_err() {
-            // A header name that is not UTF-8: shown with invalid bytes replaced.
-            let names: Vec<(String, Option<&[u8]>)> = m
-                .headers()
-                .map(|h| {
-                    raw_headers(h)
-                        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let headers: Vec<(&str, Option<&[u8]>)> =
-                names.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            frame.push(&runnel_abi::Frame {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                key: m.key(),
-                value: m.payload(),
-                headers: &headers,
-            });
-        }
+        // Shown, not run: a header name that is not UTF-8 is shown lossily.
+        push_message_lossy(&mut frame, &m);
         let record = BatchRef::new(frame.data(), frame.index()).get(0)?;
         let mut line = output_json(0, &record);
         if let Some(o) = line.as_object_mut() {

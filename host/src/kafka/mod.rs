@@ -345,15 +345,38 @@ pub fn push_message(
             headers.push((name, value));
         }
     }
+    push_with(batch, m, &headers);
+    Ok(())
+}
+
+/// Like [`push_message`], for showing a record rather than running it: a
+/// header name that is not UTF-8 has its invalid bytes replaced.
+pub fn push_message_lossy(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMessage<'_>) {
+    let names: Vec<(std::borrow::Cow<'_, str>, Option<&[u8]>)> = m
+        .headers()
+        .map(|h| {
+            headers::raw(h)
+                .map(|(k, v)| (String::from_utf8_lossy(k), v))
+                .collect()
+        })
+        .unwrap_or_default();
+    let headers: Vec<(&str, Option<&[u8]>)> = names.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+    push_with(batch, m, &headers);
+}
+
+fn push_with(
+    batch: &mut runnel_abi::BatchBuilder,
+    m: &BorrowedMessage<'_>,
+    headers: &[(&str, Option<&[u8]>)],
+) {
     batch.push(&runnel_abi::Frame {
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         key: m.key(),
         value: m.payload(),
-        headers: &headers,
+        headers,
     });
-    Ok(())
 }
 
 #[cfg(test)]

@@ -39,6 +39,12 @@ fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8],
     let name = CString::new(name).unwrap();
     let header_value = b"kept as it came";
     let vu = |vtype, u| rd::rd_kafka_vu_t { vtype, u };
+    let mem = |bytes: &[u8]| rd::rd_kafka_vu_s__bindgen_ty_1 {
+        mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+            ptr: bytes.as_ptr().cast_mut().cast::<c_void>(),
+            size: bytes.len(),
+        },
+    };
     let vus = [
         vu(
             rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
@@ -46,24 +52,8 @@ fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8],
                 cstr: topic.as_ptr(),
             },
         ),
-        vu(
-            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
-            rd::rd_kafka_vu_s__bindgen_ty_1 {
-                mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
-                    ptr: key.as_ptr().cast_mut().cast::<c_void>(),
-                    size: key.len(),
-                },
-            },
-        ),
-        vu(
-            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
-            rd::rd_kafka_vu_s__bindgen_ty_1 {
-                mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
-                    ptr: value.as_ptr().cast_mut().cast::<c_void>(),
-                    size: value.len(),
-                },
-            },
-        ),
+        vu(rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY, mem(key)),
+        vu(rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE, mem(value)),
         vu(
             rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADER,
             rd::rd_kafka_vu_s__bindgen_ty_1 {

@@ -50,6 +50,7 @@ async fn node(kafka: &KafkaOptions, registry: &str) -> ControlPlane {
 async fn post(url: String, body: Vec<u8>) -> Value {
     let r = reqwest::Client::new()
         .post(url)
+        .header("content-type", "application/octet-stream")
         .body(body)
         .send()
         .await

@@ -152,46 +152,47 @@ impl NodeConfig {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// Checks every deployment with the rules the API applies
+    /// ([`crate::rules`]). Registry topics are checked by the node, which
+    /// knows their prefix: see [`NodeConfig::check_reserved`].
     fn check(&self) -> Result<(), String> {
         let mut names = std::collections::BTreeSet::new();
         for d in &self.deployments {
-            if d.name.is_empty()
-                || !d
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(format!(
-                    "deployment name {:?} must be non-empty ASCII letters, digits, `-`, `_` or `.`",
-                    d.name
-                ));
-            }
+            crate::rules::check_name(&d.name)?;
             if !names.insert(&d.name) {
                 return Err(format!("two deployments are named {:?}", d.name));
             }
-            if d.input.is_empty() {
-                return Err(format!("deployment {:?} has no input topic", d.name));
-            }
-            if d.input.contains(&d.output) {
-                return Err(format!(
-                    "deployment {:?} writes to its own input topic {:?}",
-                    d.name, d.output
-                ));
-            }
-            if d.workers == 0 {
-                return Err(format!(
-                    "deployment {:?}: workers must be at least 1",
-                    d.name
-                ));
-            }
-            if d.batch_size == 0 {
-                return Err(format!(
-                    "deployment {:?}: batch_size must be at least 1",
-                    d.name
-                ));
-            }
+            let at = |e: String| format!("deployment {:?}: {e}", d.name);
+            crate::rules::check_topics(&d.input, &d.output, d.dead_letter.as_deref(), &[])
+                .map_err(at)?;
+            d.settings().check().map_err(at)?;
+            crate::rules::check_config(&d.config).map_err(at)?;
         }
         Ok(())
+    }
+
+    /// Refuses a deployment bound to one of runnel's own topics.
+    pub fn check_reserved(&self, reserved: &[&str]) -> Result<(), String> {
+        for d in &self.deployments {
+            crate::rules::check_topics(&d.input, &d.output, d.dead_letter.as_deref(), reserved)
+                .map_err(|e| format!("deployment {:?}: {e}", d.name))?;
+        }
+        Ok(())
+    }
+}
+
+impl DeploymentSpec {
+    /// The settings [`crate::rules`] checks.
+    pub fn settings(&self) -> crate::rules::Settings {
+        crate::rules::Settings {
+            batch_size: self.batch_size as u64,
+            linger_ms: self.linger_ms,
+            workers: Some(self.workers as u64),
+            memory_mib: self.memory_mib,
+            timeout_ms: self.timeout_ms,
+            max_outputs_per_record: u64::from(self.max_outputs_per_record),
+            max_output_mib: self.max_output_mib,
+        }
     }
 }
 
@@ -227,6 +228,21 @@ mod tests {
             "[[deployment]]\nname = \"d\"\nmodule = \"f\"\ninput = [\"t\"]\noutput = \"t\"\n",
         )
         .unwrap();
-        assert!(c.check().unwrap_err().contains("its own input topic"));
+        assert!(c.check().unwrap_err().contains("also an input"));
+        let c = NodeConfig::parse(
+            "[[deployment]]\nname = \"d\"\nmodule = \"f\"\ninput = [\"t\"]\noutput = \"o\"\nworkers = 1000000\n",
+        )
+        .unwrap();
+        assert!(c.check().unwrap_err().contains("workers must be 1 to 256"));
+        let c = NodeConfig::parse(
+            "[[deployment]]\nname = \"d\"\nmodule = \"f\"\ninput = [\"t\"]\noutput = \"runnel.artifacts\"\n",
+        )
+        .unwrap();
+        assert!(c.check().is_ok());
+        assert!(
+            c.check_reserved(&["runnel.artifacts"])
+                .unwrap_err()
+                .contains("registry")
+        );
     }
 }

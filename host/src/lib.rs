@@ -5,7 +5,9 @@
 //! - [`registry`] keeps modules, models and deployments in Kafka; [`control`]
 //!   reconciles a node with it and serves the admin API.
 //! - [`kafka`] holds the rdkafka client settings; [`broker`] the embedded broker.
-//! - [`config`] reads `runnel.toml`; [`cli`] is the `runnel` command line.
+//! - [`config`] reads `runnel.toml`; [`rules`] says what a deployment may be,
+//!   for the API, `runnel.toml` and the registry alike; [`cli`] is the
+//!   `runnel` command line.
 //!
 //! Run a function over records in memory:
 //!
@@ -32,4 +34,5 @@ pub mod control;
 pub mod engine;
 pub mod kafka;
 pub mod registry;
+pub mod rules;
 pub mod runner;

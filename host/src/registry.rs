@@ -96,6 +96,11 @@ pub struct Version {
     pub config: BTreeMap<String, String>,
     pub memory_mib: u64,
     pub timeout_ms: u64,
+    /// Records written before this setting existed read as the default.
+    #[serde(default = "crate::config::defaults::max_outputs_per_record")]
+    pub max_outputs_per_record: u32,
+    #[serde(default = "crate::config::defaults::max_output_mib")]
+    pub max_output_mib: u64,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Why this version exists: `deploy`, `swap`, `rollback to 2`, ...
@@ -159,8 +164,8 @@ pub fn digest(bytes: &[u8]) -> String {
 #[derive(Debug, Default)]
 struct State {
     artifacts: HashMap<String, (ArtifactKind, Arc<[u8]>)>,
-    /// Artifacts still being assembled: digest -> chunks.
-    partial: HashMap<String, Vec<Option<Vec<u8>>>>,
+    /// Artifacts still being assembled, by digest.
+    partial: HashMap<String, Partial>,
     deployments: BTreeMap<String, DeploymentRecord>,
     /// The last report of each node.
     nodes: BTreeMap<String, serde_json::Value>,
@@ -353,6 +358,21 @@ impl Registry {
         }
     }
 
+    /// Whether the broker answers and the registry's topics are there,
+    /// asked with the registry's own client (blocking, up to `timeout`).
+    pub fn reachable(&self, timeout: Duration) -> Result<(), String> {
+        use rdkafka::producer::Producer as _;
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topics.deployments), timeout)
+            .map_err(|e| e.to_string())?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(format!("the registry topic {} is missing", self.topics.deployments)),
+        }
+    }
+
     /// Waits up to `timeout` for reports in flight to be written.
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer as _;
@@ -483,7 +503,7 @@ impl Drop for Registry {
     }
 }
 
-/// The reader: applies every record of both topics to the state.
+/// The reader: applies every record of the registry's topics to the state.
 fn follow(
     consumer: &BaseConsumer,
     topics: &RegistryTopics,
@@ -492,118 +512,629 @@ fn follow(
 ) {
     while !stop.load(Ordering::SeqCst) {
         let m = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
+            None => {
+                lock(&state.0).expire_partial(Instant::now());
+                continue;
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "reading the registry");
                 continue;
             }
             Some(Ok(m)) => m,
         };
+        let headers: Vec<(&[u8], Option<&[u8]>)> = m
+            .headers()
+            .map(|h| crate::kafka::headers::raw(h).collect())
+            .unwrap_or_default();
+        let raw = Raw {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            headers,
+            payload: m.payload(),
+        };
         let mut s = lock(&state.0);
-        let topic = m.topic().to_owned();
-        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-        if topic == topics.nodes {
-            // Reports come every few seconds: they do not wake the reconciler.
-            if let Some(node) = key {
-                match m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    Some(report) => s.nodes.insert(node, report),
-                    None => s.nodes.remove(&node),
-                };
-            }
-            s.positions.insert(topic, m.offset() + 1);
-            continue;
+        let changed = s.apply(topics, &raw, Instant::now());
+        if changed {
+            s.generation += 1;
+            drop(s);
+            state.1.notify_all();
         }
-        if topic == topics.deployments {
-            apply_deployment(&mut s, key, m.payload());
+    }
+}
+
+/// One record of a registry topic as read: any client with write access
+/// may have written any bytes in any field.
+#[derive(Debug, Clone)]
+pub struct Raw<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+    pub payload: Option<&'a [u8]>,
+}
+
+impl Raw<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name.as_bytes())
+            .and_then(|(_, v)| *v)
+    }
+}
+
+/// The largest artifact the registry assembles (modules are capped lower by
+/// the engine, models by `--max-model-bytes`).
+pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
+/// The most chunks an artifact may have.
+pub const MAX_CHUNKS: usize = MAX_ARTIFACT_BYTES.div_ceil(CHUNK);
+/// An upload whose chunks have not all arrived after this long is dropped.
+pub const PARTIAL_TTL: Duration = Duration::from_secs(600);
+/// The most bytes held for uploads still being assembled; past it, the
+/// oldest are dropped.
+pub const PARTIAL_BYTES: usize = MAX_ARTIFACT_BYTES;
+/// The largest deployment record read (the broker's default message size
+/// is 1 MB).
+pub const MAX_DEPLOYMENT_RECORD: usize = 4 << 20;
+/// The most deployments a registry holds.
+pub const MAX_DEPLOYMENTS: usize = 10_000;
+/// The most node reports kept, and the largest one.
+pub const MAX_NODES: usize = 1024;
+pub const MAX_NODE_REPORT: usize = 256 << 10;
+
+/// An artifact being assembled from its chunks.
+#[derive(Debug)]
+struct Partial {
+    kind: ArtifactKind,
+    chunks: Vec<Option<Vec<u8>>>,
+    bytes: usize,
+    started: Instant,
+}
+
+/// Whether `s` is a sha256 digest as the registry writes it: 64 lowercase
+/// hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks a deployment record with the API's rules: its name, its topics
+/// (none of them `topics`, the registry's own), every version's settings,
+/// config and digests, and that the version it runs is kept.
+pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result<(), String> {
+    crate::rules::check_name(&r.name)?;
+    let reserved = [
+        topics.artifacts.as_str(),
+        topics.deployments.as_str(),
+        topics.nodes.as_str(),
+    ];
+    crate::rules::check_topics(&r.input, &r.output, r.dead_letter.as_deref(), &reserved)?;
+    if r.versions.is_empty() || r.versions.len() > KEPT_VERSIONS {
+        return Err(format!(
+            "it keeps {} versions: it must keep 1 to {KEPT_VERSIONS}",
+            r.versions.len()
+        ));
+    }
+    if r.current_version().is_none() {
+        return Err(format!("its current version {} is not among its versions", r.current));
+    }
+    for v in &r.versions {
+        crate::rules::Settings {
+            batch_size: r.batch_size as u64,
+            linger_ms: r.linger_ms,
+            workers: r.workers.map(|w| w as u64),
+            memory_mib: v.memory_mib,
+            timeout_ms: v.timeout_ms,
+            max_outputs_per_record: u64::from(v.max_outputs_per_record),
+            max_output_mib: v.max_output_mib,
+        }
+        .check()
+        .map_err(|e| format!("version {}: {e}", v.version))?;
+        crate::rules::check_config(&v.config).map_err(|e| format!("version {}: {e}", v.version))?;
+        if !is_digest(&v.module) || v.model.as_deref().is_some_and(|m| !is_digest(m)) {
+            return Err(format!(
+                "version {}: a module or model digest is not 64 lowercase hex digits",
+                v.version
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl State {
+    /// Applies one record; true if the registry changed in a way the
+    /// reconciler must see. A record that breaks a rule is skipped with one
+    /// warning naming its topic, partition and offset: it cannot panic the
+    /// reader, make it hold unbounded memory, or reach the reconciler.
+    pub(crate) fn apply(&mut self, topics: &RegistryTopics, m: &Raw<'_>, now: Instant) -> bool {
+        self.positions.insert(m.topic.to_owned(), m.offset + 1);
+        let result = if m.topic == topics.nodes {
+            self.apply_node(m).map(|()| false)
+        } else if m.topic == topics.deployments {
+            self.apply_deployment(m, topics).map(|()| true)
+        } else if m.topic == topics.artifacts {
+            self.expire_partial(now);
+            self.apply_chunk(m, now).map(|()| true)
         } else {
-            // Read as bytes: any client may write here, with any header name.
-            let header = |name: &str| {
-                m.headers().and_then(|h| {
-                    crate::kafka::headers::raw(h)
-                        .find(|(k, _)| *k == name.as_bytes())
-                        .and_then(|(_, v)| v)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                })
+            Ok(false)
+        };
+        match result {
+            Ok(changed) => changed,
+            Err(reason) => {
+                tracing::warn!(
+                    topic = m.topic,
+                    partition = m.partition,
+                    offset = m.offset,
+                    "a registry record that runnel did not write, or cannot read, is skipped: {reason}"
+                );
+                false
+            }
+        }
+    }
+
+    fn apply_node(&mut self, m: &Raw<'_>) -> Result<(), String> {
+        let key = m.key.ok_or("a node report without a key")?;
+        let node = std::str::from_utf8(key)
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 200)
+            .ok_or("a node report whose key is not a node id")?;
+        let Some(payload) = m.payload else {
+            self.nodes.remove(node);
+            return Ok(());
+        };
+        if payload.len() > MAX_NODE_REPORT {
+            return Err(format!(
+                "a node report of {} bytes, over the limit of {MAX_NODE_REPORT}",
+                payload.len()
+            ));
+        }
+        let report: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| format!("an unreadable node report: {e}"))?;
+        if !self.nodes.contains_key(node) && self.nodes.len() >= MAX_NODES {
+            return Err(format!("more than {MAX_NODES} nodes report"));
+        }
+        self.nodes.insert(node.to_owned(), report);
+        Ok(())
+    }
+
+    fn apply_deployment(&mut self, m: &Raw<'_>, topics: &RegistryTopics) -> Result<(), String> {
+        let key = m.key.ok_or("a deployment record without a key")?;
+        let name = std::str::from_utf8(key)
+            .map_err(|_| "a deployment record whose key is not UTF-8".to_owned())?;
+        crate::rules::check_name(name).map_err(|e| format!("its key: {e}"))?;
+        let Some(payload) = m.payload else {
+            self.deployments.remove(name);
+            return Ok(());
+        };
+        if payload.len() > MAX_DEPLOYMENT_RECORD {
+            return Err(format!(
+                "deployment {name:?}: a record of {} bytes, over the limit of {MAX_DEPLOYMENT_RECORD}",
+                payload.len()
+            ));
+        }
+        let record: DeploymentRecord = serde_json::from_slice(payload)
+            .map_err(|e| format!("deployment {name:?}: an unreadable record: {e}"))?;
+        if record.name != name {
+            return Err(format!(
+                "deployment {name:?}: its key names {name:?} and its record {:?}",
+                record.name
+            ));
+        }
+        check_deployment(&record, topics).map_err(|e| format!("deployment {name:?}: {e}"))?;
+        if !self.deployments.contains_key(name) && self.deployments.len() >= MAX_DEPLOYMENTS {
+            return Err(format!(
+                "deployment {name:?}: the registry holds {MAX_DEPLOYMENTS} deployments already"
+            ));
+        }
+        self.deployments.insert(name.to_owned(), record);
+        Ok(())
+    }
+
+    fn apply_chunk(&mut self, m: &Raw<'_>, now: Instant) -> Result<(), String> {
+        let key = m
+            .key
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or("an artifact chunk whose key is missing or not UTF-8")?;
+        let (digest, index) = key
+            .split_once('/')
+            .filter(|(d, _)| is_digest(d))
+            .ok_or_else(|| format!("an artifact chunk keyed {key:?}, not <sha256>/<index>"))?;
+        let value = m.payload.ok_or("an artifact chunk without a value")?;
+        let kind = match m.header("runnel-kind") {
+            Some(b"module") => ArtifactKind::Module,
+            Some(b"model") => ArtifactKind::Model,
+            _ => return Err(format!("artifact chunk {key}: runnel-kind is not module or model")),
+        };
+        let count = |name: &str| {
+            m.header(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let n = count("runnel-chunks")
+            .filter(|n| (1..=MAX_CHUNKS).contains(n))
+            .ok_or_else(|| {
+                format!("artifact chunk {key}: runnel-chunks is not a number from 1 to {MAX_CHUNKS}")
+            })?;
+        let index = index
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i < n)
+            .ok_or_else(|| format!("artifact chunk {key}: its index is not below its count {n}"))?;
+        if value.len() > CHUNK {
+            return Err(format!(
+                "artifact chunk {key}: {} bytes, over the chunk size of {CHUNK}",
+                value.len()
+            ));
+        }
+        if self.artifacts.contains_key(digest) {
+            return Ok(());
+        }
+        let partial = self.partial.entry(digest.to_owned()).or_insert_with(|| Partial {
+            kind,
+            chunks: vec![None; n],
+            bytes: 0,
+            started: now,
+        });
+        if partial.chunks.len() != n {
+            return Err(format!(
+                "artifact chunk {key}: its count {n} differs from its first chunk's {}",
+                partial.chunks.len()
+            ));
+        }
+        let slot = &mut partial.chunks[index];
+        partial.bytes -= slot.as_ref().map_or(0, Vec::len);
+        partial.bytes += value.len();
+        *slot = Some(value.to_vec());
+        if partial.chunks.iter().all(Option::is_some) {
+            let partial = self.partial.remove(digest).expect("present above");
+            let bytes: Vec<u8> = partial.chunks.into_iter().flatten().flatten().collect();
+            if self::digest(&bytes) != digest {
+                return Err(format!("artifact sha256:{digest}: its bytes do not match its digest"));
+            }
+            self.artifacts
+                .insert(digest.to_owned(), (partial.kind, Arc::from(bytes)));
+            return Ok(());
+        }
+        self.bound_partial();
+        Ok(())
+    }
+
+    /// Drops uploads older than [`PARTIAL_TTL`].
+    fn expire_partial(&mut self, now: Instant) {
+        self.partial.retain(|digest, p| {
+            let keep = now.saturating_duration_since(p.started) < PARTIAL_TTL;
+            if !keep {
+                tracing::warn!(
+                    digest,
+                    "an artifact upload did not complete within {PARTIAL_TTL:?}; dropped"
+                );
+            }
+            keep
+        });
+    }
+
+    /// Drops the oldest uploads while they hold more than [`PARTIAL_BYTES`].
+    fn bound_partial(&mut self) {
+        while self.partial.values().map(|p| p.bytes).sum::<usize>() > PARTIAL_BYTES {
+            let Some(oldest) = self
+                .partial
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(d, _)| d.clone())
+            else {
+                return;
             };
-            apply_chunk(
-                &mut s,
-                key,
-                header("runnel-kind"),
-                header("runnel-chunks"),
-                m.payload(),
-            );
-        }
-        s.positions.insert(topic, m.offset() + 1);
-        s.generation += 1;
-        drop(s);
-        state.1.notify_all();
-    }
-}
-
-fn apply_deployment(s: &mut State, key: Option<String>, value: Option<&[u8]>) {
-    let Some(name) = key else {
-        tracing::warn!("a registry deployment record without a key; ignored");
-        return;
-    };
-    match value {
-        None => {
-            s.deployments.remove(&name);
-        }
-        Some(v) => match serde_json::from_slice::<DeploymentRecord>(v) {
-            Ok(r) => {
-                s.deployments.insert(name, r);
-            }
-            Err(e) => {
-                tracing::warn!(deployment = name, error = %e, "an unreadable deployment record; ignored")
-            }
-        },
-    }
-}
-
-fn apply_chunk(
-    s: &mut State,
-    key: Option<String>,
-    kind: Option<String>,
-    chunks: Option<String>,
-    value: Option<&[u8]>,
-) {
-    let (Some(key), Some(value)) = (key, value) else {
-        return;
-    };
-    let Some((digest, index)) = key.split_once('/') else {
-        return;
-    };
-    let kind = match kind.as_deref() {
-        Some("model") => ArtifactKind::Model,
-        _ => ArtifactKind::Module,
-    };
-    let (Ok(index), Some(Ok(n))) = (index.parse::<usize>(), chunks.map(|c| c.parse::<usize>()))
-    else {
-        tracing::warn!(key, "an artifact chunk without its index or count; ignored");
-        return;
-    };
-    if s.artifacts.contains_key(digest) || index >= n {
-        return;
-    }
-    let parts = s
-        .partial
-        .entry(digest.to_owned())
-        .or_insert_with(|| vec![None; n]);
-    if parts.len() != n {
-        return;
-    }
-    parts[index] = Some(value.to_vec());
-    if parts.iter().all(Option::is_some) {
-        let parts = s.partial.remove(digest).unwrap_or_default();
-        let bytes: Vec<u8> = parts.into_iter().flatten().flatten().collect();
-        if self::digest(&bytes) == digest {
-            s.artifacts
-                .insert(digest.to_owned(), (kind, Arc::from(bytes)));
-        } else {
             tracing::warn!(
-                digest,
-                "an artifact whose bytes do not match its digest; ignored"
+                digest = oldest,
+                "uploads being assembled hold over {PARTIAL_BYTES} bytes; dropping the oldest"
             );
+            self.partial.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn topics() -> RegistryTopics {
+        RegistryTopics::default()
+    }
+
+    fn raw<'a>(
+        topic: &'a str,
+        key: Option<&'a [u8]>,
+        headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+        payload: Option<&'a [u8]>,
+    ) -> Raw<'a> {
+        Raw {
+            topic,
+            partition: 0,
+            offset: 7,
+            key,
+            headers,
+            payload,
+        }
+    }
+
+    fn record(name: &str) -> DeploymentRecord {
+        let mut r = DeploymentRecord {
+            name: name.to_owned(),
+            input: vec!["in".into()],
+            output: "out".into(),
+            dead_letter: None,
+            batch_size: 256,
+            linger_ms: 20,
+            workers: Some(2),
+            paused: false,
+            current: 0,
+            versions: Vec::new(),
+        };
+        r.push_version(Version {
+            version: 0,
+            module: "a".repeat(64),
+            model: None,
+            config: BTreeMap::new(),
+            memory_mib: 128,
+            timeout_ms: 5000,
+            max_outputs_per_record: 10_000,
+            max_output_mib: 64,
+            created_ms: 0,
+            reason: "deploy".into(),
+        });
+        r
+    }
+
+    /// Applies a deployment record keyed `key`; whether it was taken.
+    fn apply_deployment(s: &mut State, key: &[u8], r: &serde_json::Value) -> bool {
+        let value = serde_json::to_vec(r).unwrap();
+        let t = topics();
+        s.apply(&t, &raw(&t.deployments, Some(key), vec![], Some(&value)), Instant::now())
+    }
+
+    #[test]
+    fn a_valid_deployment_is_applied_and_a_tombstone_deletes_it() {
+        let mut s = State::default();
+        let r = serde_json::to_value(record("d")).unwrap();
+        assert!(apply_deployment(&mut s, b"d", &r));
+        assert_eq!(s.deployments["d"], record("d"));
+        let t = topics();
+        assert!(s.apply(&t, &raw(&t.deployments, Some(b"d"), vec![], None), Instant::now()));
+        assert!(s.deployments.is_empty());
+        assert_eq!(s.positions[&t.deployments], 8, "read past it");
+    }
+
+    /// Each of these crashed, froze or misled a node before: a NUL byte in a
+    /// name panicked the reconciler's thread spawn, a million workers spawned
+    /// a million threads, `memory_mib << 20` overflowed.
+    #[test]
+    fn deployment_records_that_break_a_rule_are_skipped() {
+        let base = serde_json::to_value(record("d")).unwrap();
+        let with = |path: &str, value: serde_json::Value| {
+            let mut r = base.clone();
+            let (parent, field) = path.rsplit_once('/').unwrap();
+            r.pointer_mut(parent)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert(field.to_owned(), value);
+            r
+        };
+        let cases: Vec<(&[u8], serde_json::Value)> = vec![
+            (b"d\0x", with("/name", "d\0x".into())),
+            (b"other", base.clone()),
+            (b"d", with("/workers", 1_000_000.into())),
+            (b"d", with("/batch_size", 0.into())),
+            (b"d", with("/versions/0/memory_mib", u64::MAX.into())),
+            (b"d", with("/versions/0/timeout_ms", 0.into())),
+            (b"d", with("/versions/0/module", "../etc".into())),
+            (b"d", with("/output", "runnel.deployments".into())),
+            (b"d", with("/output", "in".into())),
+            (b"d", with("/dead_letter", "runnel.artifacts".into())),
+            (b"d", with("/input", serde_json::json!([]))),
+            (b"d", with("/current", 99.into())),
+            (b"d", with("/versions", serde_json::json!([]))),
+            (b"d", serde_json::json!({"not": "a deployment"})),
+            (b"\xff", with("/name", "\u{fffd}".into())),
+        ];
+        for (key, r) in cases {
+            let mut s = State::default();
+            assert!(!apply_deployment(&mut s, key, &r), "{r}");
+            assert!(s.deployments.is_empty(), "{r}");
+        }
+        // A bad record does not replace the good one before it.
+        let mut s = State::default();
+        assert!(apply_deployment(&mut s, b"d", &base));
+        assert!(!apply_deployment(&mut s, b"d", &with("/workers", 0.into())));
+        assert_eq!(s.deployments["d"], record("d"));
+    }
+
+    /// A record of an older runnel, without the output limits, reads with
+    /// their defaults.
+    #[test]
+    fn versions_without_output_limits_read_with_the_defaults() {
+        let mut r = serde_json::to_value(record("d")).unwrap();
+        let v = r.pointer_mut("/versions/0").unwrap().as_object_mut().unwrap();
+        v.remove("max_outputs_per_record");
+        v.remove("max_output_mib");
+        let mut s = State::default();
+        assert!(apply_deployment(&mut s, b"d", &r));
+        assert_eq!(s.deployments["d"], record("d"));
+    }
+
+    fn chunk<'a>(
+        s: &mut State,
+        key: &'a str,
+        n: &'a str,
+        value: &'a [u8],
+        now: Instant,
+    ) -> bool {
+        let t = topics();
+        let headers: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (b"runnel-kind", Some(b"module")),
+            (b"runnel-chunks", Some(n.as_bytes())),
+        ];
+        s.apply(&t, &raw(&t.artifacts, Some(key.as_bytes()), headers, Some(value)), now)
+    }
+
+    #[test]
+    fn an_artifact_assembles_from_its_chunks_and_is_checked_against_its_digest() {
+        let bytes = vec![7u8; CHUNK + 10];
+        let d = digest(&bytes);
+        let mut s = State::default();
+        let now = Instant::now();
+        chunk(&mut s, &format!("{d}/1"), "2", &bytes[CHUNK..], now);
+        assert!(s.artifacts.is_empty());
+        chunk(&mut s, &format!("{d}/0"), "2", &bytes[..CHUNK], now);
+        assert_eq!(&*s.artifacts[&d].1, &bytes[..]);
+        assert!(s.partial.is_empty());
+
+        let forged = "b".repeat(64);
+        chunk(&mut s, &format!("{forged}/0"), "1", b"not those bytes", now);
+        assert!(!s.artifacts.contains_key(&forged));
+    }
+
+    /// `runnel-chunks` once sized a `vec![None; n]`: a huge count was an
+    /// allocation of that size.
+    #[test]
+    fn chunk_counts_and_sizes_are_capped() {
+        let d = "c".repeat(64);
+        let mut s = State::default();
+        let now = Instant::now();
+        for n in ["18446744073709551615", "1000000", "0", "-1", "x"] {
+            assert!(!chunk(&mut s, &format!("{d}/0"), n, b"x", now), "{n}");
+        }
+        assert!(!chunk(&mut s, &format!("{d}/0"), "2", &vec![0; CHUNK + 1], now));
+        assert!(!chunk(&mut s, &format!("{d}/5"), "2", b"x", now), "index past the count");
+        assert!(!chunk(&mut s, "not-a-digest/0", "2", b"x", now));
+        assert!(s.partial.is_empty());
+    }
+
+    #[test]
+    fn partial_uploads_expire_and_their_bytes_are_bounded() {
+        let mut s = State::default();
+        let start = Instant::now();
+        chunk(&mut s, &format!("{}/0", "d".repeat(64)), "2", b"half", start);
+        assert_eq!(s.partial.len(), 1);
+        s.expire_partial(start + PARTIAL_TTL);
+        assert!(s.partial.is_empty(), "expired");
+
+        let value = vec![0u8; CHUNK];
+        let uploads = PARTIAL_BYTES / CHUNK + 4;
+        for i in 0..uploads {
+            let d = format!("{i:064x}");
+            chunk(
+                &mut s,
+                &format!("{d}/0"),
+                "2",
+                &value,
+                start + Duration::from_millis(i as u64),
+            );
+        }
+        let held: usize = s.partial.values().map(|p| p.bytes).sum();
+        assert!(held <= PARTIAL_BYTES, "{held}");
+        assert!(
+            !s.partial.contains_key(&format!("{:064x}", 0)),
+            "the oldest went first"
+        );
+        assert!(s.partial.contains_key(&format!("{:064x}", uploads - 1)));
+    }
+
+    #[test]
+    fn node_reports_are_bounded() {
+        let t = topics();
+        let mut s = State::default();
+        let big = vec![b' '; MAX_NODE_REPORT + 1];
+        s.apply(&t, &raw(&t.nodes, Some(b"n"), vec![], Some(&big)), Instant::now());
+        assert!(s.nodes.is_empty());
+        for i in 0..MAX_NODES + 10 {
+            let key = format!("n{i}");
+            s.apply(&t, &raw(&t.nodes, Some(key.as_bytes()), vec![], Some(b"{}")), Instant::now());
+        }
+        assert_eq!(s.nodes.len(), MAX_NODES);
+    }
+
+    fn arbitrary_header() -> impl Strategy<Value = (Vec<u8>, Option<Vec<u8>>)> {
+        let name = prop_oneof![
+            Just(b"runnel-kind".to_vec()),
+            Just(b"runnel-chunks".to_vec()),
+            Just(b"runnel-size".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        let value = prop_oneof![
+            Just(Some(b"module".to_vec())),
+            Just(Some(b"model".to_vec())),
+            (0u64..u64::MAX).prop_map(|n| Some(n.to_string().into_bytes())),
+            (0u64..4).prop_map(|n| Some(n.to_string().into_bytes())),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..12)),
+        ];
+        (name, value)
+    }
+
+    fn arbitrary_key() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            (0u8..4, 0u64..6).prop_map(|(d, i)| Some(
+                format!("{}/{i}", format!("{d:x}").repeat(64)).into_bytes()
+            )),
+            Just(Some(b"d".to_vec())),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..80)),
+        ]
+    }
+
+    fn arbitrary_payload() -> impl Strategy<Value = Option<Vec<u8>>> {
+        let valid = serde_json::to_vec(&record("d")).unwrap();
+        prop_oneof![
+            Just(Some(valid.clone())),
+            // A valid record with some bytes changed.
+            proptest::collection::vec((0..valid.len(), any::<u8>()), 1..4).prop_map(
+                move |edits| {
+                    let mut v = valid.clone();
+                    for (i, b) in edits {
+                        v[i] = b;
+                    }
+                    Some(v)
+                }
+            ),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes in any field of any registry topic: the reader does not
+        /// panic, every deployment it keeps passes the API's rules under its
+        /// own name, and what it holds for uploads stays bounded.
+        #[test]
+        fn the_reader_takes_any_record(
+            records in proptest::collection::vec(
+                (0usize..4, arbitrary_key(), proptest::collection::vec(arbitrary_header(), 0..4), arbitrary_payload()),
+                1..24,
+            )
+        ) {
+            let t = topics();
+            let names = [&t.artifacts, &t.deployments, &t.nodes, &"elsewhere".to_owned()];
+            let mut s = State::default();
+            for (topic, key, headers, payload) in &records {
+                let headers: Vec<(&[u8], Option<&[u8]>)> =
+                    headers.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
+                s.apply(
+                    &t,
+                    &raw(names[*topic], key.as_deref(), headers, payload.as_deref()),
+                    Instant::now(),
+                );
+            }
+            for (name, r) in &s.deployments {
+                prop_assert_eq!(name, &r.name);
+                prop_assert!(check_deployment(r, &t).is_ok());
+            }
+            prop_assert!(s.partial.values().map(|p| p.bytes).sum::<usize>() <= PARTIAL_BYTES);
+            prop_assert!(s.partial.values().all(|p| p.chunks.len() <= MAX_CHUNKS));
         }
     }
 }

@@ -52,7 +52,8 @@ async fn call(
     json_body: Option<Value>,
 ) -> (u16, Value) {
     let client = reqwest::Client::new();
-    let mut r = client.request(method, url);
+    // As the CLI does: see `same_origin_and_non_simple_requests_only`.
+    let mut r = client.request(method, url).header("x-runnel-request", "test");
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
@@ -220,6 +221,69 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
             json!({"module": filter, "input": [input], "output": output, "bogus": 1}),
             400,
             "unknown field `bogus`",
+        ),
+        // Ranges, with the range in the answer.
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "workers": 1_000_000}),
+            422,
+            "workers 1000000 is out of range: workers must be 1 to 256",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "batch_size": 0}),
+            422,
+            "batch_size must be 1 to 10000",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "memory_mib": u64::MAX}),
+            422,
+            "memory_mib must be 1 to 4096",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "memory_mib": 2048}),
+            422,
+            "over this node's limit of 1024",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "timeout_ms": 3_600_000}),
+            422,
+            "timeout_ms must be 1 to 60000",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "max_outputs_per_record": 0}),
+            422,
+            "max_outputs_per_record must be 1 to 1000000",
+        ),
+        // Topics: an output or dead-letter topic that is an input, and any
+        // of runnel's own registry topics.
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": input}),
+            422,
+            "also an input",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "dead_letter": input}),
+            422,
+            "dead-letter topic",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": cp.registry().topics().deployments}),
+            422,
+            "one of runnel's own registry topics",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "dead_letter": cp.registry().topics().artifacts}),
+            422,
+            "one of runnel's own registry topics",
         ),
     ];
     for (name, body, status, message) in cases {
@@ -657,8 +721,82 @@ async fn a_version_that_crash_loops_right_after_a_swap_is_rolled_back() {
         .unwrap();
 }
 
+/// A web page the operator visits must not be able to change a node: a
+/// simple cross-origin request (a bodyless POST, a form) needs no CORS
+/// preflight, so the browser would send it. Changes need a JSON or binary
+/// content type, `Authorization` or `x-runnel-request`; an `Origin`, when
+/// sent, must be the API's own. With or without a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_the_records_sent_and_readyz_says_when_a_deployment_backs_off() {
+async fn same_origin_and_non_simple_requests_only() {
+    let (_broker, kafka) = broker().await;
+    let cp = node(&kafka, &unique("reg"), None, 4 << 20).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", cp.url());
+    let host = cp.url().trim_start_matches("http://").to_owned();
+    let send = |r: reqwest::RequestBuilder| async move {
+        let response = r.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+
+    // What a page can send without a preflight: refused, nothing changes.
+    let (s, body) = send(http.post(url("/v1/deployments/d/pause"))).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("x-runnel-request"), "{body}");
+    let (s, body) = send(
+        http.post(url("/v1/modules"))
+            .header("content-type", "text/plain")
+            .body("\0asm"),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = send(
+        http.delete(url("/v1/deployments/d"))
+            .header("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    // Another origin, even with what a page could only send after a
+    // preflight the API never answers.
+    let (s, body) = send(
+        http.post(url("/v1/deployments/d/pause"))
+            .header("origin", "http://evil.example")
+            .header("x-runnel-request", "1"),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("http://evil.example"), "{body}");
+    let (s, _) = send(
+        http.post(url("/v1/deployments/d/pause"))
+            .header("origin", format!("http://{host}.evil.example"))
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(s, 403);
+
+    // Reads stay simple; a change with the header, a JSON body or from the
+    // API's own origin gets through (to a 404: there is no deployment d).
+    let (s, _) = send(http.get(url("/v1/deployments"))).await;
+    assert_eq!(s, 200);
+    for r in [
+        http.post(url("/v1/deployments/d/pause"))
+            .header("x-runnel-request", "1"),
+        http.post(url("/v1/deployments/d/rollback"))
+            .header("content-type", "application/json")
+            .body("{}"),
+        http.post(url("/v1/deployments/d/pause"))
+            .header("origin", format!("http://{host}"))
+            .header("x-runnel-request", "1"),
+    ] {
+        let (s, body) = send(r).await;
+        assert_eq!(s, 404, "{body}");
+    }
+    tokio::task::spawn_blocking(move || cp.stop()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_records_sent_and_readyz_stays_ready_but_names_a_deployment_that_backs_off() {
     let (_broker, kafka) = broker().await;
     let (input, output) = (unique("in"), unique("out"));
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
@@ -754,7 +892,8 @@ async fn metrics_count_the_records_sent_and_readyz_says_when_a_deployment_backs_
     .await;
     assert_eq!((s, &v["ready"]), (200, &json!(true)), "{v}");
 
-    // A node whose deployment (from a file) cannot start is not ready.
+    // A node whose deployment (from a file) cannot start stays ready: the
+    // node serves, and the deployment's trouble is in the body, for alerts.
     let engine = Engine::new(EngineConfig {
         cache_dir: None,
         ..EngineConfig::default()
@@ -780,17 +919,14 @@ async fn metrics_count_the_records_sent_and_readyz_says_when_a_deployment_backs_
             None,
         )
         .await;
-        if s == 503 {
-            assert!(
-                v["problems"][0]
-                    .as_str()
-                    .unwrap()
-                    .contains("backs off: function"),
-                "{v}"
-            );
+        assert_eq!(s, 200, "one deployment's trouble leaves the node ready: {v}");
+        if let Some(t) = v["deployments_in_trouble"].as_array().and_then(|t| t.first()) {
+            assert!(t["deployment"].as_str().unwrap().starts_with("refused"), "{v}");
+            assert_eq!(t["state"], "backing_off", "{v}");
+            assert!(t["problem"].as_str().unwrap().contains("backs off: function"), "{v}");
             break;
         }
-        assert!(Instant::now() < deadline, "never unready: {v}");
+        assert!(Instant::now() < deadline, "the trouble never showed: {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::task::spawn_blocking(move || {

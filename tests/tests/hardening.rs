@@ -439,6 +439,7 @@ async fn a_registry_record_with_a_header_name_that_is_not_utf8_is_passed_over() 
     let bytes = runnel_tests::guest(guests::IDENTITY_FILTER);
     let response = reqwest::Client::new()
         .post(format!("{}/v1/modules", cp.url()))
+        .header("content-type", "application/octet-stream")
         .body(bytes.clone())
         .send()
         .await

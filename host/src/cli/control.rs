@@ -153,6 +153,8 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        // Says this is no web page's simple request (see `check_not_simple`).
+        let request = request.header(crate::control::api::CLIENT_HEADER, "cli");
         let request = match &self.args.token {
             Some(t) => request.bearer_auth(t),
             None => request,
@@ -212,7 +214,12 @@ impl Client {
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let mut url = self.url(&["v1", what])?;
         url.set_query((!query.is_empty()).then_some(query));
-        self.send(self.http.post(url).body(bytes))
+        self.send(
+            self.http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
+        )
             .await
             .with_context(|| format!("uploading {}", file.display()))
     }

@@ -102,8 +102,67 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// A bearer token, when configured, compared in constant time.
+/// The header a client without a body of its own to type (a bodyless
+/// `POST`) sends to show it is not a web page's simple request.
+pub const CLIENT_HEADER: &str = "x-runnel-request";
+
+/// Refuses a change that a web page in the operator's browser could make
+/// without asking: a *simple* cross-origin request (CORS) needs no
+/// preflight, so a bodyless `POST` or a form post from any site would reach
+/// the API. A change must carry [`CLIENT_HEADER`], an `Authorization`
+/// header, or a content type that is not one of a form's; and an `Origin`,
+/// when sent, must be the API's own. Holds with or without a token.
+pub fn check_not_simple(
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+) -> std::result::Result<(), String> {
+    use axum::http::Method;
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let same = origin.to_str().ok().is_some_and(|o| {
+            !host.is_empty() && (o == format!("http://{host}") || o == format!("https://{host}"))
+        });
+        if !same {
+            return Err(format!(
+                "a request from the web page at {:?} to change this node is refused: the API takes changes only from its own origin",
+                String::from_utf8_lossy(origin.as_bytes())
+            ));
+        }
+    }
+    let simple_type = match headers.get(header::CONTENT_TYPE) {
+        None => true,
+        Some(t) => {
+            let t = String::from_utf8_lossy(t.as_bytes()).to_ascii_lowercase();
+            let essence = t.split(';').next().unwrap_or("").trim().to_owned();
+            matches!(
+                essence.as_str(),
+                "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+            )
+        }
+    };
+    if simple_type
+        && !headers.contains_key(CLIENT_HEADER)
+        && !headers.contains_key(header::AUTHORIZATION)
+    {
+        return Err(format!(
+            "a change must be sent with `Content-Type: application/json` (or application/octet-stream for an upload) or a `{CLIENT_HEADER}: 1` header, so that no web page can send it from a browser"
+        ));
+    }
+    Ok(())
+}
+
+/// A bearer token, when configured, compared in constant time; and no
+/// change by a simple cross-origin request ([`check_not_simple`]).
 async fn auth(State(state): S, request: axum::extract::Request, next: Next) -> Response {
+    if let Err(message) = check_not_simple(request.method(), request.headers()) {
+        return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+    }
     if let Some(token) = &state.token {
         let given = request
             .headers()
@@ -131,40 +190,30 @@ async fn metrics(State(state): S) -> impl IntoResponse {
     )
 }
 
-/// 200 when the node can do its work: the registry is read (it is, once the
-/// node serves), the broker answers, and no deployment here backs off or has
-/// stopped; 503 with the reasons otherwise.
+/// 200 while the node can serve: the broker answers and the registry's
+/// topics are there, asked with the registry's own client (no new
+/// connection per probe). One deployment's trouble does not make the whole
+/// node unready, since restarting or unrouting the node would not help it:
+/// deployments that back off, have failed or have stopped are listed in
+/// `deployments_in_trouble`, and in the status and metrics, for alerting.
 async fn readyz(State(state): S) -> (StatusCode, Json<Value>) {
-    let kafka = state.kafka.clone();
-    let broker = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer as _;
-        let producer: rdkafka::producer::BaseProducer =
-            kafka.producer().create().map_err(|e| e.to_string())?;
-        producer
-            .client()
-            .fetch_metadata(None, Duration::from_secs(2))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    let registry = state.registry.clone();
+    let reachable = tokio::task::spawn_blocking(move || registry.reachable(Duration::from_secs(2)))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
     let mut problems = Vec::new();
-    if let Err(e) = &broker {
-        problems.push(format!("the broker does not answer: {e}"));
+    if let Err(e) = &reachable {
+        problems.push(format!("the broker or the registry cannot be reached: {e}"));
     }
+    let mut trouble = Vec::new();
     for s in state.node.status() {
-        match &s.state {
-            crate::runner::DeploymentState::BackingOff { error, .. } => {
-                problems.push(format!("deployment {:?} backs off: {error}", s.name));
-            }
-            crate::runner::DeploymentState::Failed { error, .. } => {
-                problems.push(format!("deployment {:?} failed: {error}", s.name));
-            }
-            crate::runner::DeploymentState::Stopped => {
-                problems.push(format!("deployment {:?} has stopped", s.name));
-            }
-            _ => {}
-        }
+        let what = match &s.state {
+            crate::runner::DeploymentState::BackingOff { error, .. } => format!("backs off: {error}"),
+            crate::runner::DeploymentState::Failed { error, .. } => format!("failed: {error}"),
+            crate::runner::DeploymentState::Stopped => "has stopped".to_owned(),
+            _ => continue,
+        };
+        trouble.push(json!({ "deployment": s.name, "state": super::metrics::state_name(&s.state), "problem": what }));
     }
     let status = if problems.is_empty() {
         StatusCode::OK
@@ -178,6 +227,7 @@ async fn readyz(State(state): S) -> (StatusCode, Json<Value>) {
             "registry": "caught up",
             "deployments": state.node.names().len(),
             "problems": problems,
+            "deployments_in_trouble": trouble,
         })),
     )
 }
@@ -338,6 +388,29 @@ pub struct DeploymentRequest {
     pub linger_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_outputs_per_record: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_mib: Option<u64>,
+}
+
+impl DeploymentRequest {
+    /// Its settings, defaulted as `runnel.toml` defaults them.
+    fn settings(&self) -> crate::rules::Settings {
+        use crate::config::defaults;
+        crate::rules::Settings {
+            batch_size: self.batch_size.unwrap_or_else(defaults::batch_size) as u64,
+            linger_ms: self.linger_ms.unwrap_or_else(defaults::linger_ms),
+            workers: self.workers.map(|w| w as u64),
+            memory_mib: self.memory_mib.unwrap_or_else(defaults::memory_mib),
+            timeout_ms: self.timeout_ms.unwrap_or_else(defaults::timeout_ms),
+            max_outputs_per_record: u64::from(
+                self.max_outputs_per_record
+                    .unwrap_or_else(defaults::max_outputs_per_record),
+            ),
+            max_output_mib: self.max_output_mib.unwrap_or_else(defaults::max_output_mib),
+        }
+    }
 }
 
 fn unprocessable(message: impl Into<String>) -> ApiError {
@@ -345,21 +418,7 @@ fn unprocessable(message: impl Into<String>) -> ApiError {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{name:?} is not a deployment name: use 1 to 200 letters, digits, '-', '_' or '.'"
-            ),
-        ))
-    }
+    crate::rules::check_name(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
 }
 
 fn strip_digest(d: &str) -> &str {
@@ -408,8 +467,23 @@ async fn put_deployment(
         },
         None => None,
     };
-    if req.input.is_empty() {
-        return Err(unprocessable("a deployment needs at least one input topic"));
+    let topics = state.registry.topics();
+    crate::rules::check_topics(
+        &req.input,
+        &req.output,
+        req.dead_letter.as_deref(),
+        &[&topics.artifacts, &topics.deployments, &topics.nodes],
+    )
+    .map_err(unprocessable)?;
+    let settings = req.settings();
+    settings.check().map_err(unprocessable)?;
+    crate::rules::check_config(&req.config).map_err(unprocessable)?;
+    let engine_memory_mib = state.engine.config().max_memory_bytes >> 20;
+    if settings.memory_mib > engine_memory_mib {
+        return Err(unprocessable(format!(
+            "memory_mib {} is over this node's limit of {engine_memory_mib} per instance",
+            settings.memory_mib
+        )));
     }
     keeps_topics(state.registry.deployment(&name).as_ref(), &name, &req)?;
     let mut topics: Vec<&str> = req.input.iter().map(String::as_str).collect();
@@ -424,8 +498,7 @@ async fn put_deployment(
         return Err(unprocessable(missing_topics_message(&missing)));
     }
 
-    let memory_mib = req.memory_mib.unwrap_or(128);
-    let timeout_ms = req.timeout_ms.unwrap_or(5000);
+    let (memory_mib, timeout_ms) = (settings.memory_mib, settings.timeout_ms);
     let engine = state.engine.clone();
     let config: Vec<(String, String)> = req.config.clone().into_iter().collect();
     let function = name.clone();
@@ -442,7 +515,8 @@ async fn put_deployment(
         let limits = Limits {
             memory_bytes: memory_mib << 20,
             call_timeout: Duration::from_millis(timeout_ms),
-            ..Limits::default()
+            max_outputs_per_record: settings.max_outputs_per_record as u32,
+            max_output_bytes: settings.max_output_mib << 20,
         };
         Worker::new(module.into(), limits, config, model).map_err(|e| e.to_string())?;
         Ok(world)
@@ -467,6 +541,8 @@ async fn put_deployment(
         config: req.config,
         memory_mib,
         timeout_ms,
+        max_outputs_per_record: settings.max_outputs_per_record as u32,
+        max_output_mib: settings.max_output_mib,
         created_ms: now_ms(),
         reason: if existing.is_some() { "swap" } else { "deploy" }.to_owned(),
     };
@@ -478,8 +554,8 @@ async fn put_deployment(
                 input: req.input,
                 output: req.output,
                 dead_letter: req.dead_letter,
-                batch_size: req.batch_size.unwrap_or(256),
-                linger_ms: req.linger_ms.unwrap_or(20),
+                batch_size: settings.batch_size as usize,
+                linger_ms: settings.linger_ms,
                 workers: req.workers,
                 paused: false,
                 current: 0,
@@ -495,6 +571,8 @@ async fn put_deployment(
             .map_err(|e| internal(format!("{e:#}")))?;
     }
     let v = record.push_version(version);
+    // What every node will check when it reads the record.
+    crate::registry::check_deployment(&record, state.registry.topics()).map_err(unprocessable)?;
     state
         .registry
         .put_deployment(&record)

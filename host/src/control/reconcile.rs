@@ -125,8 +125,8 @@ pub fn build(
         config: version.config.clone(),
         memory_mib: version.memory_mib,
         timeout_ms: version.timeout_ms,
-        max_outputs_per_record: crate::config::defaults::max_outputs_per_record(),
-        max_output_mib: crate::config::defaults::max_output_mib(),
+        max_outputs_per_record: version.max_outputs_per_record,
+        max_output_mib: version.max_output_mib,
         batch_size: record.batch_size,
         linger_ms: record.linger_ms,
         workers: record

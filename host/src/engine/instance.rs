@@ -68,6 +68,12 @@ pub enum CallError {
     InitFailed { function: Arc<str>, message: String },
     #[error("cannot instantiate function `{function}`: {reason}")]
     Instantiate { function: Arc<str>, reason: String },
+    #[error(
+        "cannot instantiate function `{function}`: the node's instance pool is full ({reason}); \
+         every worker of every deployment on the node holds one instance: lower some \
+         deployment's `workers`, or spread the deployments over more nodes"
+    )]
+    PoolExhausted { function: Arc<str>, reason: String },
 }
 
 impl CallError {
@@ -76,7 +82,9 @@ impl CallError {
     pub fn is_trap(&self) -> bool {
         !matches!(
             self,
-            CallError::InitFailed { .. } | CallError::Instantiate { .. }
+            CallError::InitFailed { .. }
+                | CallError::Instantiate { .. }
+                | CallError::PoolExhausted { .. }
         )
     }
 }
@@ -246,6 +254,12 @@ impl Instance {
                             requested,
                             limit: limits.memory_bytes,
                         },
+                        None if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                            CallError::PoolExhausted {
+                                function,
+                                reason: format!("{e:#}"),
+                            }
+                        }
                         None => CallError::Instantiate {
                             function,
                             reason: format!("{e:#}"),

@@ -117,6 +117,20 @@ impl Worker {
     /// Errs only when no instance can be made to run (instantiation fails or
     /// `init` refuses or traps); traps during the batch are handled here.
     pub fn process(&mut self, batch: &mut BatchBuilder) -> Result<Processed, CallError> {
+        self.process_until(batch, &|| false)
+    }
+
+    /// [`Worker::process`], giving up between calls once `give_up` says
+    /// so: after a trap, each record of the batch runs alone, each up to
+    /// the deadline, so a batch of records that all trap at the deadline
+    /// costs `batch_size + 1` deadlines. `give_up` (the partition was
+    /// revoked, the deployment stops) is asked before each of those calls;
+    /// the outcomes then cover only the records run, a prefix of the batch.
+    pub fn process_until(
+        &mut self,
+        batch: &mut BatchBuilder,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Processed, CallError> {
         self.stats.batches += 1;
         match self.call(batch)? {
             Ok(processed) => Ok(processed),
@@ -127,7 +141,7 @@ impl Worker {
             Err(trap) => {
                 tracing::warn!(function = self.module.name(), error = %trap, records = batch.len(),
                     "the function trapped; retrying the batch one record at a time");
-                self.isolate(batch)
+                self.isolate(batch, give_up)
             }
         }
     }
@@ -159,7 +173,11 @@ impl Worker {
         Ok(checked)
     }
 
-    fn isolate(&mut self, batch: &BatchBuilder) -> Result<Processed, CallError> {
+    fn isolate(
+        &mut self,
+        batch: &BatchBuilder,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Processed, CallError> {
         let view = BatchRef::new(batch.data(), batch.index());
         let mut out = Processed {
             outcomes: Vec::with_capacity(batch.len()),
@@ -167,6 +185,11 @@ impl Worker {
         };
         let mut single = BatchBuilder::default();
         for i in 0..batch.len() {
+            if give_up() {
+                tracing::info!(function = self.module.name(), run = i, records = batch.len(),
+                    "giving up the rest of an isolated batch: its partition was revoked or the deployment stops");
+                break;
+            }
             let record = match view.get(i) {
                 Ok(r) => r,
                 Err(e) => {
@@ -486,5 +509,85 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("failures must be in batch order"), "{err}");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+        use runnel_abi::BatchRef;
+
+        use super::*;
+
+        /// Bytes that are sometimes well-formed frames, sometimes not.
+        fn data() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..5)
+                    .prop_map(|values| {
+                        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+                        BatchBuilder::of_values(refs).into_parts().0
+                    }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// The frame decoder takes any bytes and any index: every record
+            /// and every field of it either decodes or is an error.
+            #[test]
+            fn the_frame_decoder_takes_any_bytes(
+                data in data(),
+                index in proptest::collection::vec(any::<u32>(), 0..8),
+                small in proptest::collection::vec(0u32..300, 0..8),
+            ) {
+                for index in [&index, &small] {
+                    let view = BatchRef::new(&data, index);
+                    for record in view.iter().flatten() {
+                        let _ = (record.partition(), record.offset(), record.timestamp_ms());
+                        let _ = (record.key(), record.value(), record.frame_len());
+                        let n = record.headers().take(100).count();
+                        prop_assert!(n <= record.header_count().max(n));
+                    }
+                }
+            }
+
+            /// Whatever a guest returns, the host either refuses it or takes
+            /// no more output bytes than the guest returned, with one
+            /// outcome per input record and every output in range.
+            #[test]
+            fn what_a_guest_returns_is_refused_or_bounded(
+                n in 1usize..6,
+                counts in proptest::collection::vec(0u32..4, 0..7),
+                data in data(),
+                index in proptest::collection::vec(0u32..300, 0..8),
+                failures in proptest::collection::vec((0u32..8, ".{0,20}"), 0..3),
+                filter in any::<bool>(),
+            ) {
+                let failures: Vec<Failure> = failures
+                    .into_iter()
+                    .map(|(index, message)| Failure { index, error: RecordError { message } })
+                    .collect();
+                let raw = if filter {
+                    RawResult::Filter(crate::engine::bindings::Verdicts {
+                        keep: counts.iter().map(|&c| c.min(1) as u8).collect(),
+                        failures,
+                    })
+                } else {
+                    RawResult::Outputs(Outputs { counts, records: Batch { data: data.clone(), index }, failures })
+                };
+                if let Ok(p) = check(raw, n, &Limits::default()) {
+                    prop_assert_eq!(p.outcomes.len(), n);
+                    let returned: usize = (0..n)
+                        .flat_map(|i| p.outputs_of(i).map(|r| r.frame_len()).collect::<Vec<_>>())
+                        .sum();
+                    prop_assert!(returned <= data.len());
+                    for o in &p.outcomes {
+                        if let Outcome::Emit { first, count } = o {
+                            prop_assert!((*first + *count) as usize <= p.outputs.len());
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! batches to the workers, the rebalance callbacks, and storing and
 //! committing offsets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use super::Deployment;
 use super::delivery::{FLUSH_TIMEOUT, flush};
 use super::deployment::Shared;
 use super::lock;
-use super::queue::{Job, Rejected, sync_workers};
+use super::queue::{Job, Rejected, TrySend};
 use super::status::{DeploymentStatus, PartitionStatus};
 use crate::kafka::{BadHeaderName, push_message};
 
@@ -74,8 +74,8 @@ impl ConsumerContext for RebalanceContext {
         self.guard("revoke", || self.revoke(consumer, rebalance));
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.guard("assign", || self.assign(rebalance));
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.guard("assign", || self.assign(consumer, rebalance));
     }
 }
 
@@ -90,25 +90,30 @@ impl RebalanceContext {
         let revoked = partitions(tpl);
         tracing::info!(deployment = self.shared.name, partitions = ?revoked, "partitions revoked: committing");
         // Records not yet run belong to the next owner, which reads them from
-        // the committed offset.
+        // the committed offset: jobs of these partitions made before now are
+        // not run. A batch a worker runs now finishes first (or gives up its
+        // isolation), so that its outputs are acknowledged before the commit.
         {
             let mut buffers = lock(&self.shared.buffers);
+            let mut held = lock(&self.shared.held);
             let mut assigned = lock(&self.shared.assigned);
             for tp in &revoked {
                 buffers.remove(tp);
+                held.remove(tp);
                 assigned.remove(tp);
             }
         }
-        // Batches already handed to workers finish first.
-        lock(&self.shared.abandon).extend(revoked.iter().cloned());
-        sync_workers(&self.shared);
+        self.shared.bump_epochs(&revoked);
+        self.shared.wait_idle(&revoked);
         commit_final(&self.shared, consumer, &revoked);
-        lock(&self.shared.abandon).clear();
     }
 
-    fn assign(&self, rebalance: &Rebalance<'_>) {
+    fn assign(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let assigned = partitions(tpl);
+            self.shared.bump_epochs(&assigned);
+            // Paused when it was ours before, its worker's queue full.
+            let _ = consumer.resume(tpl);
             lock(&self.shared.assigned).extend(assigned.iter().cloned());
             tracing::info!(deployment = self.shared.name, partitions = ?assigned, "partitions assigned");
         }
@@ -147,6 +152,16 @@ pub(super) fn commit_final(
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(next));
             }
         }
+    }
+    // Lost, not revoked: the group moved on without this consumer (its
+    // session timed out), another may own these partitions and have
+    // committed past this offset. Committing would move it back.
+    if consumer.assignment_lost() {
+        tracing::warn!(
+            deployment = shared.name,
+            "the partitions were lost, not revoked (the session timed out): their offsets are not committed; the next owner reads from the last commit"
+        );
+        return;
     }
     // Stored too: librdkafka's own commit of a revoked partition (automatic
     // commits are on) then writes this offset, not an older stored one.
@@ -221,6 +236,7 @@ pub(super) fn report_partitions(
 pub(super) struct Poller<'a> {
     pub(super) d: &'a Deployment,
     pub(super) shared: &'a Shared,
+    pub(super) consumer: &'a BaseConsumer<RebalanceContext>,
     pub(super) status: &'a Mutex<DeploymentStatus>,
     pub(super) warned_missing: Option<Instant>,
 }
@@ -273,16 +289,14 @@ impl Poller<'_> {
             kind: "bad-header",
             error: bad.to_string(),
         };
-        let senders = lock(&self.shared.workers).clone();
-        if senders.is_empty() {
-            return;
-        }
-        let tx = &senders[key.1.unsigned_abs() as usize % senders.len()];
-        tx.send(Job::Reject {
-            topic: key.0,
+        let epoch = self.shared.epoch(&key);
+        let job = Job::Reject {
+            topic: key.0.clone(),
             partition: key.1,
+            epoch,
             record: Box::new(record),
-        });
+        };
+        self.enqueue(key, job);
     }
 
     pub(super) fn consumer_error(&mut self, e: &KafkaError) {
@@ -319,9 +333,8 @@ impl Poller<'_> {
         }
     }
 
-    /// Sends a partition's waiting records to its worker; blocks while that
-    /// worker's queue is full (see [`QUEUE_BYTES`]), which stops the
-    /// consumer: backpressure.
+    /// Sends a partition's waiting records to its worker (see
+    /// [`Poller::enqueue`]).
     pub(super) fn dispatch(&mut self, key: (String, i32)) {
         let Some(pending) = lock(&self.shared.buffers).remove(&key) else {
             return;
@@ -329,18 +342,93 @@ impl Poller<'_> {
         if pending.batch.is_empty() {
             return;
         }
+        let job = Job::Batch {
+            topic: key.0.clone(),
+            partition: key.1,
+            epoch: self.shared.epoch(&key),
+            batch: pending.batch,
+        };
+        self.enqueue(key, job);
+    }
+
+    /// Queues a job on its partition's worker. While that worker's queue is
+    /// full (see [`QUEUE_BYTES`](super::queue::QUEUE_BYTES)), the job is
+    /// held here, after any held before it, and the partition is paused:
+    /// backpressure without blocking the consumer, which keeps polling (and
+    /// so stays in its group, however long a worker takes) and keeps
+    /// feeding the partitions of the other workers.
+    fn enqueue(&mut self, key: (String, i32), job: Job) {
+        let mut held = lock(&self.shared.held);
+        if let Some(queue) = held.get_mut(&key) {
+            queue.push_back(job);
+            return;
+        }
         let senders = lock(&self.shared.workers).clone();
         if senders.is_empty() {
             return;
         }
         let tx = &senders[key.1.unsigned_abs() as usize % senders.len()];
-        let job = Job::Batch {
-            topic: key.0,
-            partition: key.1,
-            batch: pending.batch,
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySend::Full(job)) => {
+                self.pause(&key, true);
+                held.insert(key, VecDeque::from([job]));
+            }
+            Err(TrySend::Gone) => {
+                tracing::error!(deployment = self.d.spec.name, "a worker thread is gone");
+            }
+        }
+    }
+
+    /// Queues the held jobs whose worker has room now, in order, and resumes
+    /// the partitions with none left.
+    pub(super) fn retry_held(&mut self) {
+        let mut held = lock(&self.shared.held);
+        if held.is_empty() {
+            return;
+        }
+        let senders = lock(&self.shared.workers).clone();
+        if senders.is_empty() {
+            return;
+        }
+        let mut emptied = Vec::new();
+        for (key, queue) in held.iter_mut() {
+            let tx = &senders[key.1.unsigned_abs() as usize % senders.len()];
+            while let Some(job) = queue.pop_front() {
+                match tx.try_send(job) {
+                    Ok(()) => {}
+                    Err(TrySend::Full(job)) => {
+                        queue.push_front(job);
+                        break;
+                    }
+                    Err(TrySend::Gone) => {
+                        queue.clear();
+                        break;
+                    }
+                }
+            }
+            if queue.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            held.remove(&key);
+            if lock(&self.shared.assigned).contains(&key) {
+                self.pause(&key, false);
+            }
+        }
+    }
+
+    fn pause(&self, (topic, partition): &(String, i32), pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(topic, *partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
         };
-        if !tx.send(job) {
-            tracing::error!(deployment = self.d.spec.name, "a worker thread is gone");
+        if let Err(e) = result {
+            tracing::debug!(deployment = self.d.spec.name, topic, partition, error = %e, "pausing or resuming a partition");
         }
     }
 }

@@ -4,10 +4,10 @@
 //! [`super::queue`]. See the module documentation of [`super`] for the
 //! guarantees.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -47,9 +47,15 @@ pub(super) struct Shared {
     pub(super) producer: Mutex<Option<Arc<ThreadedProducer<DeliveryContext>>>>,
     /// The queues of the deployment's worker threads.
     pub(super) workers: Mutex<Vec<WorkerQueue>>,
-    /// Partitions being revoked: a worker waiting for its function to start
-    /// gives up their batches (the next owner reads them).
-    pub(super) abandon: Mutex<HashSet<(String, i32)>>,
+    /// Which assignment of each partition is current, and the partitions a
+    /// worker runs a batch of now: see [`Owned`].
+    pub(super) owned: Mutex<Owned>,
+    /// Signalled when a worker finishes a batch.
+    pub(super) idle: Condvar,
+    /// Jobs of partitions whose worker's queue was full, in order, waiting
+    /// for room; their partitions are paused meanwhile (see
+    /// [`super::consumer::Poller::enqueue`]).
+    pub(super) held: Mutex<HashMap<(String, i32), VecDeque<Job>>>,
     pub(super) name: String,
     /// The version the workers run, and its number: a worker whose instance
     /// is of an older generation replaces it before its next batch.
@@ -85,6 +91,82 @@ impl Shared {
         tracing::error!(deployment = self.name, error, "the deployment failed");
         lock(&self.fatal).get_or_insert(error);
         self.ending.failed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A revoke waits only for the batches of the partitions it takes away
+/// that a worker is running at that moment, not for every batch queued
+/// before it: those of the revoked partitions are never run (their epoch is
+/// old), and those of other partitions do not matter to it. A worker gives
+/// up a poison batch's isolation (one call per record, each up to the
+/// deadline) as soon as its partition is revoked, so a revoke waits for at
+/// most one call.
+#[derive(Debug, Default)]
+pub(super) struct Owned {
+    /// Bumped when a partition is assigned and when it is revoked.
+    pub(super) epochs: HashMap<(String, i32), u64>,
+    /// The partitions whose batch a worker runs now.
+    pub(super) busy: HashSet<(String, i32)>,
+}
+
+impl Shared {
+    /// The current epoch of a partition.
+    pub(super) fn epoch(&self, key: &(String, i32)) -> u64 {
+        lock(&self.owned).epochs.get(key).copied().unwrap_or(0)
+    }
+
+    /// Whether a job of `epoch` is still to be run: its partition was not
+    /// revoked since, and the run is not ending.
+    pub(super) fn is_current(&self, key: &(String, i32), epoch: u64) -> bool {
+        !self.ending.is_set() && self.epoch(key) == epoch
+    }
+
+    /// Marks a partition's batch as running, if its epoch is current; the
+    /// guard marks it done.
+    pub(super) fn begin(&self, key: &(String, i32), epoch: u64) -> Option<Busy<'_>> {
+        let mut owned = lock(&self.owned);
+        if self.ending.is_set() || owned.epochs.get(key).copied().unwrap_or(0) != epoch {
+            return None;
+        }
+        owned.busy.insert(key.clone());
+        Some(Busy {
+            shared: self,
+            key: key.clone(),
+        })
+    }
+
+    /// A new epoch for each of `keys` (assigned or revoked): their jobs
+    /// made before are not run.
+    pub(super) fn bump_epochs(&self, keys: &[(String, i32)]) {
+        let mut owned = lock(&self.owned);
+        for k in keys {
+            *owned.epochs.entry(k.clone()).or_default() += 1;
+        }
+    }
+
+    /// Waits until no worker runs a batch of any of `keys`.
+    pub(super) fn wait_idle(&self, keys: &[(String, i32)]) {
+        let mut owned = lock(&self.owned);
+        while keys.iter().any(|k| owned.busy.contains(k)) {
+            owned = self
+                .idle
+                .wait_timeout(owned, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A batch being run: see [`Shared::begin`].
+pub(super) struct Busy<'a> {
+    shared: &'a Shared,
+    key: (String, i32),
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.owned).busy.remove(&self.key);
+        self.shared.idle.notify_all();
     }
 }
 
@@ -200,7 +282,9 @@ fn run_inner(
         retries: Mutex::default(),
         producer: Mutex::default(),
         workers: Mutex::default(),
-        abandon: Mutex::default(),
+        owned: Mutex::default(),
+        idle: Condvar::new(),
+        held: Mutex::default(),
         name: spec.name.clone(),
         current: Mutex::new(d.clone()),
         generation: AtomicU64::new(generation),
@@ -254,7 +338,6 @@ fn run_inner(
             shared: shared.clone(),
             status: status.clone(),
             worker: None,
-            skipping: HashSet::new(),
             traps_seen: 0,
             dead_letter: spec.dead_letter_topic(),
             module_header: format!("sha256:{}", d.module.digest()),
@@ -282,6 +365,7 @@ fn run_inner(
     let mut poller = Poller {
         d: &d,
         shared: &shared,
+        consumer: &consumer,
         status,
         warned_missing: None,
     };
@@ -311,6 +395,7 @@ fn run_inner(
                 None => break,
             }
         }
+        poller.retry_held();
         poller.dispatch_ready(linger);
         store_moved(&shared, &consumer);
     }
@@ -325,6 +410,7 @@ fn run_inner(
         }
     );
     lock(&shared.buffers).clear();
+    lock(&shared.held).clear();
     sync_workers(&shared);
     lock(&shared.workers).clear();
     for t in threads {
@@ -362,6 +448,8 @@ fn swap(
     spec.config = next.spec.config.clone();
     spec.memory_mib = next.spec.memory_mib;
     spec.timeout_ms = next.spec.timeout_ms;
+    spec.max_outputs_per_record = next.spec.max_outputs_per_record;
+    spec.max_output_mib = next.spec.max_output_mib;
     let running_version = lock(status).version;
     let version = next.version.max(running_version + 1);
     let next = Deployment {

@@ -2,7 +2,6 @@
 //! through its own instance of the function, and hands what they made to the
 //! delivery side.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -32,9 +31,6 @@ pub(super) struct Exec {
     pub(super) shared: Arc<Shared>,
     pub(super) status: Arc<Mutex<DeploymentStatus>>,
     pub(super) worker: Option<Worker>,
-    /// Partitions whose batch was given up: their later batches are given
-    /// up too, or a commit after them would skip the records never run.
-    pub(super) skipping: HashSet<(String, i32)>,
     pub(super) traps_seen: u64,
     pub(super) dead_letter: String,
     pub(super) module_header: String,
@@ -74,46 +70,50 @@ impl Exec {
     pub(super) fn run(&mut self, job: Job) {
         match job {
             Job::Sync(done) => {
-                // Every batch of a revoked partition was before this.
-                self.skipping.clear();
                 let _ = done.send(());
             }
-            // Ending: what is queued is not run, so not committed, and read
-            // again by the next owner.
-            Job::Reject { .. } | Job::Batch { .. } if self.shared.ending.is_set() => {}
+            // Ending, or made before its partition was revoked: not run, so
+            // not committed, and read again by the next owner. A partition's
+            // jobs run in order, so once one is dropped for its epoch, every
+            // later one of that epoch is too.
             Job::Reject {
                 topic,
                 partition,
+                epoch,
                 record,
             } => {
-                if !self.skipping.contains(&(topic.clone(), partition)) {
-                    self.reject(&topic, partition, *record);
+                let shared = self.shared.clone();
+                let key = (topic, partition);
+                if let Some(_busy) = shared.begin(&key, epoch) {
+                    self.reject(&key.0, key.1, *record);
                 }
             }
             Job::Batch {
                 topic,
                 partition,
+                epoch,
                 mut batch,
             } => {
+                let shared = self.shared.clone();
                 let key = (topic, partition);
-                if self.skipping.contains(&key) {
+                let Some(_busy) = shared.begin(&key, epoch) else {
                     return;
-                }
+                };
                 super::fault::point(&self.d.spec.name, super::fault::Site::Worker);
                 self.follow_swaps();
                 // A function that cannot start keeps its batch and retries
-                // after the backoff; the full queue stops the consumer.
-                while !self.run_batch(&key.0, key.1, &mut batch) {
+                // after the backoff; the queue fills and the consumer pauses
+                // the partitions of this worker.
+                while !self.run_batch(&key.0, key.1, epoch, &mut batch) {
                     let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
-                    while Instant::now() < until && !self.give_up(&key) {
+                    while Instant::now() < until && shared.is_current(&key, epoch) {
                         if self.take_staged() {
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    if self.give_up(&key) {
+                    if !shared.is_current(&key, epoch) {
                         // Not run, so never committed: read again later.
-                        self.skipping.insert(key);
                         break;
                     }
                 }
@@ -158,10 +158,6 @@ impl Exec {
         self.backoff = None;
     }
 
-    pub(super) fn give_up(&self, key: &(String, i32)) -> bool {
-        self.shared.ending.is_set() || lock(&self.shared.abandon).contains(key)
-    }
-
     pub(super) fn worker(&mut self) -> Result<&mut Worker, String> {
         if self.worker.is_none() {
             let d = &self.d;
@@ -200,10 +196,14 @@ impl Exec {
         &mut self,
         topic: &str,
         partition: i32,
+        epoch: u64,
         batch: &mut BatchBuilder,
     ) -> bool {
         let started = Instant::now();
-        let processed = match self.worker().map(|w| w.process(batch)) {
+        let shared = self.shared.clone();
+        let key = (topic.to_owned(), partition);
+        let give_up = || !shared.is_current(&key, epoch);
+        let processed = match self.worker().map(|w| w.process_until(batch, &give_up)) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 self.fail_start(e.to_string());
@@ -216,7 +216,12 @@ impl Exec {
         };
         let called = started.elapsed();
         let view = runnel_abi::BatchRef::new(batch.data(), batch.index());
-        let inputs: Vec<RecordRef<'_>> = view.iter().map_while(Result::ok).collect();
+        // All of the batch, or the records run before it was given up.
+        let inputs: Vec<RecordRef<'_>> = view
+            .iter()
+            .take(processed.outcomes.len())
+            .map_while(Result::ok)
+            .collect();
         // Every input is in the tracker before any of its outputs can be
         // acknowledged.
         {

@@ -50,6 +50,21 @@ impl WorkerQueue {
     /// never waits). False if the worker is gone, or the deployment stops
     /// while this waits: the job is then dropped, and its records, never
     /// run, are read again by the next owner.
+    /// Queues `job` if there is room (see [`WorkerQueue::send`]), without
+    /// waiting: the consumer keeps polling, and pauses the partition
+    /// instead, so that a slow worker never costs it its group membership.
+    pub(super) fn try_send(&self, job: Job) -> Result<(), TrySend> {
+        let bytes = job.bytes();
+        {
+            let mut q = lock(&self.queued.bytes);
+            if bytes > 0 && *q > 0 && *q + bytes > QUEUE_BYTES {
+                return Err(TrySend::Full(job));
+            }
+            *q += bytes;
+        }
+        self.jobs.send(job).map_err(|_| TrySend::Gone)
+    }
+
     pub(super) fn send(&self, job: Job) -> bool {
         let bytes = job.bytes();
         {
@@ -71,12 +86,23 @@ impl WorkerQueue {
     }
 }
 
+/// Why [`WorkerQueue::try_send`] did not queue a job.
+pub(super) enum TrySend {
+    /// The worker's queue is full: the job is given back.
+    Full(Job),
+    /// The worker thread is gone.
+    Gone,
+}
+
 /// Work for a worker thread.
 pub(super) enum Job {
-    /// Run a batch of one partition.
+    /// Run a batch of one partition. `epoch`: the partition's assignment
+    /// when the batch was made; a batch of an older one (the partition was
+    /// revoked since) is not run. See [`super::deployment::Owned`].
     Batch {
         topic: String,
         partition: i32,
+        epoch: u64,
         batch: BatchBuilder,
     },
     /// Dead-letter a record that cannot be given to the function. It goes
@@ -85,6 +111,7 @@ pub(super) enum Job {
     Reject {
         topic: String,
         partition: i32,
+        epoch: u64,
         record: Box<Rejected>,
     },
     /// Answer once every job sent before this one is done.
@@ -143,6 +170,7 @@ mod tests {
         Job::Batch {
             topic: "t".into(),
             partition: 0,
+            epoch: 0,
             batch: BatchBuilder::of_values([vec![0u8; bytes].as_slice()]),
         }
     }

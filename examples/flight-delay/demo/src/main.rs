@@ -210,7 +210,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let control = Arc::new(ControlPlane::start(options, engine, vec![]).await?);
     let api = Api {
-        http: reqwest::Client::new(),
+        // Uploads are raw bytes; the header says this is no web page's
+        // simple cross-origin request, which the API refuses.
+        http: reqwest::Client::builder()
+            .default_headers(
+                [(
+                    reqwest::header::HeaderName::from_static("x-runnel-request"),
+                    reqwest::header::HeaderValue::from_static("demo"),
+                )]
+                .into_iter()
+                .collect(),
+            )
+            .build()?,
         base: control.url(),
     };
     println!("  node     a runnel node, admin API at {}", control.url());

@@ -369,7 +369,10 @@ impl Registry {
             .map_err(|e| e.to_string())?;
         match metadata.topics().first() {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-            _ => Err(format!("the registry topic {} is missing", self.topics.deployments)),
+            _ => Err(format!(
+                "the registry topic {} is missing",
+                self.topics.deployments
+            )),
         }
     }
 
@@ -617,7 +620,10 @@ pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result
         ));
     }
     if r.current_version().is_none() {
-        return Err(format!("its current version {} is not among its versions", r.current));
+        return Err(format!(
+            "its current version {} is not among its versions",
+            r.current
+        ));
     }
     for v in &r.versions {
         crate::rules::Settings {
@@ -689,8 +695,8 @@ impl State {
                 payload.len()
             ));
         }
-        let report: serde_json::Value =
-            serde_json::from_slice(payload).map_err(|e| format!("an unreadable node report: {e}"))?;
+        let report: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| format!("an unreadable node report: {e}"))?;
         if !self.nodes.contains_key(node) && self.nodes.len() >= MAX_NODES {
             return Err(format!("more than {MAX_NODES} nodes report"));
         }
@@ -744,7 +750,11 @@ impl State {
         let kind = match m.header("runnel-kind") {
             Some(b"module") => ArtifactKind::Module,
             Some(b"model") => ArtifactKind::Model,
-            _ => return Err(format!("artifact chunk {key}: runnel-kind is not module or model")),
+            _ => {
+                return Err(format!(
+                    "artifact chunk {key}: runnel-kind is not module or model"
+                ));
+            }
         };
         let count = |name: &str| {
             m.header(name)
@@ -754,7 +764,9 @@ impl State {
         let n = count("runnel-chunks")
             .filter(|n| (1..=MAX_CHUNKS).contains(n))
             .ok_or_else(|| {
-                format!("artifact chunk {key}: runnel-chunks is not a number from 1 to {MAX_CHUNKS}")
+                format!(
+                    "artifact chunk {key}: runnel-chunks is not a number from 1 to {MAX_CHUNKS}"
+                )
             })?;
         let index = index
             .parse::<usize>()
@@ -770,12 +782,15 @@ impl State {
         if self.artifacts.contains_key(digest) {
             return Ok(());
         }
-        let partial = self.partial.entry(digest.to_owned()).or_insert_with(|| Partial {
-            kind,
-            chunks: vec![None; n],
-            bytes: 0,
-            started: now,
-        });
+        let partial = self
+            .partial
+            .entry(digest.to_owned())
+            .or_insert_with(|| Partial {
+                kind,
+                chunks: vec![None; n],
+                bytes: 0,
+                started: now,
+            });
         if partial.chunks.len() != n {
             return Err(format!(
                 "artifact chunk {key}: its count {n} differs from its first chunk's {}",
@@ -790,7 +805,9 @@ impl State {
             let partial = self.partial.remove(digest).expect("present above");
             let bytes: Vec<u8> = partial.chunks.into_iter().flatten().flatten().collect();
             if self::digest(&bytes) != digest {
-                return Err(format!("artifact sha256:{digest}: its bytes do not match its digest"));
+                return Err(format!(
+                    "artifact sha256:{digest}: its bytes do not match its digest"
+                ));
             }
             self.artifacts
                 .insert(digest.to_owned(), (partial.kind, Arc::from(bytes)));
@@ -894,7 +911,11 @@ mod tests {
     fn apply_deployment(s: &mut State, key: &[u8], r: &serde_json::Value) -> bool {
         let value = serde_json::to_vec(r).unwrap();
         let t = topics();
-        s.apply(&t, &raw(&t.deployments, Some(key), vec![], Some(&value)), Instant::now())
+        s.apply(
+            &t,
+            &raw(&t.deployments, Some(key), vec![], Some(&value)),
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -904,7 +925,11 @@ mod tests {
         assert!(apply_deployment(&mut s, b"d", &r));
         assert_eq!(s.deployments["d"], record("d"));
         let t = topics();
-        assert!(s.apply(&t, &raw(&t.deployments, Some(b"d"), vec![], None), Instant::now()));
+        assert!(s.apply(
+            &t,
+            &raw(&t.deployments, Some(b"d"), vec![], None),
+            Instant::now()
+        ));
         assert!(s.deployments.is_empty());
         assert_eq!(s.positions[&t.deployments], 8, "read past it");
     }
@@ -959,7 +984,11 @@ mod tests {
     #[test]
     fn versions_without_output_limits_read_with_the_defaults() {
         let mut r = serde_json::to_value(record("d")).unwrap();
-        let v = r.pointer_mut("/versions/0").unwrap().as_object_mut().unwrap();
+        let v = r
+            .pointer_mut("/versions/0")
+            .unwrap()
+            .as_object_mut()
+            .unwrap();
         v.remove("max_outputs_per_record");
         v.remove("max_output_mib");
         let mut s = State::default();
@@ -967,19 +996,17 @@ mod tests {
         assert_eq!(s.deployments["d"], record("d"));
     }
 
-    fn chunk<'a>(
-        s: &mut State,
-        key: &'a str,
-        n: &'a str,
-        value: &'a [u8],
-        now: Instant,
-    ) -> bool {
+    fn chunk<'a>(s: &mut State, key: &'a str, n: &'a str, value: &'a [u8], now: Instant) -> bool {
         let t = topics();
         let headers: Vec<(&[u8], Option<&[u8]>)> = vec![
             (b"runnel-kind", Some(b"module")),
             (b"runnel-chunks", Some(n.as_bytes())),
         ];
-        s.apply(&t, &raw(&t.artifacts, Some(key.as_bytes()), headers, Some(value)), now)
+        s.apply(
+            &t,
+            &raw(&t.artifacts, Some(key.as_bytes()), headers, Some(value)),
+            now,
+        )
     }
 
     #[test]
@@ -1009,8 +1036,17 @@ mod tests {
         for n in ["18446744073709551615", "1000000", "0", "-1", "x"] {
             assert!(!chunk(&mut s, &format!("{d}/0"), n, b"x", now), "{n}");
         }
-        assert!(!chunk(&mut s, &format!("{d}/0"), "2", &vec![0; CHUNK + 1], now));
-        assert!(!chunk(&mut s, &format!("{d}/5"), "2", b"x", now), "index past the count");
+        assert!(!chunk(
+            &mut s,
+            &format!("{d}/0"),
+            "2",
+            &vec![0; CHUNK + 1],
+            now
+        ));
+        assert!(
+            !chunk(&mut s, &format!("{d}/5"), "2", b"x", now),
+            "index past the count"
+        );
         assert!(!chunk(&mut s, "not-a-digest/0", "2", b"x", now));
         assert!(s.partial.is_empty());
     }
@@ -1019,7 +1055,13 @@ mod tests {
     fn partial_uploads_expire_and_their_bytes_are_bounded() {
         let mut s = State::default();
         let start = Instant::now();
-        chunk(&mut s, &format!("{}/0", "d".repeat(64)), "2", b"half", start);
+        chunk(
+            &mut s,
+            &format!("{}/0", "d".repeat(64)),
+            "2",
+            b"half",
+            start,
+        );
         assert_eq!(s.partial.len(), 1);
         s.expire_partial(start + PARTIAL_TTL);
         assert!(s.partial.is_empty(), "expired");
@@ -1050,11 +1092,19 @@ mod tests {
         let t = topics();
         let mut s = State::default();
         let big = vec![b' '; MAX_NODE_REPORT + 1];
-        s.apply(&t, &raw(&t.nodes, Some(b"n"), vec![], Some(&big)), Instant::now());
+        s.apply(
+            &t,
+            &raw(&t.nodes, Some(b"n"), vec![], Some(&big)),
+            Instant::now(),
+        );
         assert!(s.nodes.is_empty());
         for i in 0..MAX_NODES + 10 {
             let key = format!("n{i}");
-            s.apply(&t, &raw(&t.nodes, Some(key.as_bytes()), vec![], Some(b"{}")), Instant::now());
+            s.apply(
+                &t,
+                &raw(&t.nodes, Some(key.as_bytes()), vec![], Some(b"{}")),
+                Instant::now(),
+            );
         }
         assert_eq!(s.nodes.len(), MAX_NODES);
     }
@@ -1091,15 +1141,13 @@ mod tests {
         prop_oneof![
             Just(Some(valid.clone())),
             // A valid record with some bytes changed.
-            proptest::collection::vec((0..valid.len(), any::<u8>()), 1..4).prop_map(
-                move |edits| {
-                    let mut v = valid.clone();
-                    for (i, b) in edits {
-                        v[i] = b;
-                    }
-                    Some(v)
+            proptest::collection::vec((0..valid.len(), any::<u8>()), 1..4).prop_map(move |edits| {
+                let mut v = valid.clone();
+                for (i, b) in edits {
+                    v[i] = b;
                 }
-            ),
+                Some(v)
+            }),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
         ]
     }

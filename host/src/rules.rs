@@ -29,11 +29,7 @@ impl Range {
 
 impl fmt::Display for Range {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} must be {} to {}",
-            self.setting, self.min, self.max
-        )
+        write!(f, "{} must be {} to {}", self.setting, self.min, self.max)
     }
 }
 
@@ -232,7 +228,12 @@ mod tests {
 
     fn topics(input: &[&str], output: &str, dlq: Option<&str>) -> Result<(), String> {
         let input: Vec<String> = input.iter().map(|s| (*s).to_owned()).collect();
-        check_topics(&input, output, dlq, &["runnel.artifacts", "runnel.deployments"])
+        check_topics(
+            &input,
+            output,
+            dlq,
+            &["runnel.artifacts", "runnel.deployments"],
+        )
     }
 
     #[test]
@@ -253,8 +254,16 @@ mod tests {
         }
         assert!(check_name("flight-delays_v2.1").is_ok());
         assert!(topics(&["in"], "out", None).is_ok());
-        assert!(topics(&[], "out", None).unwrap_err().contains("input topics"));
-        assert!(topics(&["in"], "in", None).unwrap_err().contains("also an input"));
+        assert!(
+            topics(&[], "out", None)
+                .unwrap_err()
+                .contains("input topics")
+        );
+        assert!(
+            topics(&["in"], "in", None)
+                .unwrap_err()
+                .contains("also an input")
+        );
         assert!(
             topics(&["in", "d"], "out", Some("d"))
                 .unwrap_err()
@@ -276,8 +285,16 @@ mod tests {
                 .unwrap_err()
                 .contains("registry")
         );
-        assert!(topics(&["in", "in"], "out", None).unwrap_err().contains("twice"));
-        assert!(topics(&["in"], "a b", None).unwrap_err().contains("not a Kafka topic"));
+        assert!(
+            topics(&["in", "in"], "out", None)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            topics(&["in"], "a b", None)
+                .unwrap_err()
+                .contains("not a Kafka topic")
+        );
     }
 
     #[test]

@@ -53,7 +53,9 @@ async fn call(
 ) -> (u16, Value) {
     let client = reqwest::Client::new();
     // As the CLI does: see `same_origin_and_non_simple_requests_only`.
-    let mut r = client.request(method, url).header("x-runnel-request", "test");
+    let mut r = client
+        .request(method, url)
+        .header("x-runnel-request", "test");
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
@@ -750,10 +752,10 @@ async fn same_origin_and_non_simple_requests_only() {
     )
     .await;
     assert_eq!(s, 403, "{body}");
-    let (s, body) = send(
-        http.delete(url("/v1/deployments/d"))
-            .header("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
-    )
+    let (s, body) = send(http.delete(url("/v1/deployments/d")).header(
+        "content-type",
+        "application/x-www-form-urlencoded; charset=utf-8",
+    ))
     .await;
     assert_eq!(s, 403, "{body}");
     // Another origin, even with what a page could only send after a
@@ -792,11 +794,14 @@ async fn same_origin_and_non_simple_requests_only() {
         let (s, body) = send(r).await;
         assert_eq!(s, 404, "{body}");
     }
-    tokio::task::spawn_blocking(move || cp.stop()).await.unwrap();
+    tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_the_records_sent_and_readyz_stays_ready_but_names_a_deployment_that_backs_off() {
+async fn metrics_count_the_records_sent_and_readyz_stays_ready_but_names_a_deployment_that_backs_off()
+ {
     let (_broker, kafka) = broker().await;
     let (input, output) = (unique("in"), unique("out"));
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;
@@ -919,11 +924,26 @@ async fn metrics_count_the_records_sent_and_readyz_stays_ready_but_names_a_deplo
             None,
         )
         .await;
-        assert_eq!(s, 200, "one deployment's trouble leaves the node ready: {v}");
-        if let Some(t) = v["deployments_in_trouble"].as_array().and_then(|t| t.first()) {
-            assert!(t["deployment"].as_str().unwrap().starts_with("refused"), "{v}");
+        assert_eq!(
+            s, 200,
+            "one deployment's trouble leaves the node ready: {v}"
+        );
+        if let Some(t) = v["deployments_in_trouble"]
+            .as_array()
+            .and_then(|t| t.first())
+        {
+            assert!(
+                t["deployment"].as_str().unwrap().starts_with("refused"),
+                "{v}"
+            );
             assert_eq!(t["state"], "backing_off", "{v}");
-            assert!(t["problem"].as_str().unwrap().contains("backs off: function"), "{v}");
+            assert!(
+                t["problem"]
+                    .as_str()
+                    .unwrap()
+                    .contains("backs off: function"),
+                "{v}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the trouble never showed: {v}");

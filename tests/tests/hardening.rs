@@ -625,3 +625,72 @@ async fn what_the_log_caps_drop_is_counted_per_deployment() {
     );
     node.stop();
 }
+
+/// The node's instance pool is shared by every deployment on it: one that
+/// cannot get an instance says so in its status (it backs off), and the
+/// deployment that has its instances runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_that_cannot_get_an_instance_says_so_in_its_status() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    let (input2, output2) = (unique("in"), unique("out"));
+    topics(
+        &kafka,
+        &[
+            &input,
+            &output,
+            &format!("{output}.dlq"),
+            &input2,
+            &output2,
+            &format!("{output2}.dlq"),
+        ],
+        2,
+    )
+    .await;
+    produce(&kafka, &input, &records(0..10)).await;
+    produce(&kafka, &input2, &records(0..10)).await;
+    let engine = runnel_host::engine::Engine::new(runnel_host::engine::EngineConfig {
+        cache_dir: None,
+        max_instances: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let first = Deployment::load(
+        &engine,
+        DeploymentSpec {
+            workers: 2,
+            ..spec("first", guests::IDENTITY_FILTER, &input, &output, &[])
+        },
+    )
+    .unwrap();
+    let node = Node::start(&kafka, vec![first]).unwrap();
+    assert_eq!(read(&kafka, &output, 10, WAIT).await.len(), 10);
+
+    let second = Deployment::load(
+        &engine,
+        spec("second", guests::IDENTITY_FILTER, &input2, &output2, &[]),
+    )
+    .unwrap();
+    let name = second.spec.name.clone();
+    node.add(second).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = node.status().into_iter().find(|s| s.name == name).unwrap();
+        if let DeploymentState::BackingOff { error, .. } = &s.state {
+            assert!(
+                error.contains("the node's instance pool is full"),
+                "{error}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(&kafka, &input, &records(10..20)).await;
+    assert_eq!(
+        read(&kafka, &output, 20, WAIT).await.len(),
+        20,
+        "the first deployment runs on"
+    );
+    node.stop();
+}

@@ -220,8 +220,8 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(bytes),
         )
-            .await
-            .with_context(|| format!("uploading {}", file.display()))
+        .await
+        .with_context(|| format!("uploading {}", file.display()))
     }
 }
 

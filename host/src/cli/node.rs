@@ -115,7 +115,15 @@ fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)
     let registry = RegistryTopics::with_prefix(&node.registry);
     config
         .check_reserved(&[&registry.artifacts, &registry.deployments, &registry.nodes])
-        .map_err(|e| anyhow::anyhow!("{}: {e}", node.config.as_deref().unwrap_or_else(|| std::path::Path::new("runnel.toml")).display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                node.config
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new("runnel.toml"))
+                    .display()
+            )
+        })?;
     let engine = Engine::new(EngineConfig {
         cache_dir: default_cache_dir(),
         ..EngineConfig::default()

@@ -208,7 +208,9 @@ async fn readyz(State(state): S) -> (StatusCode, Json<Value>) {
     let mut trouble = Vec::new();
     for s in state.node.status() {
         let what = match &s.state {
-            crate::runner::DeploymentState::BackingOff { error, .. } => format!("backs off: {error}"),
+            crate::runner::DeploymentState::BackingOff { error, .. } => {
+                format!("backs off: {error}")
+            }
             crate::runner::DeploymentState::Failed { error, .. } => format!("failed: {error}"),
             crate::runner::DeploymentState::Stopped => "has stopped".to_owned(),
             _ => continue,

@@ -254,7 +254,10 @@ impl Instance {
                             requested,
                             limit: limits.memory_bytes,
                         },
-                        None if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                        None if e
+                            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                            .is_some() =>
+                        {
                             CallError::PoolExhausted {
                                 function,
                                 reason: format!("{e:#}"),

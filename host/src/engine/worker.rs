@@ -117,19 +117,20 @@ impl Worker {
     /// Errs only when no instance can be made to run (instantiation fails or
     /// `init` refuses or traps); traps during the batch are handled here.
     pub fn process(&mut self, batch: &mut BatchBuilder) -> Result<Processed, CallError> {
-        self.process_until(batch, &|| false)
+        self.process_until(batch, &|_| false)
     }
 
     /// [`Worker::process`], giving up between calls once `give_up` says
     /// so: after a trap, each record of the batch runs alone, each up to
     /// the deadline, so a batch of records that all trap at the deadline
     /// costs `batch_size + 1` deadlines. `give_up` (the partition was
-    /// revoked, the deployment stops) is asked before each of those calls;
-    /// the outcomes then cover only the records run, a prefix of the batch.
+    /// revoked, the deployment stops) is asked before each of those calls,
+    /// with the number of records isolated so far; the outcomes then cover
+    /// only the records run, a prefix of the batch.
     pub fn process_until(
         &mut self,
         batch: &mut BatchBuilder,
-        give_up: &dyn Fn() -> bool,
+        give_up: &dyn Fn(usize) -> bool,
     ) -> Result<Processed, CallError> {
         self.stats.batches += 1;
         match self.call(batch)? {
@@ -176,7 +177,7 @@ impl Worker {
     fn isolate(
         &mut self,
         batch: &BatchBuilder,
-        give_up: &dyn Fn() -> bool,
+        give_up: &dyn Fn(usize) -> bool,
     ) -> Result<Processed, CallError> {
         let view = BatchRef::new(batch.data(), batch.index());
         let mut out = Processed {
@@ -185,9 +186,13 @@ impl Worker {
         };
         let mut single = BatchBuilder::default();
         for i in 0..batch.len() {
-            if give_up() {
-                tracing::info!(function = self.module.name(), run = i, records = batch.len(),
-                    "giving up the rest of an isolated batch: its partition was revoked or the deployment stops");
+            if give_up(i) {
+                tracing::info!(
+                    function = self.module.name(),
+                    run = i,
+                    records = batch.len(),
+                    "giving up the rest of an isolated batch: its partition was revoked or the deployment stops"
+                );
                 break;
             }
             let record = match view.get(i) {

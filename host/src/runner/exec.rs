@@ -14,7 +14,7 @@ use runnel_abi::{BatchBuilder, RecordRef};
 use super::delivery::{Ack, DeliveryContext, Outgoing, Sent, dead_letter_headers, send};
 use super::deployment::Shared;
 use super::queue::{Job, Queued, Rejected};
-use super::status::{DeploymentState, DeploymentStatus};
+use super::status::{DeploymentState, DeploymentStatus, Isolating};
 use super::{Deployment, headers, lock};
 use crate::engine::{Outcome, Worker};
 
@@ -202,8 +202,27 @@ impl Exec {
         let started = Instant::now();
         let shared = self.shared.clone();
         let key = (topic.to_owned(), partition);
-        let give_up = || !shared.is_current(&key, epoch);
-        let processed = match self.worker().map(|w| w.process_until(batch, &give_up)) {
+        let (status, records) = (self.status.clone(), batch.len());
+        // Asked before each record run alone after a trap: says so in the
+        // status, and gives up once the partition is revoked or the run ends.
+        let give_up = |run: usize| {
+            let mut s = lock(&status);
+            s.isolating
+                .retain(|i| (&i.topic, i.partition) != (&key.0, key.1));
+            s.isolating.push(Isolating {
+                topic: key.0.clone(),
+                partition: key.1,
+                run,
+                records,
+            });
+            drop(s);
+            !shared.is_current(&key, epoch)
+        };
+        let processed = self.worker().map(|w| w.process_until(batch, &give_up));
+        lock(&self.status)
+            .isolating
+            .retain(|i| (&i.topic, i.partition) != (&key.0, key.1));
+        let processed = match processed {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 self.fail_start(e.to_string());

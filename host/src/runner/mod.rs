@@ -11,8 +11,10 @@
 //! parallel. Wasm never runs on the I/O runtime. Every output — or the record
 //! itself, to the dead-letter topic, when it failed — is produced with a
 //! delivery callback. A worker's queue holds at most 8 MiB of batches: when
-//! the function falls behind, the consumer stops taking records
-//! (backpressure), so memory stays bounded under any backlog.
+//! the function falls behind, the consumer pauses the partitions of that
+//! worker (backpressure) and keeps polling, so memory stays bounded under
+//! any backlog, the node stays in its group however long a batch takes, and
+//! the other workers' partitions keep moving.
 //!
 //! An input offset is *stored* only when every record it produced has been
 //! acknowledged by the broker (`enable.auto.offset.store=false`; see
@@ -20,15 +22,20 @@
 //! loses nothing acknowledged: records after the last commit are read again
 //! and processed again — duplicates are possible, losses are not. When
 //! partitions are revoked (a rebalance) or the node stops, records not yet
-//! handed to a worker are dropped (the next owner reads them), the batches
-//! the workers hold finish, the producer is flushed and the stored offsets
-//! are committed synchronously before the partitions go.
+//! run are dropped (the next owner reads them), a batch a worker runs at
+//! that moment finishes (or gives up its isolation, see below), the
+//! producer is flushed and the stored offsets are committed synchronously
+//! before the partitions go. Partitions *lost* (the session timed out) are
+//! not committed: another consumer may own them already.
 //!
 //! # Failures
 //!
 //! A record the function rejects, or that makes it trap, goes to the
 //! dead-letter topic with headers saying why (see [`headers`]); the stream goes
-//! on. A function that cannot even start (its `init` fails or traps) backs off
+//! on. After a trap the batch is run again one record at a time to find the
+//! culprits, so a batch whose every record traps at the deadline holds its
+//! worker for `batch_size + 1` deadlines (the status lists it under
+//! `isolating`); a revoke or a stop ends that isolation between two calls. A function that cannot even start (its `init` fails or traps) backs off
 //! exponentially up to 30 s, holding its batch (so the consumer stops) and
 //! saying so in its status; other deployments are not touched. A missing input topic is
 //! reported and waited for.
@@ -71,7 +78,7 @@ use crate::config::DeploymentSpec;
 use crate::engine::{Engine, Limits, Module};
 use crate::kafka::KafkaOptions;
 
-pub use status::{DeploymentState, DeploymentStatus, PartitionStatus, SwapReport};
+pub use status::{DeploymentState, DeploymentStatus, Isolating, PartitionStatus, SwapReport};
 
 /// What one deployment needs to run: its spec, its loaded module and model.
 #[derive(Debug, Clone)]

@@ -86,6 +86,21 @@ pub struct DeploymentStatus {
     /// Bytes of the function's stdout and stderr dropped by the log caps
     /// (per call and per second), by the version running now.
     pub log_dropped_bytes: u64,
+    /// Batches being run one record at a time after a trap, to find the
+    /// records that make the function trap: each record may take up to the
+    /// deadline, so a batch may take `batch_size + 1` deadlines.
+    pub isolating: Vec<Isolating>,
+}
+
+/// A batch being isolated: see [`DeploymentStatus::isolating`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Isolating {
+    pub topic: String,
+    pub partition: i32,
+    /// Records run alone so far.
+    pub run: usize,
+    /// Records in the batch.
+    pub records: usize,
 }
 
 /// One input partition a node holds.
@@ -125,6 +140,7 @@ impl DeploymentStatus {
             call_seconds: super::histogram::Histogram::default(),
             memory_bytes: 0,
             log_dropped_bytes: 0,
+            isolating: Vec::new(),
         }
     }
 }

@@ -241,6 +241,11 @@ impl<'a> BatchRef<'a> {
 
     /// Decodes record `i`. Every length is checked against the buffer, so a
     /// corrupt batch is an error, never a panic or an out-of-bounds read.
+    ///
+    /// Inlined so that a caller in another crate that reads a few fields
+    /// (the host's check of output frames reads the lengths) does not pay
+    /// for returning the whole record through memory.
+    #[inline]
     pub fn get(&self, i: usize) -> Result<RecordRef<'a>, FrameError> {
         let start = *self.index.get(i).ok_or(FrameError {
             record: i,
@@ -380,6 +385,7 @@ impl<'a> RecordRef<'a> {
 
     /// How many bytes this record's frame takes in its batch: where the next
     /// frame may start at the earliest.
+    #[inline]
     pub fn frame_len(&self) -> usize {
         FRAME_HEADER_LEN
             + self.key.map_or(0, <[u8]>::len)

@@ -241,11 +241,6 @@ impl<'a> BatchRef<'a> {
 
     /// Decodes record `i`. Every length is checked against the buffer, so a
     /// corrupt batch is an error, never a panic or an out-of-bounds read.
-    ///
-    /// Inlined so that a caller in another crate that reads a few fields
-    /// (the host's check of output frames reads the lengths) does not pay
-    /// for returning the whole record through memory.
-    #[inline]
     pub fn get(&self, i: usize) -> Result<RecordRef<'a>, FrameError> {
         let start = *self.index.get(i).ok_or(FrameError {
             record: i,

@@ -1,8 +1,10 @@
 //! The sandbox against modules written to break it: guests that sleep in host
 //! calls, return outputs that alias one another, flood stdout, loop in
-//! `init`, start over their memory limit or fill their resource tables.
-//! Most are written against `wit/` directly (`tests/guests/contract-breaker`),
-//! to do what `runnel-sdk` never would.
+//! `init`, start over their memory limit, fill their resource tables or grow
+//! a core wasm table. Most are written against `wit/` directly
+//! (`tests/guests/contract-breaker`), to do what `runnel-sdk` never would;
+//! one is component text (`tests/guests/table-grower.wat`), to do what Rust
+//! cannot.
 //!
 //! Each test checks three things:
 //!
@@ -23,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_host::engine::{
-    CallError, Engine, HOSTCALL_FUEL, LOG_BYTES_PER_CALL, Limits, Module, Outcome, Processed,
-    WRITE_PERMIT, Worker,
+    CallError, Engine, HOSTCALL_FUEL, LOG_BYTES_PER_CALL, Limits, MAX_TABLE_ELEMENTS, Module,
+    Outcome, Processed, WRITE_PERMIT, Worker,
 };
 use runnel_tests::{batch_of, engine, guest, guests};
 
@@ -444,6 +446,45 @@ fn a_resource_table_that_grows_without_bound_traps() {
         assert_isolated(&result.unwrap(), |m| {
             m.starts_with("function `breaker` trapped: ") && !m.contains("deadline")
         });
+        2 * limits().memory_bytes
+    });
+}
+
+/// A filter in component text that grows a funcref table by 1,000 elements
+/// at a time, forever, whatever `table.grow` returns. A table holds at most
+/// [`MAX_TABLE_ELEMENTS`] (20,000) elements: the pooling allocator reserves
+/// no more per table, and growing past it traps with the limit named, where
+/// a -1 would have left this guest spinning until its deadline.
+#[test]
+fn a_table_that_grows_without_bound_traps() {
+    isolated("a_table_that_grows_without_bound_traps", || {
+        assert_eq!(MAX_TABLE_ELEMENTS, 20_000);
+        let engine = engine(None);
+        let text = include_str!("../guests/table-grower.wat");
+        let module = Arc::new(
+            engine
+                .load("tables", &wat::parse_str(text).unwrap())
+                .unwrap(),
+        );
+        let hostile = Worker::new(module, limits(), vec![], None).unwrap();
+        let (result, hostile, _) = beside_a_healthy_function(&engine, hostile, &["grow", "ok"]);
+        assert_isolated(&result.unwrap(), |m| {
+            m == "function `tables` tried to grow a table to 21000 elements, over the limit of \
+                  20000 per table"
+        });
+        // The batch, then the growing record alone.
+        assert_eq!(hostile.stats().traps, 2);
+        // The same module declaring a table past the cap never loads.
+        let over = text.replace("(table $t 0 funcref)", "(table $t 20001 funcref)");
+        assert_ne!(over, text);
+        let err = engine
+            .load("tables", &wat::parse_str(&over).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("minimum element size of 20001 which exceeds the limit of 20000"),
+            "{err}"
+        );
         2 * limits().memory_bytes
     });
 }

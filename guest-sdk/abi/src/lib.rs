@@ -380,6 +380,7 @@ impl<'a> RecordRef<'a> {
 
     /// How many bytes this record's frame takes in its batch: where the next
     /// frame may start at the earliest.
+    #[inline]
     pub fn frame_len(&self) -> usize {
         FRAME_HEADER_LEN
             + self.key.map_or(0, <[u8]>::len)

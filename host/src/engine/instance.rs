@@ -56,6 +56,15 @@ pub enum CallError {
         requested: u64,
         limit: u64,
     },
+    #[error(
+        "function `{function}` tried to grow a table to {requested} elements, over the limit of \
+         {limit} per table"
+    )]
+    TableLimit {
+        function: Arc<str>,
+        requested: u64,
+        limit: u64,
+    },
     #[error("function `{function}` overflowed its stack (unbounded recursion?)")]
     StackOverflow { function: Arc<str> },
     #[error("function `{function}` panicked: {message}")]
@@ -89,13 +98,16 @@ impl CallError {
     }
 }
 
-/// Refuses memory growth past the function's limit, remembering the request
-/// so the trap can say what was asked for.
-struct MemoryLimiter {
+/// Refuses memory growth past the function's limit, and table growth past
+/// [`MAX_TABLE_ELEMENTS`], remembering the request so the trap can say what
+/// was asked for.
+struct GrowthLimiter {
     limit: u64,
     exceeded: Option<u64>,
     /// The linear memory granted so far, in bytes.
     granted: u64,
+    /// The table size asked for past [`MAX_TABLE_ELEMENTS`].
+    table_exceeded: Option<u64>,
 }
 
 /// The most bytes one call may copy out of the guest, in a host call's
@@ -115,11 +127,14 @@ pub const MAX_RESOURCES: usize = 10_000;
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// Tables hold function references; a guest needs a few thousand at most.
-/// The pooling allocator reserves this many per table, and the limiter
-/// refuses growth past it (`table.grow` then fails in the guest).
+/// The pooling allocator reserves this many per table (a module that
+/// declares a larger table is refused when it is loaded), and growing a
+/// table past it traps, as growing memory past its limit does: a
+/// `table.grow` that returned -1 would leave a guest that ignores it to spin
+/// until its deadline, with an error naming the wrong limit.
 pub const MAX_TABLE_ELEMENTS: usize = 20_000;
 
-impl ResourceLimiter for MemoryLimiter {
+impl ResourceLimiter for GrowthLimiter {
     fn memory_growing(
         &mut self,
         _current: usize,
@@ -141,14 +156,38 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            self.table_exceeded = Some(desired as u64);
+            return Err(wasmtime::Error::msg("table limit exceeded"));
+        }
+        Ok(true)
+    }
+}
+
+impl GrowthLimiter {
+    /// The error for a growth this limiter refused, if it refused one.
+    fn refusal(&mut self, function: &Arc<str>, limits: &Limits) -> Option<CallError> {
+        if let Some(requested) = self.exceeded.take() {
+            return Some(CallError::MemoryLimit {
+                function: function.clone(),
+                requested,
+                limit: limits.memory_bytes,
+            });
+        }
+        self.table_exceeded
+            .take()
+            .map(|requested| CallError::TableLimit {
+                function: function.clone(),
+                requested,
+                limit: MAX_TABLE_ELEMENTS as u64,
+            })
     }
 }
 
 pub(crate) struct StoreState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    limiter: MemoryLimiter,
+    limiter: GrowthLimiter,
     /// When the current call ends, for host calls that wait.
     pub(crate) deadline: CallDeadline,
 }
@@ -221,10 +260,11 @@ impl Instance {
         let state = StoreState {
             wasi,
             table,
-            limiter: MemoryLimiter {
+            limiter: GrowthLimiter {
                 limit: limits.memory_bytes,
                 exceeded: None,
                 granted: 0,
+                table_exceeded: None,
             },
             deadline: CallDeadline::new(module.engine.ticks().clone()),
         };
@@ -247,27 +287,22 @@ impl Instance {
             bound: match instantiated {
                 Ok(b) => b,
                 Err(e) => {
-                    let exceeded = store.data_mut().limiter.exceeded.take();
-                    return Err(match exceeded {
-                        Some(requested) => CallError::MemoryLimit {
-                            function,
-                            requested,
-                            limit: limits.memory_bytes,
-                        },
-                        None if e
-                            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                            .is_some() =>
+                    let refused = store.data_mut().limiter.refusal(&function, &limits);
+                    return Err(refused.unwrap_or_else(|| {
+                        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                            .is_some()
                         {
                             CallError::PoolExhausted {
                                 function,
                                 reason: format!("{e:#}"),
                             }
+                        } else {
+                            CallError::Instantiate {
+                                function,
+                                reason: format!("{e:#}"),
+                            }
                         }
-                        None => CallError::Instantiate {
-                            function,
-                            reason: format!("{e:#}"),
-                        },
-                    });
+                    }));
                 }
             },
             store,
@@ -342,12 +377,13 @@ impl Instance {
     /// Names what killed the instance.
     fn classify(&mut self, error: wasmtime::Error) -> CallError {
         let function = self.function.clone();
-        if let Some(requested) = self.store.data_mut().limiter.exceeded.take() {
-            return CallError::MemoryLimit {
-                function,
-                requested,
-                limit: self.limits.memory_bytes,
-            };
+        if let Some(refused) = self
+            .store
+            .data_mut()
+            .limiter
+            .refusal(&function, &self.limits)
+        {
+            return refused;
         }
         if let Some(blocked) = error.downcast_ref::<BlockedAtDeadline>() {
             return CallError::Blocked {

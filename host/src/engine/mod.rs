@@ -30,7 +30,9 @@ pub use cache::{ArtifactCache, CacheError, default_dir as default_cache_dir};
 pub use guest_log::{
     DROP_NOTE_INTERVAL, LOG_BURST, LOG_BYTES_PER_CALL, LOG_BYTES_PER_SECOND, MAX_LINE, WRITE_PERMIT,
 };
-pub use instance::{CallError, HOSTCALL_FUEL, Instance, MAX_RANDOM_BYTES, MAX_RESOURCES};
+pub use instance::{
+    CallError, HOSTCALL_FUEL, Instance, MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLE_ELEMENTS,
+};
 pub use worker::MAX_FAILURE_MESSAGE;
 pub use worker::{Outcome, Processed, Worker};
 
@@ -283,7 +285,7 @@ impl Engine {
             .max_memories_per_component(2)
             .max_tables_per_component(8)
             .max_core_instances_per_component(16)
-            .table_elements(instance::MAX_TABLE_ELEMENTS)
+            .table_elements(MAX_TABLE_ELEMENTS)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             // Memories and tables stay mapped between instances of a module.
             .max_unused_warm_slots(n / 2);

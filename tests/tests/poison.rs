@@ -37,14 +37,11 @@ const BIG: usize = 24;
 const SMALL: usize = 50;
 
 fn produce_to(kafka: &KafkaOptions, topic: &str, partition: i32, values: &[Vec<u8>]) {
-    // One record per batch: the embedded broker (Tansu 0.x) answers a fetch
-    // from an offset inside a batch with the batches after it, skipping the
-    // rest of that batch, and this test resumes from offsets inside the
-    // poison batch. See the notes of issue 15.
+    // Batched: the nodes resume from offsets inside the poison batch (see
+    // tests/tests/broker.rs).
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
+        .set("linger.ms", "5")
         .create()
         .unwrap();
     for v in values {

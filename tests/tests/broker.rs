@@ -1,0 +1,71 @@
+//! The embedded broker as a consumer sees it: a fetch from an offset inside
+//! a record batch returns that batch, and the client skips the records
+//! before the offset, as Kafka does. Tansu 0.6.0 returned only the batches
+//! after it, so a consumer resuming from a committed offset inside a batch
+//! lost the rest of the batch, or, inside the last one, every record until
+//! the next batch came (see vendor/README.md).
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use runnel_tests::kafka::{broker, topics, unique};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_from_inside_a_batch_returns_the_rest_of_that_batch() {
+    let (_broker, kafka) = broker().await;
+    let topic = unique("batched");
+    topics(&kafka, &[&topic], 1).await;
+    // Offsets 0..=22 in one batch (linger), then 23 in a batch of its own.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "200")
+        .create()
+        .unwrap();
+    for i in 0..23 {
+        let value = format!("v{i}");
+        producer
+            .send(
+                BaseRecord::<(), str>::to(&topic)
+                    .partition(0)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    producer
+        .send(
+            BaseRecord::<(), str>::to(&topic)
+                .partition(0)
+                .payload("v23"),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    for start in [0, 3, 20, 22, 23] {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", unique("reader"))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(start))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.last() != Some(&23) && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                seen.push(m.offset());
+            }
+        }
+        let want: Vec<i64> = (start..=23).collect();
+        assert_eq!(seen, want, "fetching from offset {start}");
+    }
+}

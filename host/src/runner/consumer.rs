@@ -161,6 +161,16 @@ pub(super) fn commit_final(
             deployment = shared.name,
             "the partitions were lost, not revoked (the session timed out): their offsets are not committed; the next owner reads from the last commit"
         );
+        // librdkafka commits the stored offsets of the partitions it takes
+        // away, lost or not (with auto-commit on): forget them, so that it
+        // has nothing to commit.
+        let mut forget = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            let _ = forget.add_partition_offset(topic, *partition, Offset::Invalid);
+        }
+        if let Err(e) = consumer.store_offsets(&forget) {
+            tracing::warn!(deployment = shared.name, error = %e, "cannot forget the stored offsets of lost partitions");
+        }
         return;
     }
     // Stored too: librdkafka's own commit of a revoked partition (automatic

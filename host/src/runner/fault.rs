@@ -1,6 +1,7 @@
 //! Fault injection, for tests: makes one thread of one deployment panic at a
 //! chosen point, so that a test can see the panic caught, the deployment
-//! fail and start again (see [`super::DeploymentState::Failed`]).
+//! fail and start again (see [`super::DeploymentState::Failed`]); or stall
+//! there for a while, as a process paused or starved would.
 //!
 //! Only with the `fault-injection` feature, which the end-to-end tests turn
 //! on; without it [`point`] is empty and nothing can arm it.
@@ -20,46 +21,56 @@ pub enum Site {
 mod armed {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use super::Site;
 
     static ANY: AtomicBool = AtomicBool::new(false);
-    static ARMED: Mutex<Vec<(String, Site)>> = Mutex::new(Vec::new());
+    /// (deployment, site, `None` to panic or `Some` to stall that long).
+    static ARMED: Mutex<Vec<(String, Site, Option<Duration>)>> = Mutex::new(Vec::new());
 
     /// The next time `site` of `deployment` passes its point, it panics: once.
     pub fn arm(deployment: &str, site: Site) {
-        super::super::lock(&ARMED).push((deployment.to_owned(), site));
+        push(deployment, site, None);
+    }
+
+    /// The next time `site` of `deployment` passes its point, it stalls for
+    /// `how_long`: once.
+    pub fn arm_stall(deployment: &str, site: Site, how_long: Duration) {
+        push(deployment, site, Some(how_long));
+    }
+
+    fn push(deployment: &str, site: Site, stall: Option<Duration>) {
+        super::super::lock(&ARMED).push((deployment.to_owned(), site, stall));
         ANY.store(true, Ordering::SeqCst);
     }
 
-    pub(crate) fn take(deployment: &str, site: Site) -> bool {
+    /// `Some(None)`: panic; `Some(Some(d))`: stall for `d`.
+    pub(crate) fn take(deployment: &str, site: Site) -> Option<Option<Duration>> {
         if !ANY.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let mut armed = super::super::lock(&ARMED);
-        match armed
+        let i = armed
             .iter()
-            .position(|(d, s)| d == deployment && *s == site)
-        {
-            Some(i) => {
-                armed.remove(i);
-                ANY.store(!armed.is_empty(), Ordering::SeqCst);
-                true
-            }
-            None => false,
-        }
+            .position(|(d, s, _)| d == deployment && *s == site)?;
+        let (_, _, stall) = armed.remove(i);
+        ANY.store(!armed.is_empty(), Ordering::SeqCst);
+        Some(stall)
     }
 }
 
 #[cfg(feature = "fault-injection")]
-pub use armed::arm;
+pub use armed::{arm, arm_stall};
 
 /// A point where a fault may be injected.
 #[inline]
 pub(crate) fn point(deployment: &str, site: Site) {
     #[cfg(feature = "fault-injection")]
-    if armed::take(deployment, site) {
-        panic!("a fault injected by a test: {site:?} of deployment {deployment:?}");
+    match armed::take(deployment, site) {
+        Some(None) => panic!("a fault injected by a test: {site:?} of deployment {deployment:?}"),
+        Some(Some(stall)) => std::thread::sleep(stall),
+        None => {}
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = (deployment, site);

@@ -20,7 +20,7 @@
 //! return once the write is acknowledged *and* this node's reader has seen
 //! it, so a read after a write sees the write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -164,6 +164,11 @@ pub fn digest(bytes: &[u8]) -> String {
 #[derive(Debug, Default)]
 struct State {
     artifacts: HashMap<String, (ArtifactKind, Arc<[u8]>)>,
+    /// The artifacts' digests in the order they completed, and their bytes.
+    artifact_order: VecDeque<String>,
+    artifact_bytes: usize,
+    /// [`ARTIFACT_BYTES`] unless a test says otherwise.
+    artifact_budget: Option<usize>,
     /// Artifacts still being assembled, by digest.
     partial: HashMap<String, Partial>,
     deployments: BTreeMap<String, DeploymentRecord>,
@@ -429,6 +434,11 @@ impl Registry {
             Instant::now() + Duration::from_secs(30),
         )
         .await?;
+        if self.artifact(&digest).is_none() {
+            anyhow::bail!(
+                "the registry did not keep sha256:{digest}: the artifacts its deployments use fill its limit of {ARTIFACT_BYTES} bytes (see the node's log)"
+            );
+        }
         Ok(digest)
     }
 
@@ -573,6 +583,9 @@ impl Raw<'_> {
 pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
 /// The most chunks an artifact may have.
 pub const MAX_CHUNKS: usize = MAX_ARTIFACT_BYTES.div_ceil(CHUNK);
+/// The most bytes of complete artifacts a node holds in memory: past it,
+/// the oldest that no deployment uses are dropped (see `State::make_room`).
+pub const ARTIFACT_BYTES: usize = 2 << 30;
 /// An upload whose chunks have not all arrived after this long is dropped.
 pub const PARTIAL_TTL: Duration = Duration::from_secs(600);
 /// The most bytes held for uploads still being assembled; past it, the
@@ -809,11 +822,54 @@ impl State {
                     "artifact sha256:{digest}: its bytes do not match its digest"
                 ));
             }
+            self.make_room(digest, bytes.len())?;
+            self.artifact_bytes += bytes.len();
+            self.artifact_order.push_back(digest.to_owned());
             self.artifacts
                 .insert(digest.to_owned(), (partial.kind, Arc::from(bytes)));
             return Ok(());
         }
         self.bound_partial();
+        Ok(())
+    }
+
+    /// Makes room for an artifact of `size` bytes within the budget
+    /// ([`ARTIFACT_BYTES`]) by dropping artifacts no kept version of any
+    /// deployment uses, the oldest first; `Err` if even that is not enough.
+    fn make_room(&mut self, digest: &str, size: usize) -> Result<(), String> {
+        let budget = self.artifact_budget.unwrap_or(ARTIFACT_BYTES);
+        if self.artifact_bytes + size <= budget {
+            return Ok(());
+        }
+        let used: HashSet<String> = self
+            .deployments
+            .values()
+            .flat_map(|r| &r.versions)
+            .flat_map(|v| std::iter::once(v.module.clone()).chain(v.model.clone()))
+            .collect();
+        let mut i = 0;
+        while self.artifact_bytes + size > budget && i < self.artifact_order.len() {
+            if used.contains(&self.artifact_order[i]) {
+                i += 1;
+                continue;
+            }
+            let Some(old) = self.artifact_order.remove(i) else {
+                break;
+            };
+            if let Some((_, bytes)) = self.artifacts.remove(&old) {
+                self.artifact_bytes -= bytes.len();
+                tracing::warn!(
+                    digest = old,
+                    "the registry's artifacts are over their limit of {budget} bytes: dropping one no deployment uses"
+                );
+            }
+        }
+        if self.artifact_bytes + size > budget {
+            return Err(format!(
+                "artifact sha256:{digest} ({size} bytes) does not fit: the artifacts that deployments use take {} of the limit of {budget} bytes",
+                self.artifact_bytes
+            ));
+        }
         Ok(())
     }
 
@@ -1085,6 +1141,43 @@ mod tests {
             "the oldest went first"
         );
         assert!(s.partial.contains_key(&format!("{:064x}", uploads - 1)));
+    }
+
+    /// Complete artifacts are bounded too: past the budget, those no
+    /// deployment uses go, the oldest first; one that does not fit beside
+    /// those in use is skipped.
+    #[test]
+    fn artifacts_are_bounded_and_those_in_use_are_kept() {
+        let mut s = State {
+            artifact_budget: Some(3 * CHUNK),
+            ..State::default()
+        };
+        let now = Instant::now();
+        let upload = |s: &mut State, fill: u8| {
+            let bytes = vec![fill; CHUNK];
+            let d = digest(&bytes);
+            chunk(s, &format!("{d}/0"), "1", &bytes, now);
+            d
+        };
+        let (a, b, c) = (upload(&mut s, 1), upload(&mut s, 2), upload(&mut s, 3));
+        assert_eq!(s.artifacts.len(), 3);
+        let mut r = record("d");
+        r.versions[0].module = a.clone();
+        apply_deployment(&mut s, b"d", &serde_json::to_value(&r).unwrap());
+        let d = upload(&mut s, 4);
+        assert!(s.artifacts.contains_key(&a), "in use: kept");
+        assert!(!s.artifacts.contains_key(&b), "the oldest not in use went");
+        assert!(s.artifacts.contains_key(&c) && s.artifacts.contains_key(&d));
+        assert_eq!(s.artifact_bytes, 3 * CHUNK);
+
+        // Everything in use: a new one is skipped.
+        let mut r = record("e");
+        r.versions[0].module = c.clone();
+        r.versions[0].model = Some(d.clone());
+        apply_deployment(&mut s, b"e", &serde_json::to_value(&r).unwrap());
+        let e = upload(&mut s, 5);
+        assert!(!s.artifacts.contains_key(&e));
+        assert_eq!(s.artifacts.len(), 3);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! before the offset, as Kafka does. Tansu 0.6.0 returned only the batches
 //! after it, so a consumer resuming from a committed offset inside a batch
 //! lost the rest of the batch, or, inside the last one, every record until
-//! the next batch came (see vendor/README.md).
+//! the next batch came (see host/vendor/README.md).
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 

@@ -36,6 +36,11 @@ pub struct BrokerOptions {
     /// the embedded broker has no authentication.
     pub listen: SocketAddr,
     pub storage: Storage,
+    /// The address the broker tells clients to connect to, when it is not
+    /// `listen`: a proxy or a load balancer in front of it. Clients connect
+    /// to the advertised address after their first request, so a proxy that
+    /// is not advertised only sees the bootstrap connection.
+    pub advertised: Option<SocketAddr>,
 }
 
 impl Default for BrokerOptions {
@@ -43,6 +48,7 @@ impl Default for BrokerOptions {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             storage: Storage::Memory,
+            advertised: None,
         }
     }
 }
@@ -64,6 +70,11 @@ impl EmbeddedBroker {
         }
         let listener = Url::parse(&format!("tcp://{addr}"))
             .context("the listen address is not a valid URL host")?;
+        let advertised = match options.advertised {
+            Some(a) => Url::parse(&format!("tcp://{a}"))
+                .context("the advertised address is not a valid URL host")?,
+            None => listener.clone(),
+        };
         let storage = match &options.storage {
             Storage::Memory => Url::parse("memory://tansu/")?,
             Storage::Sqlite(path) => {
@@ -79,7 +90,7 @@ impl EmbeddedBroker {
             .node_id(111)
             .cluster_id("runnel")
             .incarnation_id(uuid::Uuid::new_v4())
-            .advertised_listener(listener.clone())
+            .advertised_listener(advertised)
             .storage(storage)
             .listener(listener)
             .silent(true)

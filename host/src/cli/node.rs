@@ -29,6 +29,7 @@ impl BrokerArgs {
         BrokerOptions {
             listen: self.listen,
             storage: self.data.clone().map_or(Storage::Memory, Storage::Sqlite),
+            advertised: None,
         }
     }
 }

@@ -136,6 +136,9 @@ impl ControlPlane {
             options.insecure_no_token,
         )?;
         crate::kafka::check_properties(&options.kafka.properties)?;
+        let node_id = options.node_id.clone().unwrap_or_else(default_node_id);
+        let mut options = options;
+        options.kafka = options.kafka.with_client_id(&format!("runnel-{node_id}"));
         let registry = Arc::new(Registry::open(&options.kafka, options.topics.clone()).await?);
         let fixed_names: Vec<String> = fixed.iter().map(|d| d.spec.name.clone()).collect();
         let node = Arc::new(Node::start(&options.kafka, fixed)?);
@@ -169,7 +172,6 @@ impl ControlPlane {
             .await
             .with_context(|| format!("cannot listen on {} for the admin API", options.listen))?;
         let addr = listener.local_addr()?;
-        let node_id = options.node_id.clone().unwrap_or_else(default_node_id);
         let app = api::router(Arc::new(api::AppState {
             registry: registry.clone(),
             node: node.clone(),

@@ -205,6 +205,18 @@ impl KafkaOptions {
         }
     }
 
+    /// These options with `client.id` set to `id`, unless the user's
+    /// properties already set one. A node names its clients after itself
+    /// (`runnel-<node id>`), so that broker logs, quotas and proxies can
+    /// tell the nodes of a cluster apart.
+    pub fn with_client_id(mut self, id: &str) -> Self {
+        if !self.properties.iter().any(|(k, _)| k.trim() == "client.id") {
+            // First, so that nothing the user set is overridden.
+            self.properties.insert(0, ("client.id".into(), id.into()));
+        }
+        self
+    }
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -384,6 +396,18 @@ mod tests {
     use super::*;
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::producer::BaseProducer;
+
+    #[test]
+    fn a_node_names_its_clients_unless_the_user_did() {
+        let named = KafkaOptions::new("b:9092").with_client_id("runnel-n1");
+        assert_eq!(named.consumer("g").get("client.id"), Some("runnel-n1"));
+        assert_eq!(named.producer().get("client.id"), Some("runnel-n1"));
+        let mut user = KafkaOptions::new("b:9092");
+        user.properties.push(("client.id".into(), "mine".into()));
+        let user = user.with_client_id("runnel-n1");
+        assert_eq!(user.consumer("g").get("client.id"), Some("mine"));
+        assert_eq!(user.properties.len(), 1);
+    }
 
     /// librdkafka is built with TLS, and SASL PLAIN/SCRAM/OAUTHBEARER (which
     /// need no Cyrus SASL): clients accept the settings of a managed Kafka.

@@ -22,6 +22,11 @@ pub struct BrokerArgs {
     /// it, data lives in memory and is gone when the process ends.
     #[arg(long, env = "RUNNEL_BROKER_DATA", value_name = "FILE")]
     pub data: Option<PathBuf>,
+    /// The address clients are told to connect to after their first
+    /// request, when it is not `--listen`: a proxy, a NAT or a container's
+    /// published port (`IP:PORT`).
+    #[arg(long, env = "RUNNEL_BROKER_ADVERTISE", value_name = "IP:PORT")]
+    pub advertise: Option<SocketAddr>,
 }
 
 impl BrokerArgs {
@@ -29,7 +34,7 @@ impl BrokerArgs {
         BrokerOptions {
             listen: self.listen,
             storage: self.data.clone().map_or(Storage::Memory, Storage::Sqlite),
-            advertised: None,
+            advertised: self.advertise,
         }
     }
 }

@@ -13,7 +13,8 @@ pub const SEQ: &str = "soak-seq";
 
 /// The filter keeps records whose `v` is at least 1, and dead-letters those
 /// without a number `v` (or that are not JSON).
-pub const FILTER_CONFIG: [(&str, &str); 3] = [("field", "v"), ("min", "1"), ("on-missing", "error")];
+pub const FILTER_CONFIG: [(&str, &str); 3] =
+    [("field", "v"), ("min", "1"), ("on-missing", "error")];
 
 /// The three deployments' functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,7 +53,7 @@ impl Function {
         match self {
             Function::Map => Route::Output,
             _ if not_json(n) => Route::DeadLetter,
-            Function::Filter if n % 10 == 0 => Route::Dropped,
+            Function::Filter if n.is_multiple_of(10) => Route::Dropped,
             _ => Route::Output,
         }
     }
@@ -97,11 +98,10 @@ pub fn seq_of(header: Option<&str>, value: Option<&[u8]>) -> Option<u64> {
         .as_u64()
 }
 
-/// A record the soak produced: when, and where it landed once acknowledged
-/// (`None`: its delivery failed, though it may have been written).
+/// A record the soak produced: where it landed once acknowledged (`None`:
+/// its delivery failed, though it may have been written).
 #[derive(Debug, Clone)]
 pub struct Sent {
-    pub at: Duration,
     pub landed: Option<(i32, i64)>,
 }
 
@@ -119,7 +119,11 @@ pub struct Observed {
 }
 
 /// How many (function, record) pairs that must have arrived have not.
-pub fn missing(sent: &BTreeMap<u64, Sent>, observed: &[Observed], functions: &[(String, Function)]) -> usize {
+pub fn missing(
+    sent: &BTreeMap<u64, Sent>,
+    observed: &[Observed],
+    functions: &[(String, Function)],
+) -> usize {
     let seen: BTreeSet<(Function, bool, u64)> = observed
         .iter()
         .filter_map(|o| Some((o.function, o.dead, o.seq?)))
@@ -164,7 +168,18 @@ pub fn account(
     let _ = writeln!(
         r.text,
         "\n{:<8} {:>9} {:>8} {:>5} {:>6} {:>9} {:>8} {:>5} {:>6} {:>8} {:>7} {:>8}",
-        "function", "want out", "out", "lost", "dups", "want dlq", "dlq", "lost", "dups", "dropped", "wrong", "v-moves"
+        "function",
+        "want out",
+        "out",
+        "lost",
+        "dups",
+        "want dlq",
+        "dlq",
+        "lost",
+        "dups",
+        "dropped",
+        "wrong",
+        "v-moves"
     );
 
     // The duplicate arrivals, for the per-fault table.
@@ -176,7 +191,10 @@ pub fn account(
         let mut wrong: Vec<String> = Vec::new();
         for o in &mine {
             let Some(n) = o.seq else {
-                wrong.push(format!("an {} without a record number", if o.dead { "dead letter" } else { "output" }));
+                wrong.push(format!(
+                    "an {} without a record number",
+                    if o.dead { "dead letter" } else { "output" }
+                ));
                 continue;
             };
             if !sent.contains_key(&n) {
@@ -263,23 +281,33 @@ pub fn account(
     // Per fault kind: how many, the duplicates that arrived after one (the
     // latest fault before each), and the longest time without any output
     // of the map in the minute after one.
-    let mut arrivals: Vec<Duration> = observed
+    let mut arrivals: BTreeMap<i32, Vec<Duration>> = BTreeMap::new();
+    for o in observed
         .iter()
         .filter(|o| o.function == Function::Map && !o.dead)
-        .map(|o| o.at)
-        .collect();
-    arrivals.sort();
+    {
+        if let Some((p, _)) = o.seq.and_then(|n| sent.get(&n)?.landed) {
+            arrivals.entry(p).or_default().push(o.at);
+        }
+    }
+    for a in arrivals.values_mut() {
+        a.sort();
+    }
     let mut by_kind: BTreeMap<Fault, (usize, usize, Duration)> = BTreeMap::new();
     for (i, f) in injected.iter().enumerate() {
         let end = injected
             .get(i + 1)
-            .map_or(f.at + Duration::from_secs(60), |g| g.at.max(f.at + Duration::from_secs(5)))
+            .map_or(f.at + Duration::from_secs(60), |g| {
+                g.at.max(f.at + Duration::from_secs(5))
+            })
             .min(f.at + Duration::from_secs(60))
             .min(produced_until);
         let e = by_kind.entry(f.fault).or_default();
         e.0 += 1;
         if end > f.at {
-            e.2 = e.2.max(largest_gap(&arrivals, f.at, end));
+            for a in arrivals.values() {
+                e.2 = e.2.max(largest_gap(a, f.at, end));
+            }
         }
     }
     for t in &duplicate_times {
@@ -287,7 +315,11 @@ pub fn account(
             by_kind.entry(f.fault).or_default().1 += 1;
         }
     }
-    let _ = writeln!(r.text, "\n{:<22} {:>8} {:>11} {:>16}", "fault", "injected", "duplicates", "largest gap (s)");
+    let _ = writeln!(
+        r.text,
+        "\n{:<22} {:>8} {:>11} {:>16}",
+        "fault", "injected", "duplicates", "largest gap (s)"
+    );
     for (kind, (count, dups, gap)) in &by_kind {
         let _ = writeln!(
             r.text,
@@ -298,7 +330,7 @@ pub fn account(
     }
     let _ = writeln!(
         r.text,
-        "(duplicates: counted against the latest fault before each arrived; largest gap: the longest time without a map output in the minute after the fault, or until the next one)"
+        "(duplicates: counted against the latest fault before each arrived; largest gap: the longest time an input partition went without a map output, in the minute after the fault or until the next one)"
     );
     r
 }
@@ -319,7 +351,9 @@ fn largest_gap(arrivals: &[Duration], from: Duration, to: Duration) -> Duration 
 fn version_moves(sent: &BTreeMap<u64, Sent>, first: &BTreeMap<(bool, u64), &Observed>) -> usize {
     let mut by_partition: BTreeMap<i32, Vec<(i64, u32)>> = BTreeMap::new();
     for (&(dead, n), o) in first {
-        let (Some((p, offset)), Some(v), false) = (sent.get(&n).and_then(|s| s.landed), o.version, dead) else {
+        let (Some((p, offset)), Some(v), false) =
+            (sent.get(&n).and_then(|s| s.landed), o.version, dead)
+        else {
             continue;
         };
         by_partition.entry(p).or_default().push((offset, v));

@@ -46,7 +46,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use runnel_host::broker::{BrokerOptions, EmbeddedBroker, Storage};
 use runnel_host::kafka::{KafkaOptions, ensure_topics};
 
 use account::{Function, Observed, Sent};
@@ -82,7 +81,8 @@ fn parse_args() -> Result<Option<Args>, String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(7, |d| d.as_nanos() as u64 % 1_000_000))
         } else {
-            s.parse().map_err(|_| format!("--seed {s:?}: a number or `random`"))
+            s.parse()
+                .map_err(|_| format!("--seed {s:?}: a number or `random`"))
         }
     };
     let minutes = |s: &str| -> Result<Duration, String> {
@@ -106,7 +106,8 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--seconds" => {
                 let v = value()?;
                 args.run = Duration::from_secs(
-                    v.parse().map_err(|_| format!("--seconds {v:?}: a number"))?,
+                    v.parse()
+                        .map_err(|_| format!("--seconds {v:?}: a number"))?,
                 );
             }
             "--seed" => args.seed = seed(&value()?)?,
@@ -285,10 +286,8 @@ impl Cluster {
             .args(["serve", "--brokers", &self.brokers, "--node-id", id])
             .args(["--admin", &admin.to_string()])
             // Rebalances wait at most 30 s for a member that never comes
-            // back; the embedded broker answers fetches after their whole
-            // wait, so a short one.
+            // back.
             .args(["--kafka", "max.poll.interval.ms=30000"])
-            .args(["--kafka", "fetch.wait.max.ms=10"])
             .env("RUNNEL_LOG", "warn,runnel_host::runner=info")
             .env("NO_COLOR", "1")
             .env("RUNNEL_CACHE_DIR", self.dir.join("cache"))
@@ -348,9 +347,50 @@ fn free_port() -> u16 {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status();
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// `runnel broker` with SQLite storage, in a process of its own so that it
+/// can be killed, advertising the proxy's address.
+#[derive(Debug)]
+struct Broker {
+    dir: PathBuf,
+    listen: SocketAddr,
+    advertise: SocketAddr,
+}
+
+impl Broker {
+    async fn start(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["broker", "--listen", &self.listen.to_string()])
+            .args(["--advertise", &self.advertise.to_string(), "--data"])
+            .arg(self.dir.join("broker.db"))
+            .env("NO_COLOR", "1")
+            // Members joining, leaving and missing heartbeats: what a stuck
+            // group needs explained.
+            .env("RUNNEL_LOG", "warn,tansu_broker::coordinator=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(self.listen).await.is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the broker exited at start with {status}: see broker.log");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not start within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        child
+    }
 }
 
 /// A fault that happened: what, when (since the start) and on what.
@@ -362,13 +402,12 @@ pub struct Injected {
 }
 
 struct Soak {
-    args: Args,
     start: Instant,
     cluster: Mutex<Cluster>,
     rng: Mutex<Rng>,
     proxy: proxy::Proxy,
-    broker: tokio::sync::Mutex<Option<EmbeddedBroker>>,
-    broker_options: BrokerOptions,
+    broker: Broker,
+    broker_process: Mutex<Child>,
     injected: Mutex<Vec<Injected>>,
     deployments: Vec<Deployment>,
     /// Swaps made so far, for new configs and models.
@@ -414,6 +453,23 @@ impl Soak {
         self.rng(|r| c.api(r))
     }
 
+    /// Runs a control command, its output into `file`.
+    async fn control_to(&self, args: Vec<String>, file: &std::path::Path) -> bool {
+        let Some(api) = self.api() else {
+            return false;
+        };
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_runnel"))
+                .args(&args)
+                .args(["--api", &api])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        std::fs::write(file, &out.stdout).is_ok() && out.status.success()
+    }
+
     /// Runs a control command against a node that is up. A refusal is
     /// counted, not fatal: faults are under way.
     async fn control(&self, args: Vec<String>) -> bool {
@@ -439,24 +495,33 @@ impl Soak {
         out.status.success()
     }
 
+    /// Stops the broker (SIGKILL or SIGTERM, at random), and starts it again
+    /// on the same address and SQLite file after a while.
     async fn restart_broker(&self) {
-        let mut broker = self.broker.lock().await;
-        drop(broker.take());
-        tokio::time::sleep(self.rng(|r| r.between(1000, 4000))).await;
+        let kill = self.rng(|r| r.below(2) == 0);
+        let pid = self.broker_process.lock().unwrap().id();
+        signal(pid, if kill { "-KILL" } else { "-TERM" });
+        self.log(format_args!(
+            "  broker stopped by SIG{}",
+            if kill { "KILL" } else { "TERM" }
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match EmbeddedBroker::start(self.broker_options.clone()).await {
-                Ok(b) => {
-                    *broker = Some(b);
-                    return;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    self.log(format_args!("  broker restart: {e:#}; again"));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!("the broker does not start again: {e:#}"),
+        while self
+            .broker_process
+            .lock()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none()
+        {
+            if Instant::now() > deadline {
+                signal(pid, "-KILL");
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        tokio::time::sleep(self.rng(|r| r.between(1000, 4000))).await;
+        let child = self.broker.start().await;
+        *self.broker_process.lock().unwrap() = child;
     }
 
     async fn inject(self: Arc<Self>, fault: Fault) {
@@ -529,7 +594,10 @@ impl Soak {
                 // A clean stop takes at most 45 s (STOP_BOUND).
                 let deadline = Instant::now() + Duration::from_secs(50);
                 loop {
-                    let done = self.cluster.lock().unwrap().nodes[i].child.try_wait().unwrap();
+                    let done = self.cluster.lock().unwrap().nodes[i]
+                        .child
+                        .try_wait()
+                        .unwrap();
                     if let Some(status) = done {
                         if !status.success() {
                             self.log(format_args!("  {id} stopped with {status}"));
@@ -553,7 +621,8 @@ impl Soak {
                         let mut args = vec!["swap".to_owned(), d.name.clone()];
                         match d.function {
                             Function::Scorer => {
-                                let model = self.cluster.lock().unwrap().dir.join(format!("model-{g}"));
+                                let model =
+                                    self.cluster.lock().unwrap().dir.join(format!("model-{g}"));
                                 std::fs::write(&model, format!("v{g}:")).unwrap();
                                 args.extend(["--model".into(), model.display().to_string()]);
                             }
@@ -563,7 +632,9 @@ impl Soak {
                                 }
                                 args.extend(["--config".into(), format!("generation={g}")]);
                             }
-                            Function::Map => args.extend(["--config".into(), format!("generation={g}")]),
+                            Function::Map => {
+                                args.extend(["--config".into(), format!("generation={g}")])
+                            }
                         }
                         self.control(args).await;
                     }
@@ -604,13 +675,13 @@ async fn soak(args: Args) -> Vec<String> {
         .unwrap();
     let broker_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let proxy = proxy::Proxy::start(listener, broker_addr);
-    let broker_options = BrokerOptions {
+    let broker = Broker {
+        dir: dir.path().to_owned(),
         listen: broker_addr,
-        storage: Storage::Sqlite(dir.path().join("broker.db")),
-        advertised: Some(proxy.addr()),
+        advertise: proxy.addr(),
     };
-    let broker = EmbeddedBroker::start(broker_options.clone()).await.unwrap();
-    let kafka = KafkaOptions::embedded(proxy.addr().to_string());
+    let broker_process = Mutex::new(broker.start().await);
+    let kafka = KafkaOptions::new(proxy.addr().to_string());
 
     let run = runnel_tests::kafka::unique("soak");
     let input = format!("{run}.in");
@@ -644,13 +715,12 @@ async fn soak(args: Args) -> Vec<String> {
         cluster: Mutex::new(cluster),
         rng: Mutex::new(Rng(args.seed)),
         proxy,
-        broker: tokio::sync::Mutex::new(Some(broker)),
-        broker_options,
+        broker,
+        broker_process,
         injected: Mutex::new(Vec::new()),
         deployments: deployments.clone(),
         generation: AtomicU64::new(0),
         refused: AtomicU64::new(0),
-        args: args.clone(),
     });
 
     // Deploy through a node's API, as a user would: the registry takes them
@@ -659,11 +729,23 @@ async fn soak(args: Args) -> Vec<String> {
     for d in &deployments {
         let model = dir.path().join("model-1");
         std::fs::write(&model, "v1:").unwrap();
-        let mut a: Vec<String> = ["deploy", d.function.module(), "--name", &d.name, "--input", &input]
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        a.extend(["--output".into(), d.output.clone(), "--batch-size".into(), "16".into()]);
+        let mut a: Vec<String> = [
+            "deploy",
+            d.function.module(),
+            "--name",
+            &d.name,
+            "--input",
+            &input,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        a.extend([
+            "--output".into(),
+            d.output.clone(),
+            "--batch-size".into(),
+            "16".into(),
+        ]);
         match d.function {
             Function::Scorer => a.extend(["--model".into(), model.display().to_string()]),
             Function::Filter => {
@@ -730,8 +812,17 @@ async fn soak(args: Args) -> Vec<String> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut faults = tokio::task::JoinSet::new();
     let broker_busy = Arc::new(AtomicBool::new(false));
+    // Every kind once first, in a seeded order, so that even a short run
+    // meets them all; then at random, by weight.
+    let mut first: Vec<Fault> = Fault::ALL.iter().map(|(f, _)| *f).collect();
+    soak.rng(|r| {
+        for i in (1..first.len()).rev() {
+            first.swap(i, r.below(i + 1));
+        }
+    });
+    first.reverse();
     while soak.start.elapsed() < args.run {
-        let fault = soak.rng(Fault::pick);
+        let fault = first.pop().unwrap_or_else(|| soak.rng(Fault::pick));
         if fault == Fault::BrokerRestart {
             if broker_busy.swap(true, Ordering::SeqCst) {
                 continue;
@@ -762,7 +853,11 @@ async fn soak(args: Args) -> Vec<String> {
     let sent = sent.lock().unwrap().clone();
     let settle = Instant::now();
     loop {
-        let complete = account::missing(&sent, &observed.lock().unwrap(), &deployments_fns(&deployments)) == 0;
+        let complete = account::missing(
+            &sent,
+            &observed.lock().unwrap(),
+            &deployments_fns(&deployments),
+        ) == 0;
         if complete || settle.elapsed() > SETTLE {
             break;
         }
@@ -788,7 +883,10 @@ async fn soak(args: Args) -> Vec<String> {
         let mut c = soak.cluster.lock().unwrap();
         for n in c.nodes.iter_mut().filter(|n| !n.removed) {
             if let Some(status) = n.child.try_wait().unwrap() {
-                failures.push(format!("node {} is not running: it exited with {status}", n.id));
+                failures.push(format!(
+                    "node {} is not running: it exited with {status}",
+                    n.id
+                ));
                 continue;
             }
             let url = format!("http://{}/healthz", n.admin);
@@ -803,8 +901,31 @@ async fn soak(args: Args) -> Vec<String> {
     }
     let injected = soak.injected.lock().unwrap().clone();
     let observed = observed.lock().unwrap().clone();
-    let report = account::account(&sent, &observed, &deployments_fns(&deployments), &injected, produced_until);
+    let report = account::account(
+        &sent,
+        &observed,
+        &deployments_fns(&deployments),
+        &injected,
+        produced_until,
+    );
     println!("{}", report.text);
+    if !report.failures.is_empty() {
+        // Who runs what, by every node's last report, for a look afterwards.
+        for d in &deployments {
+            let file = dir
+                .path()
+                .join(format!("status-{}.json", d.function.name()));
+            let ok = soak
+                .control_to(
+                    vec!["status".into(), d.name.clone(), "--json".into()],
+                    &file,
+                )
+                .await;
+            if ok {
+                println!("status of {}: {}", d.name, file.display());
+            }
+        }
+    }
     failures.extend(report.failures);
 
     println!("\nnodes (resident memory, peak; bound {RSS_BOUND_MIB} MiB):");
@@ -828,11 +949,19 @@ async fn soak(args: Args) -> Vec<String> {
         "control requests refused while faults were under way: {}",
         soak.refused.load(Ordering::Relaxed)
     );
-    println!("seed {} (replay the schedule: --seed {})", args.seed, args.seed);
+    println!(
+        "seed {} (replay the schedule: --seed {})",
+        args.seed, args.seed
+    );
     for n in c.nodes.iter_mut().filter(|n| !n.removed) {
         signal(n.child.id(), "-CONT");
         let _ = n.child.kill();
         let _ = n.child.wait();
+    }
+    {
+        let mut broker = soak.broker_process.lock().unwrap();
+        let _ = broker.kill();
+        let _ = broker.wait();
     }
     if !failures.is_empty() {
         // Keep the logs and the broker's data for a look.
@@ -886,23 +1015,21 @@ async fn produce(
         while n < due {
             let (key, value) = account::record(n);
             let seq = n.to_string();
-            let record = FutureRecord::to(&topic)
-                .key(&key)
-                .payload(&value)
-                .headers(OwnedHeaders::new().insert(Header {
+            let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(
+                OwnedHeaders::new().insert(Header {
                     key: account::SEQ,
                     value: Some(seq.as_bytes()),
-                }));
+                }),
+            );
             let delivery = producer.send_result(record).unwrap();
-            let (sent, at) = (sent.clone(), start.elapsed());
+            let sent = sent.clone();
             deliveries.spawn(async move {
                 let result = delivery.await;
                 let entry = match result {
                     Ok(Ok(d)) => Sent {
-                        at,
                         landed: Some((d.partition, d.offset)),
                     },
-                    _ => Sent { at, landed: None },
+                    _ => Sent { landed: None },
                 };
                 sent.lock().unwrap().insert(n, entry);
             });
@@ -927,7 +1054,6 @@ fn read_outputs(
         .set("client.id", "soak-reader")
         .set("group.id", runnel_tests::kafka::unique("soak-reader"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -937,8 +1063,10 @@ fn read_outputs(
         }
     }
     consumer.assign(&tpl).unwrap();
-    let by_topic: BTreeMap<&str, (Function, bool)> =
-        topics.iter().map(|(t, f, d)| (t.as_str(), (*f, *d))).collect();
+    let by_topic: BTreeMap<&str, (Function, bool)> = topics
+        .iter()
+        .map(|(t, f, d)| (t.as_str(), (*f, *d)))
+        .collect();
     while reading.load(Ordering::SeqCst) {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -950,7 +1078,9 @@ fn read_outputs(
             m.headers().and_then(|hs| {
                 (0..hs.count()).find_map(|i| {
                     let h = hs.get(i);
-                    (h.key == name).then(|| String::from_utf8_lossy(h.value?).into_owned())
+                    h.value
+                        .filter(|_| h.key == name)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
                 })
             })
         };

@@ -1305,6 +1305,10 @@ static DDL: LazyLock<Cache> = LazyLock::new(|| {
         ),
         ("040-header.sql", include_sql!("ddl/040-header.sql")),
         (
+            "045-header-index.sql",
+            include_sql!("ddl/045-header-index.sql"),
+        ),
+        (
             "040-producer-detail.sql",
             include_sql!("ddl/040-producer-detail.sql"),
         ),

@@ -333,25 +333,24 @@ impl Key for Vec<u8> {
 /// Big-endian, and for signed integers with the sign bit flipped, so that
 /// byte order is numeric order.
 macro_rules! int_keys {
-    ($($t:ty => $u:ty),*) => {$(
+    ($($t:ty => $u:ty, $flip:expr);*) => {$(
         impl Key for $t {
             type Owned = $t;
             fn write_key(&self, out: &mut Vec<u8>) {
-                let flip: $u = if <$t>::MIN == 0 as $t { 0 } else { 1 << (<$u>::BITS - 1) };
-                out.extend_from_slice(&((*self as $u) ^ flip).to_be_bytes());
+                let raw = <$u>::from_be_bytes(self.to_be_bytes()) ^ $flip;
+                out.extend_from_slice(&raw.to_be_bytes());
             }
             fn read_key(bytes: &[u8]) -> Result<$t, String> {
-                let flip: $u = if <$t>::MIN == 0 as $t { 0 } else { 1 << (<$u>::BITS - 1) };
                 let raw: [u8; size_of::<$u>()] = bytes.try_into().map_err(|_| {
                     format!("a stored key of {} bytes is not a {}", bytes.len(), stringify!($t))
                 })?;
-                Ok((<$u>::from_be_bytes(raw) ^ flip) as $t)
+                Ok(<$t>::from_be_bytes((<$u>::from_be_bytes(raw) ^ $flip).to_be_bytes()))
             }
         }
     )*};
 }
 
-int_keys!(u32 => u32, u64 => u64, i32 => u32, i64 => u64);
+int_keys!(u32 => u32, 0; u64 => u64, 0; i32 => u32, 1 << 31; i64 => u64, 1 << 63);
 
 #[cfg(test)]
 mod tests {

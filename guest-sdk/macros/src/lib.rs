@@ -383,23 +383,11 @@ fn filter_call(per_record: TokenStream2) -> TokenStream2 {
 
 /// `process`: a map whose records each get a `ProcessorContext` on the host's state.
 fn process_call(per_record: TokenStream2) -> TokenStream2 {
-    quote! {
-        fn process(batch: runnel::stream::types::Batch) -> runnel::stream::types::Outputs {
-            let out = ::runnel_sdk::__private::process_batch(
-                batch.data, &batch.index, &StateHost,
-                |r, ctx| #per_record,
-                |index, message| runnel::stream::types::Failure {
-                    index,
-                    error: runnel::stream::types::RecordError { message },
-                },
-            );
-            runnel::stream::types::Outputs {
-                counts: out.counts,
-                records: runnel::stream::types::Batch { data: out.data, index: out.index },
-                failures: out.failures,
-            }
-        }
-    }
+    outputs_call(
+        quote! { process },
+        quote! { process_batch },
+        quote! { &StateHost, |r, ctx| #per_record },
+    )
 }
 
 /// The SDK's view of the imported `state` interface.
@@ -455,19 +443,21 @@ fn state_host() -> TokenStream2 {
 }
 
 fn map_call(per_record: TokenStream2) -> TokenStream2 {
-    outputs_call(quote! { map }, quote! { map_batch }, per_record)
+    outputs_call(
+        quote! { map },
+        quote! { map_batch },
+        quote! { |r| #per_record },
+    )
 }
 
-fn outputs_call(
-    export: TokenStream2,
-    runner: TokenStream2,
-    per_record: TokenStream2,
-) -> TokenStream2 {
+/// An export that runs `runner` over the batch and returns `outputs`;
+/// `each` is the runner's arguments after the batch (the per-record closure).
+fn outputs_call(export: TokenStream2, runner: TokenStream2, each: TokenStream2) -> TokenStream2 {
     quote! {
         fn #export(batch: runnel::stream::types::Batch) -> runnel::stream::types::Outputs {
             let out = ::runnel_sdk::__private::#runner(
                 batch.data, &batch.index,
-                |r| #per_record,
+                #each,
                 |index, message| runnel::stream::types::Failure {
                     index,
                     error: runnel::stream::types::RecordError { message },
@@ -528,7 +518,7 @@ fn impl_glue(kind: Kind, i: &ItemImpl) -> TokenStream2 {
             let body = outputs_call(
                 quote! { score },
                 quote! { score_batch },
-                quote! { <Impl as #trait_path>::score(s, r) },
+                quote! { |r| <Impl as #trait_path>::score(s, r) },
             );
             wrap_state(body)
         }

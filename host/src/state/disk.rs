@@ -9,9 +9,11 @@
 //! Until the changelog exists (the next slice of issue 18) this store is
 //! not crash-safe state: only what a clean close flushed survives.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
 
 use super::{Backend, Scanned, Store, StoreError, Write};
 
@@ -64,11 +66,25 @@ impl Backend for DiskBackend {
     }
 }
 
+type Table = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
 /// The named stores of one partition, in one redb file.
-#[derive(Debug)]
 pub struct DiskStore {
+    /// Each store's table as of the last write (`None`: it has no table
+    /// yet), opened at the first read and dropped at the next write: a read
+    /// transaction per `get` cost more than the lookup itself. Declared
+    /// before `db`, so that it is dropped first.
+    tables: RefCell<HashMap<String, Option<Table>>>,
     db: Database,
     path: PathBuf,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 impl DiskStore {
@@ -76,9 +92,32 @@ impl DiskStore {
         let db = Database::create(path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         Ok(Self {
+            tables: RefCell::default(),
             db,
             path: path.to_owned(),
         })
+    }
+
+    /// `f` over store `name`'s table, `None` when it has none.
+    fn with_table<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Table) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
+        let mut tables = self.tables.borrow_mut();
+        if !tables.contains_key(name) {
+            let txn = self.db.begin_read().map_err(err)?;
+            let t = match txn.open_table(table(name)) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(err(e)),
+            };
+            tables.insert(name.to_owned(), t);
+        }
+        match tables.get(name) {
+            Some(Some(t)) => f(t).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Makes every applied write durable (an fsync).
@@ -99,13 +138,10 @@ impl Drop for DiskStore {
 
 impl Store for DiskStore {
     fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = match txn.open_table(table(store)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err(e)),
-        };
-        Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        let got = self.with_table(store, |t| {
+            Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        })?;
+        Ok(got.flatten())
     }
 
     fn scan(
@@ -116,33 +152,32 @@ impl Store for DiskStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Scanned, StoreError> {
-        let mut out = Scanned::default();
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = match txn.open_table(table(store)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
-            Err(e) => return Err(err(e)),
-        };
-        let range = match end {
-            Some(end) => t.range::<&[u8]>(start..end),
-            None => t.range::<&[u8]>(start..),
-        }
-        .map_err(err)?;
-        let mut bytes = 0usize;
-        for entry in range {
-            if out.entries.len() == limit || bytes >= max_bytes {
-                out.more = true;
-                break;
+        let scanned = self.with_table(store, |t| {
+            let mut out = Scanned::default();
+            let range = match end {
+                Some(end) => t.range::<&[u8]>(start..end),
+                None => t.range::<&[u8]>(start..),
             }
-            let (k, v) = entry.map_err(err)?;
-            let (k, v) = (k.value().to_vec(), v.value().to_vec());
-            bytes += k.len() + v.len();
-            out.entries.push((k, v));
-        }
-        Ok(out)
+            .map_err(err)?;
+            let mut bytes = 0usize;
+            for entry in range {
+                if out.entries.len() == limit || bytes >= max_bytes {
+                    out.more = true;
+                    break;
+                }
+                let (k, v) = entry.map_err(err)?;
+                let (k, v) = (k.value().to_vec(), v.value().to_vec());
+                bytes += k.len() + v.len();
+                out.entries.push((k, v));
+            }
+            Ok(out)
+        })?;
+        Ok(scanned.unwrap_or_default())
     }
 
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        // The next read sees these writes.
+        self.tables.get_mut().clear();
         let mut txn = self.db.begin_write().map_err(err)?;
         txn.set_durability(Durability::None).map_err(err)?;
         for w in writes {

@@ -62,7 +62,12 @@ impl Store for MemoryStore {
 
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         for w in writes {
-            let map = self.stores.entry(w.store.to_string()).or_default();
+            if !self.stores.contains_key(&*w.store) {
+                self.stores.insert(w.store.to_string(), BTreeMap::new());
+            }
+            let Some(map) = self.stores.get_mut(&*w.store) else {
+                continue;
+            };
             let old = match &w.value {
                 Some(v) => {
                     self.bytes += size(&w.key, v);

@@ -565,8 +565,85 @@ mod tests {
         assert_eq!(s.open("b").unwrap(), 1);
     }
 
+    type Log = Arc<std::sync::Mutex<Vec<Write>>>;
+
+    /// Stores in memory that also keep every write they were given.
+    #[derive(Debug, Default)]
+    struct Recording(Log);
+
+    #[derive(Debug)]
+    struct RecordingStore(memory::MemoryStore, Log);
+
+    impl Backend for Recording {
+        fn open(&mut self, _: i32) -> Result<Box<dyn Store>, StoreError> {
+            Ok(Box::new(RecordingStore(
+                memory::MemoryStore::default(),
+                self.0.clone(),
+            )))
+        }
+    }
+
+    impl Store for RecordingStore {
+        fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(store, key)
+        }
+        fn scan(
+            &self,
+            store: &str,
+            start: &[u8],
+            end: Option<&[u8]>,
+            limit: usize,
+            max_bytes: usize,
+        ) -> Result<Scanned, StoreError> {
+            self.0.scan(store, start, end, limit, max_bytes)
+        }
+        fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+            self.1.lock().unwrap().extend_from_slice(writes);
+            self.0.apply(writes)
+        }
+        fn bytes(&self) -> u64 {
+            self.0.bytes()
+        }
+    }
+
     #[test]
-    fn commits_carry_each_writes_provenance_and_aborts_drop_them() {
+    fn every_write_reaches_the_store_in_order_with_its_provenance() {
+        let recording = Recording::default();
+        let log = recording.0.clone();
+        let stores = ["a".to_owned()];
+        let mut s = State::new("in", &stores, Box::new(recording), StateLimits::default()).unwrap();
+        s.begin([(3, 10), (3, 11)]);
+        s.put(0, 0, b"k", b"1").unwrap();
+        s.put(0, 1, b"k", b"2").unwrap();
+        s.delete(0, 1, b"j").unwrap();
+        s.commit().unwrap();
+        type Seen = (Vec<u8>, Option<Vec<u8>>, i32, i64);
+        let seen: Vec<Seen> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                assert_eq!((&*w.store, &*w.cause.topic), ("a", "in"));
+                (
+                    w.key.clone(),
+                    w.value.clone(),
+                    w.cause.partition,
+                    w.cause.offset,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (b"k".to_vec(), Some(b"1".to_vec()), 3, 10),
+                (b"k".to_vec(), Some(b"2".to_vec()), 3, 11),
+                (b"j".to_vec(), None, 3, 11),
+            ]
+        );
+    }
+
+    #[test]
+    fn commits_apply_per_partition_and_aborts_drop_the_calls_writes() {
         let mut s = state();
         s.begin([(0, 10), (1, 11)]);
         s.put(0, 0, b"k", b"v0").unwrap();

@@ -292,6 +292,9 @@ fn state(backend: Box<dyn Backend>) -> State {
     .expect("valid")
 }
 
+/// Makes the backend of a deployment by name.
+type MakeBackend<'a> = &'a dyn Fn(&str) -> Box<dyn Backend>;
+
 fn calls() {
     println!(
         "## A get and a put per record: `running-count`, {RECORDS} records over {COUNTED_KEYS} keys, batches of {BATCH}, best of {RUNS}"
@@ -306,7 +309,7 @@ fn calls() {
             .expect("loads"),
     );
     let dir = tempfile::tempdir().expect("temp dir");
-    let backends: [(&str, &dyn Fn(&str) -> Box<dyn Backend>); 2] = [
+    let backends: [(&str, MakeBackend<'_>); 2] = [
         ("memory", &|_| Box::new(MemoryBackend)),
         ("redb", &|name| {
             Box::new(DiskBackend::for_deployment(dir.path(), name, "in").expect("opens"))

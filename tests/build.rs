@@ -12,7 +12,13 @@ use std::process::Command;
 const WORKSPACES: &[(&str, &[&str])] = &[
     (
         "examples",
-        &["threshold-filter", "airline-csv", "flight-delay"],
+        &[
+            "threshold-filter",
+            "airline-csv",
+            "running-count",
+            "dedupe",
+            "flight-delay",
+        ],
     ),
     (
         "tests/guests",
@@ -24,6 +30,7 @@ const WORKSPACES: &[(&str, &[&str])] = &[
             "unknown-world",
             "contract-breaker",
             "big-data",
+            "state-probe",
         ],
     ),
 ];

@@ -9,7 +9,8 @@ use runnel_abi::{BatchBuilder, BatchRef};
 
 pub use wit_bindgen;
 
-use crate::{Config, Error, Output, Record, Result};
+pub use crate::state::{RawPage, StateHost};
+use crate::{Config, Error, Output, ProcessorContext, Record, Result};
 
 /// The state of a stateful function, one per instance.
 pub type State<T> = LocalKey<RefCell<Option<T>>>;
@@ -30,6 +31,51 @@ pub fn with_state<T, R>(state: &'static State<T>, f: impl FnOnce(&mut T) -> R) -
         // The host always calls `init` first; reaching this is a host bug, so trap.
         let s = s.as_mut().expect("runnel: a batch arrived before `init`");
         f(s)
+    })
+}
+
+std::thread_local! {
+    /// Store handles by name: the host gives the same handle for a name for
+    /// the life of an instance.
+    static HANDLES: RefCell<Vec<(Box<str>, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The handle of store `name`, asking the host (`open`) once per name.
+pub fn cached_open(name: &str, open: impl FnOnce() -> Result<u32, String>) -> Result<u32, String> {
+    if let Some(id) = HANDLES.with_borrow(|h| h.iter().find(|(n, _)| **n == *name).map(|p| p.1)) {
+        return Ok(id);
+    }
+    let id = open()?;
+    HANDLES.with_borrow_mut(|h| h.push((name.into(), id)));
+    Ok(id)
+}
+
+/// A scan's page from its packed keys and values (`(data, lengths)` each).
+pub fn raw_page(
+    keys: (Vec<u8>, Vec<u32>),
+    values: (Vec<u8>, Vec<u32>),
+    next: Option<Vec<u8>>,
+) -> Result<RawPage, String> {
+    let split = |(data, lengths): &(Vec<u8>, Vec<u32>)| -> Result<Vec<Vec<u8>>, String> {
+        let mut at = 0usize;
+        lengths
+            .iter()
+            .map(|&len| {
+                let item = data
+                    .get(at..at.saturating_add(len as usize))
+                    .ok_or("the host returned a malformed page")?;
+                at += len as usize;
+                Ok(item.to_vec())
+            })
+            .collect()
+    };
+    let (k, v) = (split(&keys)?, split(&values)?);
+    if k.len() != v.len() {
+        return Err("the host returned a page with more keys than values".to_owned());
+    }
+    Ok(RawPage {
+        entries: k.into_iter().zip(v).collect(),
+        next,
     })
 }
 
@@ -90,13 +136,34 @@ pub fn map_batch<F>(
     mut f: impl FnMut(&Record<'_>) -> Result<Vec<Output>>,
     fail: impl Fn(u32, String) -> F,
 ) -> Outputs<F> {
-    run(data, index, fail, |record, out| {
-        let outputs = f(record)?;
-        for o in &outputs {
-            o.encode(out);
+    run(data, index, fail, |_, record, out| encode(f(record)?, out))
+}
+
+fn encode(outputs: Vec<Output>, out: &mut BatchBuilder) -> Result<u32> {
+    for o in &outputs {
+        o.encode(out);
+    }
+    u32::try_from(outputs.len())
+        .map_err(|_| Error::msg("a record cannot produce more than 4 billion outputs"))
+}
+
+/// Runs a processor over a packed batch: a map whose records each get a
+/// [`ProcessorContext`] on `host`. A record that fails has its state writes
+/// discarded.
+pub fn process_batch<F>(
+    data: Vec<u8>,
+    index: &[u32],
+    host: &dyn StateHost,
+    mut f: impl FnMut(&Record<'_>, &mut ProcessorContext<'_>) -> Result<Vec<Output>>,
+    fail: impl Fn(u32, String) -> F,
+) -> Outputs<F> {
+    run(data, index, fail, |i, record, out| {
+        let mut ctx = ProcessorContext::new(host, i);
+        let result = f(record, &mut ctx).and_then(|outputs| encode(outputs, out));
+        if result.is_err() {
+            host.discard(i);
         }
-        u32::try_from(outputs.len())
-            .map_err(|_| Error::msg("a record cannot produce more than 4 billion outputs"))
+        result
     })
 }
 
@@ -107,7 +174,7 @@ pub fn score_batch<F>(
     mut f: impl FnMut(&Record<'_>) -> Result<Output>,
     fail: impl Fn(u32, String) -> F,
 ) -> Outputs<F> {
-    run(data, index, fail, |record, out| {
+    run(data, index, fail, |_, record, out| {
         f(record)?.encode(out);
         Ok(1)
     })
@@ -117,7 +184,7 @@ fn run<F>(
     data: Vec<u8>,
     index: &[u32],
     fail: impl Fn(u32, String) -> F,
-    mut each: impl FnMut(&Record<'_>, &mut BatchBuilder) -> Result<u32>,
+    mut each: impl FnMut(u32, &Record<'_>, &mut BatchBuilder) -> Result<u32>,
 ) -> Outputs<F> {
     let data = Arc::new(data);
     let batch = BatchRef::new(&data, index);
@@ -128,7 +195,9 @@ fn run<F>(
     for (i, raw) in batch.iter().enumerate() {
         let produced = out.len();
         let result = match raw {
-            Ok(raw) => each(&Record::in_batch(raw, &data), &mut out).map_err(|e| e.message),
+            Ok(raw) => {
+                each(i as u32, &Record::in_batch(raw, &data), &mut out).map_err(|e| e.message)
+            }
             Err(e) => Err(e.to_string()),
         };
         counts.push(match result {

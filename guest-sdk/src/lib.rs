@@ -41,6 +41,7 @@
 //! | `#[filter]` | `fn(&Record) -> Result<bool>` or `impl Filter for T` | keep (`true`) or drop |
 //! | `#[map]` | `fn(&Record) -> Result<Vec<Output>>` or `impl Map for T` | zero or more outputs |
 //! | `#[scorer]` | `impl Scorer for T` (built from config and model bytes) | one output |
+//! | `#[processor]` | `fn(&Record, &mut ProcessorContext) -> Result<Vec<Output>>` or `impl Processor for T` | zero or more outputs, reading and writing keyed state ([`state`]) |
 //!
 //! An `Err` is an expected failure of that record: the host sends the record to
 //! the dead-letter topic with the error's message, and the stream goes on. A
@@ -51,11 +52,13 @@
 
 use std::fmt;
 
-pub use runnel_sdk_macros::{filter, map, scorer};
+pub use runnel_sdk_macros::{filter, map, processor, scorer};
 
 pub mod alloc;
 mod record;
+pub mod state;
 pub use record::{Config, Output, Record};
+pub use state::{Key, ProcessorContext, Store};
 
 #[doc(hidden)]
 pub mod __private;
@@ -174,6 +177,17 @@ pub trait Scorer: Sized {
     fn new(config: &Config, model: &[u8]) -> Result<Self>;
     /// The one output for `record`.
     fn score(&mut self, record: &Record) -> Result<Output>;
+}
+
+/// A processor that keeps values built from its config besides its keyed
+/// state. Put `#[runnel_sdk::processor]` on the `impl`.
+pub trait Processor: Sized {
+    /// Builds the processor from the deployment's config. An error refuses
+    /// the deployment, with this message.
+    fn new(config: &Config) -> Result<Self>;
+    /// The records `record` turns into, reading and writing state through
+    /// `ctx`. On `Err` the record's state writes are forgotten.
+    fn process(&mut self, record: &Record, ctx: &mut ProcessorContext) -> Result<Vec<Output>>;
 }
 
 #[cfg(test)]

@@ -36,3 +36,4 @@ pub mod kafka;
 pub mod registry;
 pub mod rules;
 pub mod runner;
+pub mod state;

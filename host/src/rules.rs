@@ -91,6 +91,36 @@ pub const CONFIG_ENTRIES: usize = 1000;
 /// must stay under the broker's message size (1 MB by default).
 pub const CONFIG_BYTES: usize = 32 << 10;
 
+// State of processors (`crate::state`). A guest chooses what it asks for,
+// so each bound is on what the host holds for it: per key and value, per
+// call (buffered writes, bytes read), and per partition on disk or in memory.
+
+/// Named stores one deployment may declare.
+pub const STATE_STORES: usize = 16;
+/// Bytes of a store's name.
+pub const STATE_STORE_NAME_BYTES: usize = 64;
+/// Bytes of one state key.
+pub const STATE_MAX_KEY_BYTES: usize = 4 << 10;
+/// Bytes of one state value.
+pub const STATE_MAX_VALUE_BYTES: usize = 1 << 20;
+/// Bytes of writes one call may buffer until it returns (each write counts
+/// its key twice, its value, and [`STATE_WRITE_OVERHEAD`]).
+pub const STATE_WRITE_BYTES_PER_CALL: usize = 16 << 20;
+/// What one buffered write costs besides its key and value: the journal's
+/// and the index's bookkeeping. It bounds the writes of one call (to
+/// 16 MiB / 96 B, about 175,000) when keys and values are empty.
+pub const STATE_WRITE_OVERHEAD: usize = 96;
+/// Bytes of values one `get-many`, or of keys and values one `scan` page,
+/// may return.
+pub const STATE_READ_BYTES_PER_CALL: usize = 4 << 20;
+/// Keys one `get-many` may ask for.
+pub const STATE_KEYS_PER_GET: usize = 10_000;
+/// Entries one `scan` page may return.
+pub const STATE_SCAN_ENTRIES: usize = 10_000;
+/// Bytes of state one partition of one deployment may hold (on disk: the
+/// size of its file; in memory: keys, values and 64 bytes per entry).
+pub const STATE_PARTITION_BYTES: u64 = 1 << 30;
+
 /// A deployment name: 1 to 200 ASCII letters, digits, `-`, `_` or `.`, and
 /// not `.` or `..` (it is a path segment of the API and part of a
 /// consumer group's name).

@@ -183,6 +183,18 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
     let (s, v) = call(M::POST, u, t, Some(scorer_bytes.into()), None).await;
     assert_eq!((s, v["world"].as_str()), (201, Some("scorer")), "{v}");
     let scorer = v["digest"].as_str().unwrap().to_owned();
+    // A processor uploads, but does not deploy (state on Kafka is not built yet).
+    let u = url("/v1/modules");
+    let (s, v) = call(
+        M::POST,
+        u,
+        t,
+        Some(guest(guests::RUNNING_COUNT).into()),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["world"].as_str()), (201, Some("processor")), "{v}");
+    let processor = v["digest"].as_str().unwrap().to_owned();
     let put = |name: &str, body: Value| {
         let u = url(&format!("/v1/deployments/{name}"));
         async move { call(M::PUT, u, t, None, Some(body)).await }
@@ -217,6 +229,12 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
             json!({"module": scorer, "input": [input], "output": output}),
             422,
             "it needs a model",
+        ),
+        (
+            "d",
+            json!({"module": processor, "input": [input], "output": output}),
+            422,
+            "stateful functions on Kafka are not built yet (issue 18)",
         ),
         (
             "d",

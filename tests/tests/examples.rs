@@ -67,3 +67,13 @@ fn threshold_filter() {
 fn airline_csv() {
     golden("airline-csv", guests::AIRLINE_CSV, "input.csv", 4);
 }
+
+#[test]
+fn running_count() {
+    golden("running-count", guests::RUNNING_COUNT, "input.jsonl", 4);
+}
+
+#[test]
+fn dedupe() {
+    golden("dedupe", guests::DEDUPE, "input.jsonl", 4);
+}

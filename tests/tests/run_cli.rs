@@ -120,3 +120,36 @@ fn a_scorer_reads_its_model_file() {
         "{\"line\":1,\"key\":\"k\",\"value\":\"p=v\",\"headers\":{\"scored-by\":\"echo\"}}\n"
     );
 }
+
+#[test]
+fn a_processors_state_is_kept_in_a_state_dir_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_str().unwrap();
+    let input = "{\"key\":\"a\",\"value\":\"x\"}\n{\"key\":\"a\",\"value\":\"x\"}\n";
+    let args = [
+        guests::RUNNING_COUNT,
+        "--store",
+        "counts",
+        "--state-dir",
+        state_dir,
+    ];
+    let (code, out, err) = runnel(&args, input);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\"value\":\"2\"}\n"), "{out}");
+    let (code, out, err) = runnel(&args, input);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\"value\":\"4\"}\n"), "{out}");
+    // Without --state-dir, each run starts empty.
+    let (_, out, _) = runnel(&args[..3], input);
+    assert!(out.ends_with("\"value\":\"2\"}\n"), "{out}");
+}
+
+#[test]
+fn store_flags_are_for_processors_only() {
+    let (code, _, err) = runnel(&[guests::IDENTITY_FILTER, "--store", "counts"], "");
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("--store and --state-dir are for processors"),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The attribute macros of `runnel-sdk`. Use them through `runnel_sdk`
-//! (`#[runnel_sdk::filter]`, `#[runnel_sdk::map]`, `#[runnel_sdk::scorer]`);
+//! (`#[runnel_sdk::filter]`, `#[runnel_sdk::map]`, `#[runnel_sdk::scorer]`,
+//! `#[runnel_sdk::processor]`);
 //! this crate's documentation is there.
 //!
 //! Each macro keeps the author's item as written and adds a hidden module that
@@ -23,6 +24,7 @@ enum Kind {
     Filter,
     Map,
     Scorer,
+    Processor,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Filter => "#[runnel_sdk::filter]",
             Kind::Map => "#[runnel_sdk::map]",
             Kind::Scorer => "#[runnel_sdk::scorer]",
+            Kind::Processor => "#[runnel_sdk::processor]",
         }
     }
 
@@ -39,6 +42,7 @@ impl Kind {
             Kind::Filter => "Filter",
             Kind::Map => "Map",
             Kind::Scorer => "Scorer",
+            Kind::Processor => "Processor",
         }
     }
 
@@ -46,6 +50,9 @@ impl Kind {
         match self {
             Kind::Filter => "fn name(record: &Record) -> Result<bool>",
             Kind::Map => "fn name(record: &Record) -> Result<Vec<Output>>",
+            Kind::Processor => {
+                "fn name(record: &Record, ctx: &mut ProcessorContext) -> Result<Vec<Output>>"
+            }
             Kind::Scorer => "",
         }
     }
@@ -78,6 +85,13 @@ pub fn filter(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn map(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(Kind::Map, attr, item)
+}
+
+/// Exports a processor: `fn(&Record, &mut ProcessorContext) -> Result<Vec<Output>>`,
+/// or `impl Processor for T`.
+#[proc_macro_attribute]
+pub fn processor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Kind::Processor, attr, item)
 }
 
 /// Exports a scorer: `impl Scorer for T`.
@@ -139,8 +153,12 @@ fn check_fn(kind: Kind, f: &ItemFn) -> syn::Result<()> {
         ));
     }
     let inputs: Vec<&FnArg> = sig.inputs.iter().collect();
-    let arg_ok = match inputs.as_slice() {
-        [FnArg::Typed(t)] => is_record_ref(&t.ty),
+    let arg_ok = match (kind, inputs.as_slice()) {
+        (Kind::Processor, [FnArg::Typed(r), FnArg::Typed(c)]) => {
+            is_record_ref(&r.ty) && is_context_mut(&c.ty)
+        }
+        (Kind::Processor, _) => false,
+        (_, [FnArg::Typed(t)]) => is_record_ref(&t.ty),
         _ => false,
     };
     if !arg_ok {
@@ -149,10 +167,16 @@ fn check_fn(kind: Kind, f: &ItemFn) -> syn::Result<()> {
         } else {
             sig.inputs.to_token_stream()
         };
+        let takes = match kind {
+            Kind::Processor => {
+                "two arguments, the record as `&Record` and its state as `&mut ProcessorContext`"
+            }
+            _ => "exactly one argument, the record, as `&Record`",
+        };
         return Err(syn::Error::new_spanned(
             span_of,
             format!(
-                "a runnel {} takes exactly one argument, the record, as `&Record`: write `{shape}`",
+                "a runnel {} takes {takes}: write `{shape}`",
                 kind.trait_name().to_lowercase()
             ),
         ));
@@ -163,7 +187,7 @@ fn check_fn(kind: Kind, f: &ItemFn) -> syn::Result<()> {
     };
     let ret_ok = match (kind, ok_type) {
         (Kind::Filter, Some(t)) => is_named(t, "bool"),
-        (Kind::Map, Some(t)) => is_vec_of_output(t),
+        (Kind::Map | Kind::Processor, Some(t)) => is_vec_of_output(t),
         _ => false,
     };
     if !ret_ok {
@@ -181,6 +205,11 @@ fn check_fn(kind: Kind, f: &ItemFn) -> syn::Result<()> {
             Kind::Filter => {
                 "a runnel filter returns `Result<bool>`: Ok(true) keeps the record, Ok(false) drops it, \
                  and Err sends it to the dead-letter topic"
+            }
+            Kind::Processor => {
+                "a runnel processor returns `Result<Vec<Output>>`: the records this one turns into \
+                 (none, one or several), or Err to send it to the dead-letter topic and forget its \
+                 state writes"
             }
             _ => {
                 "a runnel map returns `Result<Vec<Output>>`: the records this one turns into (none, one \
@@ -209,6 +238,7 @@ fn check_impl(kind: Kind, i: &ItemImpl) -> syn::Result<()> {
             "Filter" => " (use #[runnel_sdk::filter] for a `Filter`)",
             "Map" => " (use #[runnel_sdk::map] for a `Map`)",
             "Scorer" => " (use #[runnel_sdk::scorer] for a `Scorer`)",
+            "Processor" => " (use #[runnel_sdk::processor] for a `Processor`)",
             _ => "",
         };
         return Err(syn::Error::new_spanned(
@@ -232,6 +262,14 @@ fn check_impl(kind: Kind, i: &ItemImpl) -> syn::Result<()> {
 fn is_record_ref(ty: &Type) -> bool {
     match ty {
         Type::Reference(r) if r.mutability.is_none() => is_named(&r.elem, "Record"),
+        _ => false,
+    }
+}
+
+/// `&mut ProcessorContext`, `&mut ProcessorContext<'_>`, `&mut runnel_sdk::ProcessorContext<'a>`.
+fn is_context_mut(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) if r.mutability.is_some() => is_named(&r.elem, "ProcessorContext"),
         _ => false,
     }
 }
@@ -276,6 +314,12 @@ fn module(kind: Kind, state: TokenStream2, init: TokenStream2, call: TokenStream
         Kind::Filter => "filter",
         Kind::Map => "%map",
         Kind::Scorer => "scorer",
+        Kind::Processor => "processor",
+    };
+    let host = if kind == Kind::Processor {
+        state_host()
+    } else {
+        quote! {}
     };
     quote! {
         #[doc(hidden)]
@@ -289,6 +333,7 @@ fn module(kind: Kind, state: TokenStream2, init: TokenStream2, call: TokenStream
 
 
             #state
+            #host
 
             struct Component;
 
@@ -312,6 +357,9 @@ fn fn_glue(kind: Kind, f: &ItemFn) -> TokenStream2 {
     };
     let call = match kind {
         Kind::Filter => filter_call(quote! { super::#name(r).map_err(::runnel_sdk::Error::from) }),
+        Kind::Processor => {
+            process_call(quote! { super::#name(r, ctx).map_err(::runnel_sdk::Error::from) })
+        }
         _ => map_call(quote! { super::#name(r).map_err(::runnel_sdk::Error::from) }),
     };
     module(kind, quote! {}, init, call)
@@ -333,20 +381,83 @@ fn filter_call(per_record: TokenStream2) -> TokenStream2 {
     }
 }
 
-fn map_call(per_record: TokenStream2) -> TokenStream2 {
-    outputs_call(quote! { map }, quote! { map_batch }, per_record)
+/// `process`: a map whose records each get a `ProcessorContext` on the host's state.
+fn process_call(per_record: TokenStream2) -> TokenStream2 {
+    outputs_call(
+        quote! { process },
+        quote! { process_batch },
+        quote! { &StateHost, |r, ctx| #per_record },
+    )
 }
 
-fn outputs_call(
-    export: TokenStream2,
-    runner: TokenStream2,
-    per_record: TokenStream2,
-) -> TokenStream2 {
+/// The SDK's view of the imported `state` interface.
+fn state_host() -> TokenStream2 {
+    quote! {
+        struct StateHost;
+
+        fn state_error(e: runnel::stream::state::StateError) -> ::std::string::String {
+            use runnel::stream::state::StateError as E;
+            match e {
+                E::UnknownStore(m) | E::BadArgument(m) | E::Limit(m) | E::Store(m) => m,
+            }
+        }
+
+        impl ::runnel_sdk::__private::StateHost for StateHost {
+            fn open(&self, name: &str) -> ::core::result::Result<u32, ::std::string::String> {
+                ::runnel_sdk::__private::cached_open(name, || {
+                    runnel::stream::state::open(name).map_err(state_error)
+                })
+            }
+            fn get(&self, store: u32, record: u32, key: &[u8])
+                -> ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String> {
+                runnel::stream::state::get(store, record, key).map_err(state_error)
+            }
+            fn get_many(&self, store: u32, record: u32, keys: ::std::vec::Vec<u8>, lengths: ::std::vec::Vec<u32>)
+                -> ::core::result::Result<(::std::vec::Vec<u8>, ::std::vec::Vec<u32>), ::std::string::String> {
+                let keys = runnel::stream::state::Packed { data: keys, lengths };
+                let got = runnel::stream::state::get_many(store, record, &keys).map_err(state_error)?;
+                ::core::result::Result::Ok((got.data, got.lengths))
+            }
+            fn put(&self, store: u32, record: u32, key: &[u8], value: &[u8])
+                -> ::core::result::Result<(), ::std::string::String> {
+                runnel::stream::state::put(store, record, key, value).map_err(state_error)
+            }
+            fn delete(&self, store: u32, record: u32, key: &[u8])
+                -> ::core::result::Result<(), ::std::string::String> {
+                runnel::stream::state::delete(store, record, key).map_err(state_error)
+            }
+            fn scan(&self, store: u32, record: u32, start: &[u8], end: ::core::option::Option<&[u8]>, limit: u32)
+                -> ::core::result::Result<::runnel_sdk::__private::RawPage, ::std::string::String> {
+                let page = runnel::stream::state::scan(store, record, start, end, limit).map_err(state_error)?;
+                ::runnel_sdk::__private::raw_page(
+                    (page.keys.data, page.keys.lengths),
+                    (page.values.data, page.values.lengths),
+                    page.next,
+                )
+            }
+            fn discard(&self, record: u32) {
+                runnel::stream::state::discard(record)
+            }
+        }
+    }
+}
+
+fn map_call(per_record: TokenStream2) -> TokenStream2 {
+    outputs_call(
+        quote! { map },
+        quote! { map_batch },
+        quote! { |r| #per_record },
+    )
+}
+
+/// An export that runs `runner` over the batch and returns `outputs`;
+/// `each` is the runner's arguments after the batch (the per-record closure).
+fn outputs_call(export: TokenStream2, runner: TokenStream2, each: TokenStream2) -> TokenStream2 {
     quote! {
         fn #export(batch: runnel::stream::types::Batch) -> runnel::stream::types::Outputs {
             let out = ::runnel_sdk::__private::#runner(
                 batch.data, &batch.index,
-                |r| #per_record,
+                #each,
                 |index, message| runnel::stream::types::Failure {
                     index,
                     error: runnel::stream::types::RecordError { message },
@@ -367,6 +478,7 @@ fn impl_glue(kind: Kind, i: &ItemImpl) -> TokenStream2 {
         Kind::Filter => quote! { ::runnel_sdk::Filter },
         Kind::Map => quote! { ::runnel_sdk::Map },
         Kind::Scorer => quote! { ::runnel_sdk::Scorer },
+        Kind::Processor => quote! { ::runnel_sdk::Processor },
     };
     let state = quote! {
         type Impl = super::__RunnelImpl;
@@ -399,11 +511,14 @@ fn impl_glue(kind: Kind, i: &ItemImpl) -> TokenStream2 {
             let body = map_call(quote! { <Impl as #trait_path>::map(s, r) });
             wrap_state(body)
         }
+        Kind::Processor => wrap_state(process_call(
+            quote! { <Impl as #trait_path>::process(s, r, ctx) },
+        )),
         Kind::Scorer => {
             let body = outputs_call(
                 quote! { score },
                 quote! { score_batch },
-                quote! { <Impl as #trait_path>::score(s, r) },
+                quote! { |r| <Impl as #trait_path>::score(s, r) },
             );
             wrap_state(body)
         }

@@ -4,6 +4,8 @@
 //! as a node, with records read from JSON lines (or one raw value per line)
 //! and outputs written as JSON lines. With `--expect FILE` it is a golden
 //! test: the outputs and the errors, in input order, are compared with FILE.
+//! A processor gets its declared stores (`--store NAME`) in memory, one
+//! state per input partition, or on disk with `--state-dir DIR`.
 //!
 //! Exit codes:
 //!
@@ -29,6 +31,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::engine::{Engine, EngineConfig, Limits, Outcome, Worker, World, default_cache_dir};
+use crate::state::disk::DiskBackend;
+use crate::state::memory::MemoryBackend;
+use crate::state::{Backend, State, StateLimits};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
@@ -86,6 +91,15 @@ pub struct RunArgs {
     /// With `--expect FILE`: write FILE from this run instead of comparing.
     #[arg(long, requires = "expect")]
     pub bless: bool,
+    /// A state store the processor uses; repeat for more. A processor
+    /// that opens a store not declared here gets an error.
+    #[arg(long = "store", value_name = "NAME")]
+    pub stores: Vec<String>,
+    /// Keep a processor's state on disk in DIR (one file per partition,
+    /// under `<DIR>/<module name>/input/`), so that the next run starts
+    /// from it. Without it, state is kept in memory and forgotten at exit.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -296,8 +310,20 @@ fn run_inner(
         call_timeout: Duration::from_millis(args.timeout_ms),
         ..Limits::default()
     };
+    let world = module.world();
     let mut worker = Worker::new(Arc::new(module), limits, args.config.clone(), model)
         .map_err(|e| (EXIT_REFUSED, e.to_string()))?;
+    if world == World::Processor {
+        worker = worker.with_state(state(args, &name)?);
+    } else if !args.stores.is_empty() || args.state_dir.is_some() {
+        return Err((
+            EXIT_REFUSED,
+            format!(
+                "--store and --state-dir are for processors, and {} is a {world}",
+                args.module.display()
+            ),
+        ));
+    }
 
     let mut file_reader;
     let reader: &mut dyn BufRead = if args.input == "-" {
@@ -368,6 +394,20 @@ fn run_inner(
     } else {
         EXIT_OK
     })
+}
+
+/// A processor's state: in memory, or on disk under `--state-dir`. Input
+/// records are read as if from one topic, named `input`.
+fn state(args: &RunArgs, name: &str) -> Result<State, (u8, String)> {
+    let backend: Box<dyn Backend> = match &args.state_dir {
+        None => Box::new(MemoryBackend),
+        Some(dir) => Box::new(
+            DiskBackend::for_deployment(dir, name, "input")
+                .map_err(|e| (EXIT_FAILURE, e.to_string()))?,
+        ),
+    };
+    State::new("input", &args.stores, backend, StateLimits::default())
+        .map_err(|e| (EXIT_REFUSED, format!("--store: {e}")))
 }
 
 /// `--expect FILE`: compares `got` with FILE (or writes it, with `--bless`).

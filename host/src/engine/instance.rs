@@ -13,7 +13,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::{self, Batch, Outputs, Verdicts};
 use super::deadline::{BlockedAtDeadline, CallDeadline};
 use super::guest_log::{CallLog, GuestLog, Stream};
+use super::state_calls::Lent;
 use super::{EPOCH_TICK, Limits, Module, WorldPre};
+use crate::state::State;
 
 /// Bytes, for people: "128 MiB", "1.5 GiB", "900 B".
 pub(crate) struct HumanBytes(pub u64);
@@ -75,6 +77,8 @@ pub enum CallError {
     BadOutput { function: Arc<str>, reason: String },
     #[error("function `{function}` refused to start: {message}")]
     InitFailed { function: Arc<str>, message: String },
+    #[error("function `{function}`'s state could not be saved: {reason}")]
+    State { function: Arc<str>, reason: String },
     #[error("cannot instantiate function `{function}`: {reason}")]
     Instantiate { function: Arc<str>, reason: String },
     #[error(
@@ -93,6 +97,7 @@ impl CallError {
             self,
             CallError::InitFailed { .. }
                 | CallError::Instantiate { .. }
+                | CallError::State { .. }
                 | CallError::PoolExhausted { .. }
         )
     }
@@ -190,6 +195,8 @@ pub(crate) struct StoreState {
     limiter: GrowthLimiter,
     /// When the current call ends, for host calls that wait.
     pub(crate) deadline: CallDeadline,
+    /// A processor's state, lent for each call.
+    pub(crate) state: Lent,
 }
 
 impl WasiView for StoreState {
@@ -205,6 +212,7 @@ enum Bound {
     Filter(bindings::filter::Filter),
     Map(bindings::map::Map),
     Scorer(bindings::scorer::Scorer),
+    Processor(bindings::processor::Processor),
 }
 
 /// What one call returned, before the worker checks it.
@@ -267,6 +275,7 @@ impl Instance {
                 table_exceeded: None,
             },
             deadline: CallDeadline::new(module.engine.ticks().clone()),
+            state: Lent::default(),
         };
         let mut store = Store::new(module.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -282,6 +291,7 @@ impl Instance {
             WorldPre::Filter(pre) => pre.instantiate(&mut store).map(Bound::Filter),
             WorldPre::Map(pre) => pre.instantiate(&mut store).map(Bound::Map),
             WorldPre::Scorer(pre) => pre.instantiate(&mut store).map(Bound::Scorer),
+            WorldPre::Processor(pre) => pre.instantiate(&mut store).map(Bound::Processor),
         };
         let mut instance = Self {
             bound: match instantiated {
@@ -344,6 +354,7 @@ impl Instance {
             Bound::Filter(f) => f.call_init(&mut self.store, config),
             Bound::Map(f) => f.call_init(&mut self.store, config),
             Bound::Scorer(f) => f.call_init(&mut self.store, config, model.unwrap_or_default()),
+            Bound::Processor(f) => f.call_init(&mut self.store, config),
         };
         match result {
             Ok(Ok(())) => Ok(()),
@@ -362,8 +373,22 @@ impl Instance {
             Bound::Filter(f) => f.call_filter(&mut self.store, batch).map(RawResult::Filter),
             Bound::Map(f) => f.call_map(&mut self.store, batch).map(RawResult::Outputs),
             Bound::Scorer(f) => f.call_score(&mut self.store, batch).map(RawResult::Outputs),
+            Bound::Processor(f) => f
+                .call_process(&mut self.store, batch)
+                .map(RawResult::Outputs),
         };
         result.map_err(|e| self.classify(e))
+    }
+
+    /// Lends a processor's state to the instance for the next call.
+    pub(crate) fn lend_state(&mut self, state: State) {
+        self.store.data_mut().state.0 = Some(state);
+    }
+
+    /// Takes back the state lent by [`Instance::lend_state`], whatever the
+    /// call did (a trapped instance still holds it).
+    pub(crate) fn take_state(&mut self) -> Option<State> {
+        self.store.data_mut().state.0.take()
     }
 
     fn begin_call(&mut self) {

@@ -16,6 +16,7 @@ mod cache;
 mod deadline;
 mod guest_log;
 mod instance;
+mod state_calls;
 mod worker;
 
 use std::fmt;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 
 pub use cache::{ArtifactCache, CacheError, default_dir as default_cache_dir};
 pub use guest_log::{
@@ -104,10 +105,12 @@ pub enum World {
     Filter,
     Map,
     Scorer,
+    /// A map with keyed state (`crate::state`).
+    Processor,
 }
 
 impl World {
-    pub const ALL: [World; 3] = [World::Filter, World::Map, World::Scorer];
+    pub const ALL: [World; 4] = [World::Filter, World::Map, World::Scorer, World::Processor];
 
     /// The function, besides `init`, that a component of this world exports.
     fn export(self) -> &'static str {
@@ -115,6 +118,7 @@ impl World {
             World::Filter => "filter",
             World::Map => "map",
             World::Scorer => "score",
+            World::Processor => "process",
         }
     }
 }
@@ -125,6 +129,7 @@ impl fmt::Display for World {
             World::Filter => "filter",
             World::Map => "map",
             World::Scorer => "scorer",
+            World::Processor => "processor",
         })
     }
 }
@@ -149,8 +154,9 @@ pub enum LoadError {
     #[error("the component does not compile: {0}")]
     Invalid(String),
     #[error(
-        "the component implements none of runnel's worlds (filter, map or scorer of \
-         runnel:stream@0.1.0, exporting `init` and `filter`, `map` or `score`); it exports: {exports}"
+        "the component implements none of runnel's worlds (filter, map, scorer or processor of \
+         runnel:stream@0.1.0, exporting `init` and `filter`, `map`, `score` or `process`); it \
+         exports: {exports}"
     )]
     UnknownWorld { exports: String },
     #[error(
@@ -196,6 +202,7 @@ enum WorldPre {
     Filter(bindings::filter::FilterPre<StoreState>),
     Map(bindings::map::MapPre<StoreState>),
     Scorer(bindings::scorer::ScorerPre<StoreState>),
+    Processor(bindings::processor::ProcessorPre<StoreState>),
 }
 
 impl Module {
@@ -312,6 +319,11 @@ impl Engine {
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
         deadline::bound_blocking_calls(&mut linker).map_err(engine_err)?;
+        bindings::processor::runnel::stream::state::add_to_linker::<_, HasSelf<state_calls::Lent>>(
+            &mut linker,
+            |s: &mut StoreState| &mut s.state,
+        )
+        .map_err(engine_err)?;
         let ticks = Ticks::default();
         spawn_epoch_ticker(&wasmtime, ticks.clone());
         let cache = config.cache_dir.clone().and_then(|dir| {
@@ -388,6 +400,9 @@ impl Engine {
             World::Scorer => {
                 WorldPre::Scorer(bindings::scorer::ScorerPre::new(instance_pre).map_err(signature)?)
             }
+            World::Processor => WorldPre::Processor(
+                bindings::processor::ProcessorPre::new(instance_pre).map_err(signature)?,
+            ),
         };
         if !from_cache && let Some(cache) = self.cache() {
             cache.put(&digest, &component);

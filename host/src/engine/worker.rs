@@ -13,6 +13,7 @@ use runnel_abi::{BatchBuilder, BatchRef, RecordRef};
 use super::bindings::{Batch, Failure};
 use super::instance::{CallError, HumanBytes, Instance, RawResult};
 use super::{Limits, Module};
+use crate::state::State;
 
 /// What happened to one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct Worker {
     config: Vec<(String, String)>,
     model: Option<Arc<[u8]>>,
     instance: Option<Instance>,
+    /// A processor's state: lent to the instance for each call.
+    state: Option<State>,
     stats: WorkerStats,
 }
 
@@ -82,10 +85,23 @@ impl Worker {
             config,
             model,
             instance: None,
+            state: None,
             stats: WorkerStats::default(),
         };
         worker.instance()?;
         Ok(worker)
+    }
+
+    /// Gives a processor its state. Each call's writes are applied when the
+    /// call succeeds and dropped when it traps (see [`crate::state`]).
+    pub fn with_state(mut self, state: State) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The processor's state, between calls.
+    pub fn state(&self) -> Option<&State> {
+        self.state.as_ref()
     }
 
     pub fn module(&self) -> &Arc<Module> {
@@ -154,7 +170,16 @@ impl Worker {
     ) -> Result<Result<Processed, CallError>, CallError> {
         let n = batch.len();
         let function = self.module.name.clone();
-        let instance = self.instance()?;
+        self.instance()?;
+        let instance = self.instance.as_mut().expect("made above");
+        if let Some(mut state) = self.state.take() {
+            let view = BatchRef::new(batch.data(), batch.index());
+            state.begin(
+                view.iter()
+                    .map(|r| r.map_or((-1, -1), |r| (r.partition(), r.offset()))),
+            );
+            instance.lend_state(state);
+        }
         let (data, index) = batch.parts_mut();
         let wit = Batch {
             data: std::mem::take(data),
@@ -163,13 +188,27 @@ impl Worker {
         let result = instance.call(&wit);
         *data = wit.data;
         *index = wit.index;
+        self.state = instance.take_state();
         let checked = result.and_then(|raw| {
-            check(raw, n, &self.limits).map_err(|reason| CallError::BadOutput { function, reason })
+            check(raw, n, &self.limits).map_err(|reason| CallError::BadOutput {
+                function: function.clone(),
+                reason,
+            })
         });
         if let Err(e) = &checked {
             debug_assert!(e.is_trap());
             self.stats.traps += 1;
             self.instance = None;
+            if let Some(state) = &mut self.state {
+                state.abort();
+            }
+        } else if let Some(state) = &mut self.state {
+            // Not the function's fault: the batch is not done, and the
+            // caller retries or stops as for a failed instantiation.
+            state.commit().map_err(|e| CallError::State {
+                function,
+                reason: e.to_string(),
+            })?;
         }
         Ok(checked)
     }

@@ -52,6 +52,14 @@
 //! previous batch's offsets are committed; no record is run by both versions
 //! (barring a crash, which replays the uncommitted window as always).
 //!
+//! # Processors
+//!
+//! Processors (functions with keyed state, `crate::state`) are refused here:
+//! on Kafka their state must be kept in a changelog, committed with the
+//! input offsets and restored when partitions move, which is the next slice
+//! of issue 18. A local store without it would not survive a crash or a
+//! rebalance exactly, so none is run. `runnel run` runs them offline.
+//!
 //! Owns consumers, producers and workers; knows nothing of how deployments
 //! are declared (a file today, the registry later).
 
@@ -75,10 +83,22 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::DeploymentSpec;
-use crate::engine::{Engine, Limits, Module};
+use crate::engine::{Engine, Limits, Module, World};
 use crate::kafka::KafkaOptions;
 
 pub use status::{DeploymentState, DeploymentStatus, Isolating, PartitionStatus, SwapReport};
+
+/// Why a processor is refused on Kafka (see "Processors" above).
+pub const PROCESSOR_NOT_ON_KAFKA: &str = "stateful functions on Kafka are not built yet (issue \
+     18): a processor runs under `runnel run` only, for now";
+
+/// Refuses what this node cannot run on Kafka.
+pub fn check_runs_on_kafka(world: World) -> Result<(), &'static str> {
+    match world {
+        World::Processor => Err(PROCESSOR_NOT_ON_KAFKA),
+        World::Filter | World::Map | World::Scorer => Ok(()),
+    }
+}
 
 /// What one deployment needs to run: its spec, its loaded module and model.
 #[derive(Debug, Clone)]
@@ -206,6 +226,8 @@ impl Node {
     pub fn add(&self, d: Deployment) -> anyhow::Result<()> {
         let mut running = lock(&self.running);
         let name = d.spec.name.clone();
+        check_runs_on_kafka(d.module.world())
+            .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
         if running.iter().any(|r| r.name == name) {
             anyhow::bail!("deployment {name:?} already runs on this node");
         }
@@ -269,6 +291,8 @@ impl Node {
             };
             (r.control.clone(), lock(&r.status).clone())
         };
+        check_runs_on_kafka(next.module.world())
+            .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
         if next.spec.name != name {
             anyhow::bail!(
                 "a swap keeps the deployment's name: {name:?}, not {:?}",
@@ -324,5 +348,22 @@ impl Drop for Node {
     fn drop(&mut self) {
         let running = std::mem::take(&mut *lock(&self.running));
         stop_all(running);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processors_are_refused_on_kafka_and_the_rest_run() {
+        assert_eq!(
+            check_runs_on_kafka(World::Processor),
+            Err(PROCESSOR_NOT_ON_KAFKA)
+        );
+        assert!(PROCESSOR_NOT_ON_KAFKA.contains("not built yet (issue 18)"));
+        for w in [World::Filter, World::Map, World::Scorer] {
+            assert_eq!(check_runs_on_kafka(w), Ok(()));
+        }
     }
 }

@@ -448,7 +448,12 @@ where
                         session_timeout_ms: inner.session_timeout_ms,
                         rebalance_timeout_ms: inner.rebalance_timeout_ms,
                         members: inner.members,
-                        generation_id: inner.generation_id,
+                        // runnel: a new generation. The members that synced
+                        // the old one must get REBALANCE_IN_PROGRESS on their
+                        // next heartbeat and rejoin, or a leader elected in
+                        // this same generation changes their assignment
+                        // unseen.
+                        generation_id: inner.generation_id + 1,
                         state: Forming {
                             protocol_type: Some(inner.state.protocol_type),
                             protocol_name: Some(inner.state.protocol_name),

@@ -1,0 +1,339 @@
+//! The embedded broker's consumer-group coordinator (Tansu's
+//! `coordinator::group::administrator::Controller`, patched under
+//! `host/vendor/tansu-broker`) when a member's session runs out: the members
+//! that outlive it must be told to rejoin, so that a new generation hands
+//! out the dead member's partitions, and no member may be given two
+//! different assignments for one generation (issue 17).
+//!
+//! Driven through the `Coordinator` trait with in-memory storage, the way
+//! the embedded broker's request handlers use it. Sessions run out in real
+//! time: each test takes about 13 s (they run in parallel).
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tansu_broker::coordinator::group::Coordinator;
+use tansu_broker::coordinator::group::administrator::Controller;
+use tansu_sans_io::join_group_request::JoinGroupRequestProtocol;
+use tansu_sans_io::sync_group_request::SyncGroupRequestAssignment;
+use tansu_sans_io::{ErrorCode, HeartbeatResponse, JoinGroupResponse, SyncGroupResponse};
+use tansu_storage::StorageContainer;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+use url::Url;
+
+const GROUP: &str = "runnel-group";
+const PROTOCOL_TYPE: &str = "consumer";
+const RANGE: &str = "range";
+// Longer than the 3 s a follower's JoinGroup waits in Tansu (PAUSE_MS), in
+// which the member sends nothing else (runnel's consumers use 10 s).
+const SESSION_MS: u64 = 6_000;
+const HEARTBEAT_MS: u64 = 150;
+// How long before c's session runs out a and b fall quiet, and how long
+// after it they speak again.
+const QUIET_BEFORE_MS: u64 = 500;
+const QUIET_AFTER_MS: u64 = 300;
+
+type Ctl = Controller<StorageContainer>;
+
+async fn controller() -> Ctl {
+    let storage = StorageContainer::builder()
+        .cluster_id("runnel")
+        .node_id(111)
+        .advertised_listener(Url::parse("tcp://127.0.0.1:9092/").unwrap())
+        .storage(Url::parse("memory://tansu/").unwrap())
+        .build()
+        .await
+        .unwrap();
+    Controller::with_storage(storage).unwrap()
+}
+
+fn code(error_code: i16) -> ErrorCode {
+    ErrorCode::try_from(error_code).unwrap()
+}
+
+/// A member's subscription: the same bytes every time it joins, so that a
+/// rejoin changes nothing but the member's liveness.
+fn protocols(member: &str) -> [JoinGroupRequestProtocol; 1] {
+    [JoinGroupRequestProtocol::default()
+        .name(RANGE.into())
+        .metadata(Bytes::from(format!("subscription of {member}")))]
+}
+
+async fn join(ctl: &mut Ctl, name: &str, member_id: &str) -> JoinGroupResponse {
+    let body = ctl
+        .join(
+            Some(name),
+            GROUP,
+            SESSION_MS as i32,
+            Some(30_000),
+            member_id,
+            None,
+            PROTOCOL_TYPE,
+            Some(&protocols(name)[..]),
+            None,
+        )
+        .await
+        .unwrap();
+    JoinGroupResponse::try_from(body).unwrap()
+}
+
+/// JoinGroup without a member id: the coordinator answers
+/// MEMBER_ID_REQUIRED with one (and counts the member in).
+async fn member_id(ctl: &mut Ctl, name: &str) -> String {
+    let r = join(ctl, name, "").await;
+    assert_eq!(code(r.error_code), ErrorCode::MemberIdRequired, "{r:?}");
+    r.member_id
+}
+
+async fn sync(
+    ctl: &mut Ctl,
+    generation: i32,
+    member_id: &str,
+    assignments: &[(&str, &str)],
+) -> SyncGroupResponse {
+    let assignments: Vec<_> = assignments
+        .iter()
+        .map(|(member, partitions)| {
+            SyncGroupRequestAssignment::default()
+                .member_id((*member).into())
+                .assignment(Bytes::from(partitions.to_string()))
+        })
+        .collect();
+    let body = ctl
+        .sync(
+            GROUP,
+            generation,
+            member_id,
+            None,
+            Some(PROTOCOL_TYPE),
+            Some(RANGE),
+            Some(&assignments[..]),
+        )
+        .await
+        .unwrap();
+    SyncGroupResponse::try_from(body).unwrap()
+}
+
+async fn heartbeat(ctl: &mut Ctl, generation: i32, member_id: &str) -> ErrorCode {
+    let body = ctl
+        .heartbeat(GROUP, generation, member_id, None)
+        .await
+        .unwrap();
+    code(HeartbeatResponse::try_from(body).unwrap().error_code)
+}
+
+/// A member's heartbeat thread: every HEARTBEAT_MS with the generation it
+/// last synced, until stopped. Answers are ignored (the test reads them
+/// itself when it matters); it only keeps the member's session alive.
+struct Heartbeats {
+    generation: Arc<AtomicI32>,
+    running: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Heartbeats {
+    fn start(ctl: &Ctl, member_id: &str) -> Self {
+        let generation = Arc::new(AtomicI32::new(-1));
+        let running = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn({
+            let mut ctl = ctl.clone();
+            let member_id = member_id.to_owned();
+            let generation = generation.clone();
+            let running = running.clone();
+            async move {
+                while running.load(Ordering::SeqCst) {
+                    let g = generation.load(Ordering::SeqCst);
+                    let _ = heartbeat(&mut ctl, g, &member_id).await;
+                    sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+                }
+            }
+        });
+        Self {
+            generation,
+            running,
+            task,
+        }
+    }
+
+    fn synced(&self, generation: i32) {
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+
+    /// Stops and returns once no heartbeat of this member is in flight.
+    async fn stop(self) {
+        self.running.store(false, Ordering::SeqCst);
+        self.task.await.unwrap();
+    }
+}
+
+/// Every assignment a member was given, by (member, generation): a second,
+/// different one for the same pair is the bug.
+#[derive(Default)]
+struct Ledger(BTreeMap<(String, i32), Bytes>);
+
+impl Ledger {
+    fn record(&mut self, who: &str, member_id: &str, generation: i32, r: &SyncGroupResponse) {
+        assert_eq!(code(r.error_code), ErrorCode::None, "{who}'s sync: {r:?}");
+        let key = (member_id.to_owned(), generation);
+        if let Some(before) = self.0.insert(key, r.assignment.clone()) {
+            assert_eq!(
+                before, r.assignment,
+                "{who} was given two different assignments for generation {generation}"
+            );
+        }
+    }
+}
+
+struct Group {
+    ctl: Ctl,
+    a: String,
+    b: String,
+    c: String,
+    hb: [Heartbeats; 3],
+    generation: i32,
+    ledger: Ledger,
+}
+
+/// a, b and c join; a leads and assigns {a: p0, b: p1, c: p2}; all three
+/// sync one generation and heartbeat it.
+async fn formed() -> Group {
+    let mut ctl = controller().await;
+    let a = member_id(&mut ctl, "a").await;
+    let hb_a = Heartbeats::start(&ctl, &a);
+    let b = member_id(&mut ctl, "b").await;
+    let hb_b = Heartbeats::start(&ctl, &b);
+    let c = member_id(&mut ctl, "c").await;
+    let hb_c = Heartbeats::start(&ctl, &c);
+
+    let ja = join(&mut ctl, "a", &a).await;
+    assert_eq!(code(ja.error_code), ErrorCode::None, "{ja:?}");
+    assert_eq!(ja.leader, a, "{ja:?}");
+    let generation = ja.generation_id;
+    assert_eq!(ja.members.as_ref().map(Vec::len), Some(3), "{ja:?}");
+
+    // A follower's JoinGroup waits 3 s while there is a leader (Tansu's
+    // PAUSE_MS): b and c join at once.
+    let (jb, jc) = tokio::join!(
+        {
+            let mut ctl = ctl.clone();
+            let b = b.clone();
+            async move { join(&mut ctl, "b", &b).await }
+        },
+        {
+            let mut ctl = ctl.clone();
+            let c = c.clone();
+            async move { join(&mut ctl, "c", &c).await }
+        }
+    );
+    for j in [&jb, &jc] {
+        assert_eq!(code(j.error_code), ErrorCode::None, "{j:?}");
+        assert_eq!(j.generation_id, generation, "{j:?}");
+        assert_eq!(j.leader, a, "{j:?}");
+    }
+
+    let mut ledger = Ledger::default();
+    let plan = [(a.as_str(), "p0"), (b.as_str(), "p1"), (c.as_str(), "p2")];
+    let sa = sync(&mut ctl, generation, &a, &plan).await;
+    ledger.record("a", &a, generation, &sa);
+    let sb = sync(&mut ctl, generation, &b, &[]).await;
+    ledger.record("b", &b, generation, &sb);
+    let sc = sync(&mut ctl, generation, &c, &[]).await;
+    ledger.record("c", &c, generation, &sc);
+    assert_eq!(
+        [sa.assignment, sb.assignment, sc.assignment],
+        [&b"p0"[..], b"p1", b"p2"].map(Bytes::from_static)
+    );
+    for hb in [&hb_a, &hb_b, &hb_c] {
+        hb.synced(generation);
+    }
+    for m in [&a, &b, &c] {
+        assert_eq!(heartbeat(&mut ctl, generation, m).await, ErrorCode::None);
+    }
+
+    Group {
+        ctl,
+        a,
+        b,
+        c,
+        hb: [hb_a, hb_b, hb_c],
+        generation,
+        ledger,
+    }
+}
+
+/// c stops (its process is killed: no LeaveGroup); a and b heartbeat until
+/// shortly before c's session runs out, then fall quiet (a GC pause, a
+/// restarting broker) until just after. Returns the group with no
+/// heartbeat running and c's session over, a's and b's not.
+async fn c_dies_unnoticed(g: Group) -> (Ctl, String, String, String, i32, Ledger) {
+    let Group {
+        ctl,
+        a,
+        b,
+        c,
+        hb: [hb_a, hb_b, hb_c],
+        generation,
+        ledger,
+    } = g;
+    hb_c.stop().await;
+    let c_last = Instant::now();
+    sleep_until(c_last + Duration::from_millis(SESSION_MS - QUIET_BEFORE_MS)).await;
+    hb_a.stop().await;
+    hb_b.stop().await;
+    sleep_until(c_last + Duration::from_millis(SESSION_MS + QUIET_AFTER_MS)).await;
+    (ctl, a, b, c, generation, ledger)
+}
+
+/// The first request after c's session ran out is b's JoinGroup, with its
+/// unchanged subscription. Unpatched, the coordinator went back to forming
+/// the *same* generation: b became its leader and assigned c's partition,
+/// while a, which had synced that generation, kept getting successful
+/// heartbeats and never learnt that its assignment had changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_after_an_unnoticed_expiry_starts_a_new_generation() {
+    let (mut ctl, a, b, _c, g0, mut ledger) = c_dies_unnoticed(formed().await).await;
+
+    let jb = join(&mut ctl, "b", &b).await;
+    assert_eq!(code(jb.error_code), ErrorCode::None, "{jb:?}");
+    assert_eq!(jb.leader, b, "b rejoins first, so it leads: {jb:?}");
+    let g1 = jb.generation_id;
+    let plan = [(a.as_str(), "p0 p1"), (b.as_str(), "p2")];
+    let sb = sync(&mut ctl, g1, &b, &plan).await;
+    ledger.record("b", &b, g1, &sb);
+
+    // a still holds generation g0 and its assignment p0.
+    let hb = heartbeat(&mut ctl, g0, &a).await;
+    if hb == ErrorCode::None {
+        let sa = sync(&mut ctl, g0, &a, &[]).await;
+        panic!(
+            "after c's expiry b led generation {g1} (a synced {g0}), yet a's heartbeat for \
+             {g0} succeeded: a keeps consuming p0 while the coordinator now gives it \
+             {:?} for generation {g0}",
+            sa.assignment
+        );
+    }
+    assert!(
+        matches!(
+            hb,
+            ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration
+        ),
+        "a's heartbeat for its old generation: {hb:?}"
+    );
+    assert!(g1 > g0, "b's rejoin after c's expiry kept generation {g0}");
+
+    // a rejoins and is given what b assigned it.
+    let ja = join(&mut ctl, "a", &a).await;
+    assert_eq!(code(ja.error_code), ErrorCode::None, "{ja:?}");
+    assert_eq!(ja.generation_id, g1, "{ja:?}");
+    let sa = sync(&mut ctl, g1, &a, &[]).await;
+    ledger.record("a", &a, g1, &sa);
+    assert_eq!(sa.assignment, Bytes::from_static(b"p0 p1"));
+    assert_eq!(heartbeat(&mut ctl, g1, &a).await, ErrorCode::None);
+    assert_eq!(heartbeat(&mut ctl, g1, &b).await, ErrorCode::None);
+}

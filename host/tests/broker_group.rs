@@ -337,3 +337,97 @@ async fn a_join_after_an_unnoticed_expiry_starts_a_new_generation() {
     assert_eq!(heartbeat(&mut ctl, g1, &a).await, ErrorCode::None);
     assert_eq!(heartbeat(&mut ctl, g1, &b).await, ErrorCode::None);
 }
+
+/// The leader dies after the group's members joined but before it synced,
+/// and the first request after its session ran out is a follower's
+/// SyncGroup (which carries no assignments). Unpatched, the leaderless
+/// group took that sync as the leader's: the generation was formed with no
+/// assignment at all, every heartbeat succeeded, and nobody consumed
+/// anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cannot_complete_a_leaderless_generation() {
+    let mut ctl = controller().await;
+    let a = member_id(&mut ctl, "a").await;
+    let hb_a = Heartbeats::start(&ctl, &a);
+    let b = member_id(&mut ctl, "b").await;
+    let hb_b = Heartbeats::start(&ctl, &b);
+    let ja = join(&mut ctl, "a", &a).await;
+    assert_eq!(ja.leader, a, "{ja:?}");
+    let jb = join(&mut ctl, "b", &b).await;
+    assert_eq!(code(jb.error_code), ErrorCode::None, "{jb:?}");
+    assert_eq!(jb.leader, a, "{jb:?}");
+    let g0 = jb.generation_id;
+
+    // a dies before syncing; b falls quiet shortly before a's session runs
+    // out, then sends its SyncGroup.
+    hb_a.stop().await;
+    let a_last = Instant::now();
+    sleep_until(a_last + Duration::from_millis(SESSION_MS - QUIET_BEFORE_MS)).await;
+    hb_b.stop().await;
+    sleep_until(a_last + Duration::from_millis(SESSION_MS + QUIET_AFTER_MS)).await;
+
+    let sb = sync(&mut ctl, g0, &b, &[]).await;
+    assert_eq!(
+        code(sb.error_code),
+        ErrorCode::RebalanceInProgress,
+        "b, a follower, synced generation {g0} after its leader's session ran out: \
+         {sb:?}"
+    );
+
+    // b rejoins, leads, and assigns everything to itself.
+    let jb = join(&mut ctl, "b", &b).await;
+    assert_eq!(code(jb.error_code), ErrorCode::None, "{jb:?}");
+    assert_eq!(jb.leader, b, "{jb:?}");
+    let g1 = jb.generation_id;
+    let sb = sync(&mut ctl, g1, &b, &[(b.as_str(), "p0 p1 p2")]).await;
+    assert_eq!(code(sb.error_code), ErrorCode::None, "{sb:?}");
+    assert_eq!(sb.assignment, Bytes::from_static(b"p0 p1 p2"));
+    assert_eq!(heartbeat(&mut ctl, g1, &b).await, ErrorCode::None);
+}
+
+/// A member dies while the group is forming, after the leader was given
+/// the list of members (with it) and before the leader synced, and the
+/// first request after its session ran out is the leader's SyncGroup.
+/// Unpatched, the coordinator took the assignment as it was, the dead
+/// member's partition included: owned by nobody until the next rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cannot_assign_to_a_member_that_died_while_forming() {
+    let mut ctl = controller().await;
+    let a = member_id(&mut ctl, "a").await;
+    let hb_a = Heartbeats::start(&ctl, &a);
+    let b = member_id(&mut ctl, "b").await;
+    let hb_b = Heartbeats::start(&ctl, &b);
+    let c = member_id(&mut ctl, "c").await;
+    let hb_c = Heartbeats::start(&ctl, &c);
+    let ja = join(&mut ctl, "a", &a).await;
+    assert_eq!(ja.leader, a, "{ja:?}");
+    assert_eq!(ja.members.as_ref().map(Vec::len), Some(3), "{ja:?}");
+    let g0 = ja.generation_id;
+
+    hb_c.stop().await;
+    let c_last = Instant::now();
+    sleep_until(c_last + Duration::from_millis(SESSION_MS - QUIET_BEFORE_MS)).await;
+    hb_a.stop().await;
+    hb_b.stop().await;
+    sleep_until(c_last + Duration::from_millis(SESSION_MS + QUIET_AFTER_MS)).await;
+
+    let plan = [(a.as_str(), "p0"), (b.as_str(), "p1"), (c.as_str(), "p2")];
+    let sa = sync(&mut ctl, g0, &a, &plan).await;
+    assert_eq!(
+        code(sa.error_code),
+        ErrorCode::RebalanceInProgress,
+        "a, the leader, synced generation {g0} with c's partition after c's session ran \
+         out: {sa:?}"
+    );
+
+    // a rejoins, without c, and assigns c's partition to b.
+    let ja = join(&mut ctl, "a", &a).await;
+    assert_eq!(code(ja.error_code), ErrorCode::None, "{ja:?}");
+    assert_eq!(ja.leader, a, "{ja:?}");
+    assert_eq!(ja.members.as_ref().map(Vec::len), Some(2), "{ja:?}");
+    let g1 = ja.generation_id;
+    let plan = [(a.as_str(), "p0"), (b.as_str(), "p1 p2")];
+    let sa = sync(&mut ctl, g1, &a, &plan).await;
+    assert_eq!(code(sa.error_code), ErrorCode::None, "{sa:?}");
+    assert_eq!(sa.assignment, Bytes::from_static(b"p0"));
+}

@@ -1359,7 +1359,19 @@ where
                 })
         });
 
-        original > self.members.len()
+        // runnel: a new generation when a member's session ran out while
+        // forming, as when formed. The members that joined this one get
+        // REBALANCE_IN_PROGRESS on their next heartbeat or sync and rejoin:
+        // the leader, whose list of members named the dead one, does not
+        // assign it partitions; and with the leader dead, a follower's sync
+        // (which carries no assignments) does not form the group with none
+        // (the first member to rejoin leads).
+        if original > self.members.len() {
+            self.generation_id += 1;
+            true
+        } else {
+            false
+        }
     }
 }
 

@@ -338,6 +338,47 @@ async fn a_join_after_an_unnoticed_expiry_starts_a_new_generation() {
     assert_eq!(heartbeat(&mut ctl, g1, &b).await, ErrorCode::None);
 }
 
+/// The first request after c's session ran out is a's heartbeat. Unpatched,
+/// a was told to rebalance but the group stayed formed in the same
+/// generation: b's heartbeats kept succeeding, a's rejoin returned that
+/// generation again and its sync the old assignment, so c's partition was
+/// owned by nobody, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_after_an_unnoticed_expiry_starts_a_new_generation() {
+    let (mut ctl, a, b, _c, g0, mut ledger) = c_dies_unnoticed(formed().await).await;
+
+    assert_eq!(
+        heartbeat(&mut ctl, g0, &a).await,
+        ErrorCode::RebalanceInProgress
+    );
+    let hb = heartbeat(&mut ctl, g0, &b).await;
+    assert!(
+        matches!(
+            hb,
+            ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration
+        ),
+        "c's session ran out, a was told to rebalance, but b's heartbeat for generation \
+         {g0} got {hb:?}: b is never told and c's partition is never reassigned"
+    );
+
+    let ja = join(&mut ctl, "a", &a).await;
+    assert_eq!(code(ja.error_code), ErrorCode::None, "{ja:?}");
+    assert_eq!(ja.leader, a, "{ja:?}");
+    let g1 = ja.generation_id;
+    assert!(g1 > g0, "a's rejoin after c's expiry kept generation {g0}");
+    let plan = [(a.as_str(), "p0 p1"), (b.as_str(), "p2")];
+    let sa = sync(&mut ctl, g1, &a, &plan).await;
+    ledger.record("a", &a, g1, &sa);
+    assert_eq!(sa.assignment, Bytes::from_static(b"p0 p1"));
+
+    let jb = join(&mut ctl, "b", &b).await;
+    assert_eq!(code(jb.error_code), ErrorCode::None, "{jb:?}");
+    assert_eq!(jb.generation_id, g1, "{jb:?}");
+    let sb = sync(&mut ctl, g1, &b, &[]).await;
+    ledger.record("b", &b, g1, &sb);
+    assert_eq!(sb.assignment, Bytes::from_static(b"p2"));
+}
+
 /// The leader dies after the group's members joined but before it synced,
 /// and the first request after its session ran out is a follower's
 /// SyncGroup (which carries no assignments). Unpatched, the leaderless

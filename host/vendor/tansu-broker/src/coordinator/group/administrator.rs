@@ -1182,13 +1182,19 @@ where
 
             let now = SystemTime::now();
 
-            let (mut wrapper, body) = wrapper
+            // runnel: expire members before the heartbeat, as join and sync
+            // do, so that an expiry seen here also starts a new generation
+            // (Inner<Formed>::heartbeat would otherwise drop the members
+            // itself and leave the group formed, in the same generation).
+            let wrapper = if group_instance_id.is_none() {
+                wrapper.missed_heartbeat(group_id, now)
+            } else {
+                wrapper
+            };
+
+            let (wrapper, body) = wrapper
                 .heartbeat(now, group_id, generation_id, member_id, group_instance_id)
                 .await;
-
-            if group_instance_id.is_none() {
-                wrapper = wrapper.missed_heartbeat(group_id, now);
-            }
 
             debug!(group_id, ?wrapper, ?version, iteration,);
 

@@ -71,6 +71,9 @@ pub struct DeploymentSpec {
     /// Default: one per core.
     #[serde(default = "defaults::workers")]
     pub workers: usize,
+    /// A processor's named stores (keyed state, see `docs/state.md`).
+    #[serde(default)]
+    pub stores: Vec<String>,
 }
 
 pub mod defaults {
@@ -167,6 +170,7 @@ impl NodeConfig {
                 .map_err(at)?;
             d.settings().check().map_err(at)?;
             crate::rules::check_config(&d.config).map_err(at)?;
+            crate::state::check_store_names(&d.stores).map_err(at)?;
         }
         Ok(())
     }

@@ -122,6 +122,9 @@ pub struct DeploymentRecord {
     pub workers: Option<usize>,
     #[serde(default)]
     pub paused: bool,
+    /// A processor's named stores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
     /// The version that should run.
     pub current: u64,
     /// The kept versions, oldest first.
@@ -626,6 +629,7 @@ pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result
         topics.nodes.as_str(),
     ];
     crate::rules::check_topics(&r.input, &r.output, r.dead_letter.as_deref(), &reserved)?;
+    crate::state::check_store_names(&r.stores)?;
     if r.versions.is_empty() || r.versions.len() > KEPT_VERSIONS {
         return Err(format!(
             "it keeps {} versions: it must keep 1 to {KEPT_VERSIONS}",
@@ -945,6 +949,7 @@ mod tests {
             linger_ms: 20,
             workers: Some(2),
             paused: false,
+            stores: Vec::new(),
             current: 0,
             versions: Vec::new(),
         };

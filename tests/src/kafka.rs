@@ -205,5 +205,6 @@ pub fn spec(
         batch_size: 32,
         linger_ms: 10,
         workers: 2,
+        stores: Vec::new(),
     }
 }

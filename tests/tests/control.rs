@@ -84,7 +84,17 @@ fn error(v: &Value) -> &str {
 async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
     let (_broker, kafka) = broker().await;
     let (input, output) = (unique("in"), unique("out"));
-    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 1).await;
+    topics(
+        &kafka,
+        &[
+            &input,
+            &format!("{input}.2"),
+            &output,
+            &format!("{output}.dlq"),
+        ],
+        1,
+    )
+    .await;
     let token = "s3cret";
     let cp = node(&kafka, &unique("reg"), Some(token), 4 << 20).await;
     let url = |p: &str| format!("{}{p}", cp.url());
@@ -183,7 +193,7 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
     let (s, v) = call(M::POST, u, t, Some(scorer_bytes.into()), None).await;
     assert_eq!((s, v["world"].as_str()), (201, Some("scorer")), "{v}");
     let scorer = v["digest"].as_str().unwrap().to_owned();
-    // A processor uploads, but does not deploy (state on Kafka is not built yet).
+    // A processor (deployed in tests/tests/state_kafka.rs; refused here for what it asks).
     let u = url("/v1/modules");
     let (s, v) = call(
         M::POST,
@@ -232,9 +242,21 @@ async fn the_api_refuses_bad_requests_with_a_sentence_and_stores_nothing() {
         ),
         (
             "d",
-            json!({"module": processor, "input": [input], "output": output}),
+            json!({"module": processor, "input": [input, format!("{input}.2")], "output": output, "stores": ["counts"]}),
             422,
-            "stateful functions on Kafka are not built yet (issue 18)",
+            "a processor reads exactly one input topic",
+        ),
+        (
+            "d",
+            json!({"module": filter, "input": [input], "output": output, "config": {"field": "n"}, "stores": ["counts"]}),
+            422,
+            "only a processor keeps state",
+        ),
+        (
+            "d",
+            json!({"module": processor, "input": [input], "output": output, "stores": ["Bad Name"]}),
+            422,
+            "store name \"Bad Name\" is not",
         ),
         (
             "d",
@@ -419,6 +441,7 @@ fn deploy(
         batch_size: Some(16),
         linger_ms: Some(5),
         workers: Some(1),
+        stores: Vec::new(),
     })
 }
 

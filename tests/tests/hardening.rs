@@ -659,6 +659,7 @@ async fn a_deployment_that_cannot_get_an_instance_says_so_in_its_status() {
         &engine,
         DeploymentSpec {
             workers: 2,
+            stores: Vec::new(),
             ..spec("first", guests::IDENTITY_FILTER, &input, &output, &[])
         },
     )

@@ -109,6 +109,7 @@ async fn a_batch_that_traps_at_the_deadline_everywhere_holds_only_its_own_worker
         linger_ms: 5,
         timeout_ms: TIMEOUT_MS,
         workers: 2,
+        stores: Vec::new(),
         ..spec("poison", guests::HOSTILE, &input, &output, &[])
     };
     let a = node(&kafka, &spec);

@@ -100,6 +100,9 @@ pub struct DeployArgs {
     pub linger_ms: Option<u64>,
     #[arg(long)]
     pub workers: Option<usize>,
+    /// A store a processor keeps state in; repeat for more.
+    #[arg(long = "store", value_name = "NAME")]
+    pub stores: Vec<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -283,6 +286,9 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 "output": a.output,
                 "config": config,
             });
+            if !a.stores.is_empty() {
+                body["stores"] = json!(a.stores);
+            }
             let fields = [
                 ("model", model.map(|m| m["digest"].clone())),
                 ("dead_letter", a.dead_letter.clone().map(Value::from)),
@@ -375,6 +381,9 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             }
             if !current["dead_letter"].is_null() {
                 body["dead_letter"] = current["dead_letter"].clone();
+            }
+            if !current["stores"].is_null() {
+                body["stores"] = current["stores"].clone();
             }
             let r = client.put_deployment(&a.name, &body).await?;
             let line = format!(

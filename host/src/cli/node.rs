@@ -75,6 +75,12 @@ pub struct NodeArgs {
     /// A librdkafka property for every client (TLS, SASL, tuning); repeat for more.
     #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
     pub kafka: Vec<(String, String)>,
+    /// Where processors keep their stores on disk (a redb file per
+    /// deployment, input topic and partition); default: in memory. Either
+    /// way a partition's state is rebuilt from its changelog topic when the
+    /// node gets the partition.
+    #[arg(long, env = "RUNNEL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +167,7 @@ async fn run_node(
         insecure_no_token: args.insecure_no_token,
         node_id: args.node_id.clone(),
         create_topics,
+        state_dir: args.state_dir.clone(),
         ..ControlOptions::new(kafka.clone())
     };
     let control = ControlPlane::start(options, engine, deployments).await?;

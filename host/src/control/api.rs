@@ -394,6 +394,9 @@ pub struct DeploymentRequest {
     pub max_outputs_per_record: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_mib: Option<u64>,
+    /// A processor's named stores (keyed state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
 }
 
 impl DeploymentRequest {
@@ -504,12 +507,13 @@ async fn put_deployment(
     let engine = state.engine.clone();
     let config: Vec<(String, String)> = req.config.clone().into_iter().collect();
     let function = name.clone();
+    let (input, stores) = (req.input.clone(), req.stores.clone());
     let world = tokio::task::spawn_blocking(move || {
         let module = engine
             .load(&function, &module_bytes)
             .map_err(|e| e.to_string())?;
         let world = module.world();
-        crate::runner::check_runs_on_kafka(world)?;
+        crate::runner::check_runs_on_kafka(world, &input, &stores)?;
         if world == World::Scorer && model.is_none() {
             return Err(
                 "the module is a scorer: it needs a model (\"model\": \"sha256:...\")".to_owned(),
@@ -561,6 +565,7 @@ async fn put_deployment(
                 linger_ms: settings.linger_ms,
                 workers: req.workers,
                 paused: false,
+                stores: req.stores.clone(),
                 current: 0,
                 versions: Vec::new(),
             },
@@ -609,6 +614,14 @@ fn keeps_topics(
                 ),
             ))
         }
+        Some(old) if old.stores != req.stores => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "deployment {name:?} keeps the stores {:?}: a new version keeps them; delete it \
+                 and deploy again to change them",
+                old.stores
+            ),
+        )),
         _ => Ok(()),
     }
 }

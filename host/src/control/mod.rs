@@ -37,6 +37,9 @@ pub struct ControlOptions {
     /// A deployment's topics that do not exist are created with this many
     /// partitions (`runnel dev`); `None` refuses the deployment instead.
     pub create_topics: Option<i32>,
+    /// Where processors keep their stores (`--state-dir`); in memory when
+    /// `None`. Either way the changelog topics are what survives a crash.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// How often a node reports what it runs, and when a report is stale.
@@ -97,6 +100,7 @@ impl ControlOptions {
             max_model_bytes: 64 << 20,
             node_id: None,
             create_topics: None,
+            state_dir: None,
         }
     }
 }
@@ -136,12 +140,25 @@ impl ControlPlane {
             options.insecure_no_token,
         )?;
         crate::kafka::check_properties(&options.kafka.properties)?;
+        if let Some(dir) = &options.state_dir {
+            anyhow::ensure!(
+                !dir.as_os_str().is_empty(),
+                "--state-dir (RUNNEL_STATE_DIR) is empty: name a folder, or leave it unset to \
+                 keep processors' state in memory"
+            );
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the state folder {}", dir.display()))?;
+        }
         let node_id = options.node_id.clone().unwrap_or_else(default_node_id);
         let mut options = options;
         options.kafka = options.kafka.with_client_id(&format!("runnel-{node_id}"));
         let registry = Arc::new(Registry::open(&options.kafka, options.topics.clone()).await?);
         let fixed_names: Vec<String> = fixed.iter().map(|d| d.spec.name.clone()).collect();
-        let node = Arc::new(Node::start(&options.kafka, fixed)?);
+        let node = Node::new(&options.kafka).with_state_dir(options.state_dir.clone());
+        for d in fixed {
+            node.add(d)?;
+        }
+        let node = Arc::new(node);
         let reconciled = Arc::new(reconcile::Reconciled::default());
         let stop = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::current();

@@ -132,6 +132,7 @@ pub fn build(
         workers: record
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        stores: record.stores.clone(),
     };
     let mut d = Deployment::new(spec, module, model);
     d.version = version.version;

@@ -13,7 +13,7 @@ use runnel_abi::{BatchBuilder, BatchRef, RecordRef};
 use super::bindings::{Batch, Failure};
 use super::instance::{CallError, HumanBytes, Instance, RawResult};
 use super::{Limits, Module};
-use crate::state::State;
+use crate::state::{State, Write};
 
 /// What happened to one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub struct Processed {
     pub outcomes: Vec<Outcome>,
     /// Output frames of maps and scorers (partition and offset are -1).
     pub outputs: BatchBuilder,
+    /// A processor's state writes, as applied to its stores, in order, each
+    /// with the record that made it: what its changelog is told.
+    pub writes: Vec<Write>,
 }
 
 impl Processed {
@@ -104,6 +107,17 @@ impl Worker {
         self.state.as_ref()
     }
 
+    /// The processor's state, between calls (a restore).
+    pub fn state_mut(&mut self) -> Option<&mut State> {
+        self.state.as_mut()
+    }
+
+    /// Takes the processor's state back, for the next worker (a swap keeps
+    /// the state).
+    pub fn take_state(&mut self) -> Option<State> {
+        self.state.take()
+    }
+
     pub fn module(&self) -> &Arc<Module> {
         &self.module
     }
@@ -153,7 +167,7 @@ impl Worker {
             Ok(processed) => Ok(processed),
             Err(trap) if batch.len() <= 1 => Ok(Processed {
                 outcomes: vec![failed(&trap)],
-                outputs: BatchBuilder::default(),
+                ..Processed::default()
             }),
             Err(trap) => {
                 tracing::warn!(function = self.module.name(), error = %trap, records = batch.len(),
@@ -189,7 +203,7 @@ impl Worker {
         *data = wit.data;
         *index = wit.index;
         self.state = instance.take_state();
-        let checked = result.and_then(|raw| {
+        let mut checked = result.and_then(|raw| {
             check(raw, n, &self.limits).map_err(|reason| CallError::BadOutput {
                 function: function.clone(),
                 reason,
@@ -205,10 +219,13 @@ impl Worker {
         } else if let Some(state) = &mut self.state {
             // Not the function's fault: the batch is not done, and the
             // caller retries or stops as for a failed instantiation.
-            state.commit().map_err(|e| CallError::State {
+            let writes = state.commit().map_err(|e| CallError::State {
                 function,
                 reason: e.to_string(),
             })?;
+            if let Ok(p) = &mut checked {
+                p.writes = writes;
+            }
         }
         Ok(checked)
     }
@@ -221,7 +238,7 @@ impl Worker {
         let view = BatchRef::new(batch.data(), batch.index());
         let mut out = Processed {
             outcomes: Vec::with_capacity(batch.len()),
-            outputs: BatchBuilder::default(),
+            ..Processed::default()
         };
         let mut single = BatchBuilder::default();
         for i in 0..batch.len() {
@@ -254,6 +271,7 @@ impl Worker {
                     out.outcomes.push(failed(&trap));
                 }
                 Ok(p) => {
+                    out.writes.extend(p.writes);
                     let outcome = match p.outcomes.into_iter().next() {
                         Some(Outcome::Emit { count, .. }) => {
                             let first = out.outputs.len() as u32;
@@ -310,7 +328,7 @@ fn check(raw: RawResult, n: usize, limits: &Limits) -> Result<Processed, String>
             apply_failures(&mut outcomes, v.failures)?;
             Ok(Processed {
                 outcomes,
-                outputs: BatchBuilder::default(),
+                ..Processed::default()
             })
         }
         RawResult::Outputs(o) => {
@@ -364,6 +382,7 @@ fn check(raw: RawResult, n: usize, limits: &Limits) -> Result<Processed, String>
             Ok(Processed {
                 outcomes,
                 outputs: BatchBuilder::from_parts(o.records.data, o.records.index),
+                writes: Vec::new(),
             })
         }
     }

@@ -69,6 +69,8 @@ pub(super) enum Sent {
     DeadLetter,
     /// A dead letter cut to fit after it failed itself: the last resort.
     CutDeadLetter,
+    /// A processor's state write, to its store's changelog.
+    Changelog,
 }
 
 /// Which input a produced record belongs to, carried through the producer.
@@ -83,6 +85,8 @@ pub(super) struct Ack {
 /// again or dead-lettered.
 pub(super) struct Retry {
     pub(super) topic: String,
+    /// Kept for a changelog write, which must land in its input's partition.
+    pub(super) partition: Option<i32>,
     pub(super) key: Option<Vec<u8>>,
     pub(super) value: Option<Vec<u8>>,
     pub(super) headers: OwnedHeaders,
@@ -155,6 +159,7 @@ impl DeliveryContext {
                 // UTF-8. `detach` copies them as they are.
                 lock(&self.shared.retries).push(Retry {
                     topic: m.topic().to_owned(),
+                    partition: (ack.sent == Sent::Changelog).then(|| m.partition()),
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
                     headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
@@ -230,6 +235,9 @@ pub(super) fn check_topics(
 /// One record to produce, borrowed.
 pub(super) struct Outgoing<'a> {
     pub(super) topic: &'a str,
+    /// `None`: the partitioner chooses (outputs, dead letters); a changelog
+    /// write goes to its input's partition.
+    pub(super) partition: Option<i32>,
     pub(super) key: Option<&'a [u8]>,
     pub(super) value: Option<&'a [u8]>,
     pub(super) headers: OwnedHeaders,
@@ -254,6 +262,9 @@ pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'
     if let Some(ts) = out.timestamp {
         record = record.timestamp(ts);
     }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
     loop {
         match producer.send(record) {
             Ok(()) => {
@@ -274,6 +285,7 @@ pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'
             Err((error, back)) => {
                 lock(&shared.retries).push(Retry {
                     topic: back.topic.to_owned(),
+                    partition: back.partition,
                     key: back.key.map(<[u8]>::to_vec),
                     value: back.payload.map(<[u8]>::to_vec),
                     headers: back.headers.unwrap_or_default(),
@@ -327,6 +339,7 @@ fn resend(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>, r: Retr
         producer,
         Outgoing {
             topic: &r.topic,
+            partition: r.partition,
             key: r.key.as_deref(),
             value: r.value.as_deref(),
             headers: r.headers,
@@ -398,6 +411,7 @@ fn redirect(
                 producer,
                 Outgoing {
                     topic: &shared.dead_letter,
+                    partition: None,
                     key: key.as_deref(),
                     value: value.as_deref(),
                     headers: h,
@@ -419,6 +433,7 @@ fn redirect(
                 producer,
                 Outgoing {
                     topic: &r.topic,
+                    partition: None,
                     key: key.as_deref(),
                     value: None,
                     headers: h,
@@ -426,6 +441,14 @@ fn redirect(
                 },
                 r.ack,
             );
+        }
+        Sent::Changelog => {
+            shared.fail(format!(
+                "the changelog topic {} refused a state write of record {}/{}@{} ({reason}); \
+                 without it the state cannot be kept exactly, so the record's offset and every \
+                 later one of that partition stay uncommitted",
+                r.topic, r.ack.topic, r.ack.partition, r.ack.offset
+            ));
         }
         Sent::CutDeadLetter => {
             shared.fail(format!(

@@ -21,11 +21,13 @@ use super::consumer::{
 use super::delivery::{DeliveryContext, FLUSH_TIMEOUT, Retry, check_topics, flush, resend_failed};
 use super::exec::Exec;
 use super::queue::{Job, WorkerQueue, sync_workers};
+use super::restore::Changelog;
 use super::status::{DeploymentState, DeploymentStatus, SwapReport};
 use super::tracker::Tracker;
 use super::{Deployment, lock};
-use crate::engine::Worker;
+use crate::engine::{Worker, World};
 use crate::kafka::KafkaOptions;
+use crate::state::{Backend, State, StateLimits, disk::DiskBackend, memory::MemoryBackend};
 
 /// A request to a deployment's consumer thread.
 pub(super) enum Control {
@@ -206,6 +208,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 pub(super) fn run(
     d: Deployment,
     kafka: KafkaOptions,
+    state_dir: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<DeploymentStatus>>,
     control: Receiver<Control>,
@@ -216,7 +219,14 @@ pub(super) fn run(
     loop {
         let started = Instant::now();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_inner(&mut d, &kafka, &stop, &status, &control)
+            run_inner(
+                &mut d,
+                &kafka,
+                state_dir.as_deref(),
+                &stop,
+                &status,
+                &control,
+            )
         }));
         let error = match run {
             Ok(Ok(())) => break,
@@ -268,6 +278,7 @@ pub(super) fn run(
 fn run_inner(
     current: &mut Arc<Deployment>,
     kafka: &KafkaOptions,
+    state_dir: Option<&std::path::Path>,
     stop: &Arc<AtomicBool>,
     status: &Arc<Mutex<DeploymentStatus>>,
     control: &Receiver<Control>,
@@ -302,9 +313,25 @@ fn run_inner(
         fatal: Mutex::default(),
     });
     let _teardown = Teardown(shared.clone());
+    // A processor's state: its changelog topics, made before anything runs.
+    let processor = d.module.world() == World::Processor;
+    let changelog = if processor {
+        let changelog = Changelog::new(kafka, &spec.name, &spec.stores);
+        let go_on = || !shared.ending.is_set();
+        changelog.ensure_topics(&spec.input[0], &go_on)?;
+        Some(Arc::new(changelog))
+    } else {
+        None
+    };
+    let mut producer_config = kafka.producer();
+    if processor {
+        // A processor's changelog writes, and its outputs (the newest
+        // count last), must land in the order they were made, retries
+        // included.
+        producer_config.set("max.in.flight.requests.per.connection", "1");
+    }
     let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
-        kafka
-            .producer()
+        producer_config
             .create_with_context(DeliveryContext {
                 shared: shared.clone(),
             })
@@ -331,6 +358,23 @@ fn run_inner(
         };
         let queued = queue.queued.clone();
         lock(&shared.workers).push(queue);
+        let state = if processor {
+            let topic = &spec.input[0];
+            let backend: Box<dyn Backend> = match state_dir {
+                Some(dir) => Box::new(
+                    DiskBackend::for_deployment(dir, &spec.name, topic).map_err(|e| {
+                        anyhow::anyhow!("cannot keep state under {}: {e}", dir.display())
+                    })?,
+                ),
+                None => Box::new(MemoryBackend),
+            };
+            Some(
+                State::new(topic, &spec.stores, backend, StateLimits::default())
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )
+        } else {
+            None
+        };
         let mut exec = Exec {
             d: d.clone(),
             generation,
@@ -343,6 +387,9 @@ fn run_inner(
             module_header: format!("sha256:{}", d.module.digest()),
             version_header: d.version.to_string(),
             backoff: None,
+            state,
+            changelog: changelog.clone(),
+            owners: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("runnel-{}-{i}", spec.name))
@@ -442,6 +489,14 @@ fn swap(
     next: Deployment,
 ) -> anyhow::Result<SwapReport> {
     let old = lock(&shared.current).clone();
+    let (was, is) = (old.module.world(), next.module.world());
+    if (was == World::Processor) != (is == World::Processor) {
+        anyhow::bail!(
+            "the new version of {:?} is a {is} and the running one a {was}: a swap cannot add or \
+             drop keyed state; deploy it under a new name",
+            shared.name
+        );
+    }
     let mut spec = old.spec.clone();
     spec.module = next.spec.module.clone();
     spec.model = next.spec.model.clone();

@@ -2,6 +2,7 @@
 //! through its own instance of the function, and hands what they made to the
 //! delivery side.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,11 @@ use runnel_abi::{BatchBuilder, RecordRef};
 use super::delivery::{Ack, DeliveryContext, Outgoing, Sent, dead_letter_headers, send};
 use super::deployment::Shared;
 use super::queue::{Job, Queued, Rejected};
-use super::status::{DeploymentState, DeploymentStatus, Isolating};
+use super::restore::Changelog;
+use super::status::{DeploymentState, DeploymentStatus, Isolating, RestoreReport, Restoring};
 use super::{Deployment, headers, lock};
 use crate::engine::{Outcome, Worker};
+use crate::state::{State, Write, changelog};
 
 /// Longest wait between attempts to start a function that keeps failing.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -36,6 +39,21 @@ pub(super) struct Exec {
     pub(super) module_header: String,
     pub(super) version_header: String,
     pub(super) backoff: Option<(Instant, Duration)>,
+    /// A processor's state while no instance holds it (before the first
+    /// and between instances: a swap keeps it).
+    pub(super) state: Option<State>,
+    /// A processor's changelog topics.
+    pub(super) changelog: Option<Arc<Changelog>>,
+    /// The partitions whose state this worker restored, by partition: for
+    /// which assignment ([`Shared::epoch`]), and the owner epoch it writes
+    /// its changelog records with.
+    pub(super) owners: HashMap<i32, Owner>,
+}
+
+/// This worker's ownership of a partition's state.
+pub(super) struct Owner {
+    assignment: u64,
+    epoch: String,
 }
 
 impl Exec {
@@ -84,7 +102,9 @@ impl Exec {
             } => {
                 let shared = self.shared.clone();
                 let key = (topic, partition);
-                if let Some(_busy) = shared.begin(&key, epoch) {
+                if let Some(_busy) = shared.begin(&key, epoch)
+                    && self.restored(&key, epoch, record.offset)
+                {
                     self.reject(&key.0, key.1, *record);
                 }
             }
@@ -99,6 +119,12 @@ impl Exec {
                 let Some(_busy) = shared.begin(&key, epoch) else {
                     return;
                 };
+                let first = runnel_abi::BatchRef::new(batch.data(), batch.index())
+                    .get(0)
+                    .map_or(-1, |r| r.offset());
+                if !self.restored(&key, epoch, first) {
+                    return;
+                }
                 super::fault::point(&self.d.spec.name, super::fault::Site::Worker);
                 self.follow_swaps();
                 // A function that cannot start keeps its batch and retries
@@ -153,7 +179,7 @@ impl Exec {
         self.generation = generation;
         self.module_header = format!("sha256:{}", self.d.module.digest());
         self.version_header = self.d.version.to_string();
-        self.worker = None;
+        self.drop_worker();
         self.traps_seen = 0;
         self.backoff = None;
     }
@@ -164,7 +190,10 @@ impl Exec {
             let config: Vec<(String, String)> = d.spec.config.clone().into_iter().collect();
             match Worker::new(d.module.clone(), d.limits(), config, d.model.clone()) {
                 Ok(w) => {
-                    self.worker = Some(w);
+                    self.worker = Some(match self.state.take() {
+                        Some(state) => w.with_state(state),
+                        None => w,
+                    });
                     self.backoff = None;
                     lock(&self.status).state = DeploymentState::Running;
                 }
@@ -174,13 +203,191 @@ impl Exec {
         Ok(self.worker.as_mut().expect("set above"))
     }
 
+    /// Drops the instance, keeping a processor's state for the next one.
+    pub(super) fn drop_worker(&mut self) {
+        if let Some(state) = self.worker.take().and_then(|mut w| w.take_state()) {
+            self.state = Some(state);
+        }
+    }
+
+    fn state_mut(&mut self) -> Option<&mut State> {
+        match &mut self.worker {
+            Some(w) if w.state().is_some() => w.state_mut(),
+            _ => self.state.as_mut(),
+        }
+    }
+
+    /// Before the first job of an assignment of a partition: rebuilds the
+    /// partition's state from its changelog, for an owner that starts at
+    /// input offset `committed` (the first record the consumer gave it
+    /// after the assignment). Retries while the partition is still this
+    /// node's; false once it is not (the job is then not run). True at once
+    /// for functions without state.
+    pub(super) fn restored(
+        &mut self,
+        key: &(String, i32),
+        assignment: u64,
+        committed: i64,
+    ) -> bool {
+        let Some(changelog) = self.changelog.clone() else {
+            return true;
+        };
+        let partition = key.1;
+        if self
+            .owners
+            .get(&partition)
+            .is_some_and(|o| o.assignment == assignment)
+        {
+            return true;
+        }
+        self.owners.remove(&partition);
+        let shared = self.shared.clone();
+        let status = self.status.clone();
+        let go_on = || shared.is_current(key, assignment);
+        let mut delay = Duration::from_millis(500);
+        loop {
+            if !go_on() {
+                return false;
+            }
+            let started = Instant::now();
+            lock(&status).restoring.push(Restoring {
+                topic: key.0.clone(),
+                partition,
+                records_read: 0,
+                since_ms: super::status::now_ms(),
+            });
+            let progress = |records: u64| {
+                let mut s = lock(&status);
+                if let Some(r) = s
+                    .restoring
+                    .iter_mut()
+                    .find(|r| r.topic == key.0 && r.partition == partition)
+                {
+                    r.records_read = records;
+                }
+            };
+            let result = changelog.restore(partition, committed, &go_on, &progress);
+            lock(&status)
+                .restoring
+                .retain(|r| !(r.topic == key.0 && r.partition == partition));
+            let error = match result {
+                Ok(None) => return false,
+                Ok(Some(restored)) => {
+                    let replaced = match self.state_mut() {
+                        Some(state) => state.replace(partition, restored.stores),
+                        None => Err(crate::state::StoreError(
+                            "the processor has no state to restore into".to_owned(),
+                        )),
+                    };
+                    match replaced {
+                        Ok(()) => {
+                            let report = RestoreReport {
+                                topic: key.0.clone(),
+                                partition,
+                                committed,
+                                epoch: restored.epoch,
+                                keys: restored.keys,
+                                write_backs: restored.write_backs as u64,
+                                counts: restored.counts,
+                                ms: started.elapsed().as_secs_f64() * 1e3,
+                            };
+                            tracing::info!(
+                                deployment = self.d.spec.name,
+                                topic = key.0,
+                                partition,
+                                committed,
+                                epoch = restored.epoch,
+                                keys = restored.keys,
+                                records = restored.counts.records,
+                                skipped_uncommitted = restored.counts.uncommitted,
+                                fenced = restored.counts.fenced,
+                                write_backs = restored.write_backs,
+                                ms = report.ms,
+                                "state restored"
+                            );
+                            let mut s = lock(&status);
+                            s.restores += 1;
+                            s.last_restore = Some(report);
+                            drop(s);
+                            self.owners.insert(
+                                partition,
+                                Owner {
+                                    assignment,
+                                    epoch: restored.epoch.to_string(),
+                                },
+                            );
+                            return true;
+                        }
+                        Err(e) => format!("cannot write the restored state: {e}"),
+                    }
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::error!(deployment = self.d.spec.name, topic = key.0, partition, error, retry_in = ?delay,
+                "cannot restore a partition's state; its records wait");
+            lock(&status).last_error = Some(format!(
+                "restoring the state of {}/{partition}: {error}",
+                key.0
+            ));
+            let until = Instant::now() + delay;
+            while Instant::now() < until && go_on() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Produces a call's state writes to their stores' changelogs, each
+    /// acknowledged for the input record that made it.
+    fn send_writes(&self, writes: Vec<Write>) {
+        let Some(changelog) = &self.changelog else {
+            return;
+        };
+        for w in writes {
+            let Some(topic) = changelog.topic_of(&w.store) else {
+                continue; // stores are checked when the state is made
+            };
+            let epoch = self
+                .owners
+                .get(&w.cause.partition)
+                .map_or("0", |o| o.epoch.as_str());
+            let cause = w.cause.offset.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: changelog::EPOCH,
+                    value: Some(epoch),
+                })
+                .insert(Header {
+                    key: changelog::CAUSE,
+                    value: Some(&cause),
+                });
+            send(
+                &self.producer,
+                Outgoing {
+                    topic,
+                    partition: Some(w.cause.partition),
+                    key: Some(&changelog::key(&w.key)),
+                    value: w.value.as_deref(),
+                    headers,
+                    timestamp: None,
+                },
+                Box::new(Ack {
+                    topic: w.cause.topic.clone(),
+                    partition: w.cause.partition,
+                    offset: w.cause.offset,
+                    sent: Sent::Changelog,
+                }),
+            );
+        }
+    }
+
     pub(super) fn fail_start(&mut self, error: String) {
         let delay = self.backoff.map_or(Duration::from_millis(100), |(_, d)| {
             (d * 2).min(MAX_BACKOFF)
         });
         tracing::error!(deployment = self.d.spec.name, error, retry_in = ?delay, "the function cannot start; backing off");
         self.backoff = Some((Instant::now() + delay, delay));
-        self.worker = None;
+        self.drop_worker();
         self.traps_seen = 0;
         let mut s = lock(&self.status);
         s.state = DeploymentState::BackingOff {
@@ -222,7 +429,7 @@ impl Exec {
         lock(&self.status)
             .isolating
             .retain(|i| (&i.topic, i.partition) != (&key.0, key.1));
-        let processed = match processed {
+        let mut processed = match processed {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 self.fail_start(e.to_string());
@@ -241,6 +448,14 @@ impl Exec {
             .take(processed.outcomes.len())
             .map_while(Result::ok)
             .collect();
+        // A processor's state writes: each is acknowledged for its input,
+        // as its outputs are, so that an input's offset is committed only
+        // once its outputs and its changelog writes are all in.
+        let writes = std::mem::take(&mut processed.writes);
+        let mut writes_of: HashMap<i64, u32> = HashMap::new();
+        for w in &writes {
+            *writes_of.entry(w.cause.offset).or_default() += 1;
+        }
         // Every input is in the tracker before any of its outputs can be
         // acknowledged.
         {
@@ -251,9 +466,12 @@ impl Exec {
                     Outcome::Drop => 0,
                     Outcome::Emit { count, .. } => *count,
                 };
-                tracker.add(topic, partition, input.offset(), outputs);
+                let writes = writes_of.get(&input.offset()).copied().unwrap_or(0);
+                tracker.add(topic, partition, input.offset(), outputs + writes);
             }
         }
+        let state_writes = writes.len() as u64;
+        self.send_writes(writes);
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut counts = (0u64, 0u64, 0u64); // out, filtered, dead-lettered
         let mut last_failure = None;
@@ -293,6 +511,7 @@ impl Exec {
         let worker_traps = self.worker.as_ref().map_or(0, |w| w.stats().traps);
         let mut s = lock(&self.status);
         s.records_in += inputs.len() as u64;
+        s.state_writes += state_writes;
         s.records_out += counts.0;
         s.filtered += counts.1;
         s.dead_lettered += counts.2;
@@ -344,6 +563,7 @@ impl Exec {
             &self.producer,
             Outgoing {
                 topic: &self.d.spec.output,
+                partition: None,
                 key: record.key(),
                 value: record.value(),
                 headers: h,
@@ -396,6 +616,7 @@ impl Exec {
             &self.producer,
             Outgoing {
                 topic: &self.dead_letter,
+                partition: None,
                 key: input.key(),
                 value: input.value(),
                 headers: h,
@@ -445,6 +666,7 @@ impl Exec {
             &self.producer,
             Outgoing {
                 topic: &self.dead_letter,
+                partition: None,
                 key: record.key.as_deref(),
                 value: record.value.as_deref(),
                 headers: h,

@@ -54,11 +54,16 @@
 //!
 //! # Processors
 //!
-//! Processors (functions with keyed state, `crate::state`) are refused here:
-//! on Kafka their state must be kept in a changelog, committed with the
-//! input offsets and restored when partitions move, which is the next slice
-//! of issue 18. A local store without it would not survive a crash or a
-//! rebalance exactly, so none is run. `runnel run` runs them offline.
+//! A processor (a function with keyed state, [`crate::state`]) reads one
+//! input topic. Each worker keeps the state of its partitions (in memory,
+//! or on disk under the node's `--state-dir`) and produces every state
+//! write to its store's changelog topic, acknowledged for the input record
+//! that caused it: an input offset is committed only once its outputs and
+//! its changelog writes are all in. Before the first batch of a partition
+//! it was given, the worker rebuilds the partition's state from the
+//! changelog up to the committed offset ([`restore`]). `docs/state.md` has
+//! the rules and the guarantee: state changes once per input, outputs at
+//! least once.
 //!
 //! Owns consumers, producers and workers; knows nothing of how deployments
 //! are declared (a file today, the registry later).
@@ -71,6 +76,7 @@ pub mod fault;
 pub mod headers;
 pub mod histogram;
 mod queue;
+mod restore;
 mod status;
 pub mod tracker;
 
@@ -86,16 +92,31 @@ use crate::config::DeploymentSpec;
 use crate::engine::{Engine, Limits, Module, World};
 use crate::kafka::KafkaOptions;
 
-pub use status::{DeploymentState, DeploymentStatus, Isolating, PartitionStatus, SwapReport};
+pub use status::{
+    DeploymentState, DeploymentStatus, Isolating, PartitionStatus, RestoreReport, Restoring,
+    SwapReport,
+};
 
-/// Why a processor is refused on Kafka (see "Processors" above).
-pub const PROCESSOR_NOT_ON_KAFKA: &str = "stateful functions on Kafka are not built yet (issue \
-     18): a processor runs under `runnel run` only, for now";
-
-/// Refuses what this node cannot run on Kafka.
-pub fn check_runs_on_kafka(world: World) -> Result<(), &'static str> {
+/// Refuses what this node cannot run on Kafka: a processor reads exactly
+/// one input topic (its state is kept per partition of it), and only a
+/// processor declares stores.
+pub fn check_runs_on_kafka(
+    world: World,
+    input: &[String],
+    stores: &[String],
+) -> Result<(), String> {
+    crate::state::check_store_names(stores)?;
     match world {
-        World::Processor => Err(PROCESSOR_NOT_ON_KAFKA),
+        World::Processor if input.len() != 1 => Err(format!(
+            "a processor reads exactly one input topic (its state is kept per partition of \
+             it), not {}",
+            input.len()
+        )),
+        World::Processor => Ok(()),
+        World::Filter | World::Map | World::Scorer if !stores.is_empty() => Err(format!(
+            "stores are declared ({}), but the module is a {world}: only a processor keeps state",
+            stores.join(", ")
+        )),
         World::Filter | World::Map | World::Scorer => Ok(()),
     }
 }
@@ -179,6 +200,9 @@ struct Running {
 /// [`Node::remove`], [`Node::swap`]).
 pub struct Node {
     kafka: KafkaOptions,
+    /// Where processors keep their stores (`--state-dir`); in memory when
+    /// `None`.
+    state_dir: Option<PathBuf>,
     running: Mutex<Vec<Running>>,
 }
 
@@ -208,8 +232,16 @@ impl Node {
     pub fn new(kafka: &KafkaOptions) -> Self {
         Self {
             kafka: kafka.clone(),
+            state_dir: None,
             running: Mutex::default(),
         }
+    }
+
+    /// Keeps processors' stores on disk under `dir` (one redb file per
+    /// deployment, input topic and partition) instead of in memory.
+    pub fn with_state_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
     }
 
     /// Starts every deployment. Returns once their threads are running; each
@@ -226,7 +258,7 @@ impl Node {
     pub fn add(&self, d: Deployment) -> anyhow::Result<()> {
         let mut running = lock(&self.running);
         let name = d.spec.name.clone();
-        check_runs_on_kafka(d.module.world())
+        check_runs_on_kafka(d.module.world(), &d.spec.input, &d.spec.stores)
             .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
         if running.iter().any(|r| r.name == name) {
             anyhow::bail!("deployment {name:?} already runs on this node");
@@ -238,7 +270,8 @@ impl Node {
             .name(format!("runnel-{name}"))
             .spawn({
                 let (kafka, stop, status) = (self.kafka.clone(), stop.clone(), status.clone());
-                move || deployment::run(d, kafka, stop, status, requests)
+                let state_dir = self.state_dir.clone();
+                move || deployment::run(d, kafka, state_dir, stop, status, requests)
             })
             .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
         running.push(Running {
@@ -291,7 +324,7 @@ impl Node {
             };
             (r.control.clone(), lock(&r.status).clone())
         };
-        check_runs_on_kafka(next.module.world())
+        check_runs_on_kafka(next.module.world(), &next.spec.input, &next.spec.stores)
             .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
         if next.spec.name != name {
             anyhow::bail!(
@@ -356,14 +389,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn processors_are_refused_on_kafka_and_the_rest_run() {
-        assert_eq!(
-            check_runs_on_kafka(World::Processor),
-            Err(PROCESSOR_NOT_ON_KAFKA)
-        );
-        assert!(PROCESSOR_NOT_ON_KAFKA.contains("not built yet (issue 18)"));
+    fn processors_read_one_topic_and_only_processors_declare_stores() {
+        let one = ["in".to_owned()];
+        let two = ["a".to_owned(), "b".to_owned()];
+        let stores = ["counts".to_owned()];
+        assert_eq!(check_runs_on_kafka(World::Processor, &one, &stores), Ok(()));
+        assert_eq!(check_runs_on_kafka(World::Processor, &one, &[]), Ok(()));
+        let e = check_runs_on_kafka(World::Processor, &two, &stores).unwrap_err();
+        assert!(e.contains("exactly one input topic"), "{e}");
+        let e = check_runs_on_kafka(World::Processor, &one, &["Bad name".to_owned()]).unwrap_err();
+        assert!(e.contains("store name"), "{e}");
         for w in [World::Filter, World::Map, World::Scorer] {
-            assert_eq!(check_runs_on_kafka(w), Ok(()));
+            assert_eq!(check_runs_on_kafka(w, &two, &[]), Ok(()));
+            let e = check_runs_on_kafka(w, &one, &stores).unwrap_err();
+            assert!(e.contains("only a processor keeps state"), "{e}");
         }
     }
 }

@@ -90,6 +90,52 @@ pub struct DeploymentStatus {
     /// records that make the function trap: each record may take up to the
     /// deadline, so a batch may take `batch_size + 1` deadlines.
     pub isolating: Vec<Isolating>,
+    /// A processor's state writes made on this node (each also written to
+    /// its store's changelog).
+    pub state_writes: u64,
+    /// A processor's partitions whose state is being rebuilt from the
+    /// changelog now: their records wait.
+    pub restoring: Vec<Restoring>,
+    /// State restores finished on this node.
+    pub restores: u64,
+    /// How the last one went.
+    pub last_restore: Option<RestoreReport>,
+}
+
+/// A partition whose state is being restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restoring {
+    pub topic: String,
+    pub partition: i32,
+    /// Changelog records read so far.
+    pub records_read: u64,
+    /// When the restore started, in ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// How a partition's state restore went.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub topic: String,
+    pub partition: i32,
+    /// The input offset the owner started at: writes of inputs from there
+    /// on were skipped (those inputs run again).
+    pub committed: i64,
+    /// The owner epoch this node writes the partition's changelog with.
+    pub epoch: u64,
+    /// Keys restored, over all stores.
+    pub keys: u64,
+    /// Values written back to the changelog (see `docs/state.md`).
+    pub write_backs: u64,
+    pub counts: crate::state::changelog::Counts,
+    pub ms: f64,
+}
+
+/// Now, in ms since the Unix epoch.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A batch being isolated: see [`DeploymentStatus::isolating`].
@@ -141,6 +187,10 @@ impl DeploymentStatus {
             memory_bytes: 0,
             log_dropped_bytes: 0,
             isolating: Vec::new(),
+            state_writes: 0,
+            restoring: Vec::new(),
+            restores: 0,
+            last_restore: None,
         }
     }
 }

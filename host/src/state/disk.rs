@@ -6,8 +6,9 @@
 //! writes are one redb transaction committed without an fsync
 //! (`Durability::None`): a crash loses the newest calls' writes, never half
 //! of one, and [`DiskStore::flush`] (on close) makes everything durable.
-//! Until the changelog exists (the next slice of issue 18) this store is
-//! not crash-safe state: only what a clean close flushed survives.
+//! On Kafka the changelog is the durable copy, and a node wipes a
+//! partition's file before it restores the partition from it
+//! ([`super::Backend::wipe`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -63,6 +64,15 @@ impl Backend for DiskBackend {
         Ok(Box::new(DiskStore::open(
             &self.dir.join(format!("partition-{partition}.redb")),
         )?))
+    }
+
+    fn wipe(&mut self, partition: i32) -> Result<(), StoreError> {
+        let path = self.dir.join(format!("partition-{partition}.redb"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError(format!("cannot remove {}: {e}", path.display()))),
+        }
     }
 }
 

@@ -17,6 +17,10 @@ impl Backend for MemoryBackend {
     fn open(&mut self, _partition: i32) -> Result<Box<dyn Store>, StoreError> {
         Ok(Box::new(MemoryStore::default()))
     }
+
+    fn wipe(&mut self, _partition: i32) -> Result<(), StoreError> {
+        Ok(()) // a closed memory store is gone already
+    }
 }
 
 /// Named stores of one partition, each a `BTreeMap`.

@@ -23,6 +23,7 @@
 //! topic, partition, offset) and the journal keeps every write in order,
 //! not only the last per key: a changelog can be written from it as it is.
 
+pub mod changelog;
 pub mod disk;
 mod journal;
 pub mod memory;
@@ -96,6 +97,10 @@ pub trait Store: Send + fmt::Debug {
 /// Opens the store of each partition of one deployment's input topic.
 pub trait Backend: Send + fmt::Debug {
     fn open(&mut self, partition: i32) -> Result<Box<dyn Store>, StoreError>;
+
+    /// Deletes what a partition's store keeps (it is not open), so that the
+    /// next [`Backend::open`] starts empty: before a restore.
+    fn wipe(&mut self, partition: i32) -> Result<(), StoreError>;
 }
 
 /// Why a state call failed; the engine turns it into the WIT `state-error`.
@@ -227,8 +232,9 @@ impl State {
     }
 
     /// Applies the call's writes, partition by partition (each partition's
-    /// all or none), and ends the call.
-    pub fn commit(&mut self) -> Result<(), StoreError> {
+    /// all or none), and ends the call. Returns them, in the order they
+    /// were made: what the changelog is told.
+    pub fn commit(&mut self) -> Result<Vec<Write>, StoreError> {
         let mut by_partition: HashMap<i32, Vec<Write>> = HashMap::new();
         for w in self.journal.drain() {
             let (partition, offset) = self.batch[w.record as usize];
@@ -244,9 +250,64 @@ impl State {
             });
         }
         self.batch.clear();
-        for (partition, writes) in by_partition {
-            self.store(partition)?.apply(&writes)?;
+        for (partition, writes) in &by_partition {
+            self.store(*partition)?.apply(writes)?;
         }
+        // Each partition's writes in the order they were made.
+        Ok(by_partition.into_values().flatten().collect())
+    }
+
+    /// The input topic whose partitions this state is kept for.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The declared stores, in declaration order (a store's handle is its
+    /// place here).
+    pub fn stores(&self) -> &[Arc<str>] {
+        &self.declared
+    }
+
+    /// Replaces what partition `partition` holds by `stores` (the entries of
+    /// each declared store, in declaration order): a restore. The old store
+    /// is closed and wiped first.
+    pub fn replace(
+        &mut self,
+        partition: i32,
+        stores: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Result<(), StoreError> {
+        /// Writes per transaction: bounded memory, few commits.
+        const CHUNK: usize = 10_000;
+        self.open.remove(&partition);
+        self.backend.wipe(partition)?;
+        let cause = Provenance {
+            topic: self.topic.clone(),
+            partition,
+            offset: -1,
+        };
+        for (name, mut entries) in self.declared.clone().into_iter().zip(stores) {
+            // In key order: a B-tree fills fastest that way.
+            entries.sort_unstable();
+            let mut chunk = Vec::with_capacity(CHUNK.min(entries.len()));
+            for (key, value) in entries {
+                chunk.push(Write {
+                    store: name.clone(),
+                    key,
+                    value: Some(value),
+                    cause: cause.clone(),
+                });
+                if chunk.len() == CHUNK {
+                    self.store(partition)?.apply(&chunk)?;
+                    chunk.clear();
+                }
+            }
+            if !chunk.is_empty() {
+                self.store(partition)?.apply(&chunk)?;
+            }
+        }
+        // Opened even when empty: reads of a restored partition need no
+        // further work.
+        self.store(partition)?;
         Ok(())
     }
 
@@ -581,6 +642,9 @@ mod tests {
                 self.0.clone(),
             )))
         }
+        fn wipe(&mut self, _: i32) -> Result<(), StoreError> {
+            Ok(())
+        }
     }
 
     impl Store for RecordingStore {
@@ -640,6 +704,56 @@ mod tests {
                 (b"j".to_vec(), None, 3, 11),
             ]
         );
+    }
+
+    #[test]
+    fn a_restore_replaces_a_partitions_stores_and_commits_return_the_writes() {
+        let mut s = state();
+        s.begin([(0, 10), (1, 11)]);
+        s.put(0, 0, b"old", b"1").unwrap();
+        s.put(1, 1, b"other", b"2").unwrap();
+        let writes = s.commit().unwrap();
+        assert_eq!(writes.len(), 2);
+        assert!(
+            writes
+                .iter()
+                .any(|w| w.cause.partition == 1 && w.cause.offset == 11)
+        );
+        s.replace(
+            0,
+            vec![
+                vec![(b"k".to_vec(), b"v".to_vec())],
+                vec![(b"x".to_vec(), b"y".to_vec())],
+            ],
+        )
+        .unwrap();
+        s.begin([(0, 12), (1, 13)]);
+        assert_eq!(s.get(0, 0, b"old").unwrap(), None, "replaced, not merged");
+        assert_eq!(s.get(0, 0, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.get(1, 0, b"x").unwrap(), Some(b"y".to_vec()));
+        assert_eq!(
+            s.get(1, 1, b"other").unwrap(),
+            Some(b"2".to_vec()),
+            "partition 1 untouched"
+        );
+        s.abort();
+    }
+
+    #[test]
+    fn a_disk_restore_wipes_the_partitions_file_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = disk::DiskBackend::for_deployment(dir.path(), "d", "in").unwrap();
+        let stores = ["a".to_owned()];
+        let mut s = State::new("in", &stores, Box::new(backend), StateLimits::default()).unwrap();
+        s.begin([(3, 1)]);
+        s.put(0, 0, b"stale", b"1").unwrap();
+        s.commit().unwrap();
+        s.replace(3, vec![vec![(b"fresh".to_vec(), b"2".to_vec())]])
+            .unwrap();
+        s.begin([(3, 2)]);
+        assert_eq!(s.get(0, 0, b"stale").unwrap(), None);
+        assert_eq!(s.get(0, 0, b"fresh").unwrap(), Some(b"2".to_vec()));
+        s.abort();
     }
 
     #[test]

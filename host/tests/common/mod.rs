@@ -27,6 +27,7 @@ pub fn serve(brokers: &str, config: &Path, log_filter: &str, stderr: Stdio) -> s
 
 /// A `runnel.toml` in `dir` with one identity-map deployment (batches of 16)
 /// from `input` to `output`; `extra` adds lines to it.
+#[allow(dead_code)] // each test binary compiles this module; not all use this
 pub fn identity_config(dir: &Path, input: &str, output: &str, extra: &str) -> PathBuf {
     let config = dir.join("runnel.toml");
     std::fs::write(

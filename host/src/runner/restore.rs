@@ -1,0 +1,482 @@
+//! A processor's changelog on Kafka: the topics, and the restore a worker
+//! runs before the first batch of a partition it was given. The rules of
+//! what a restore keeps are [`crate::state::changelog`]'s; this is the
+//! reading and writing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::kafka::KafkaOptions;
+use crate::state::changelog::{self, Counts, Restore};
+
+/// How long a restore waits for the broker before it gives up and starts
+/// again (the worker retries while the partition is still its own).
+const STALL: Duration = Duration::from_secs(30);
+
+/// The changelog topics of one processor deployment, one per store, in the
+/// order the stores are declared.
+#[derive(Debug, Clone)]
+pub(super) struct Changelog {
+    pub(super) kafka: KafkaOptions,
+    pub(super) deployment: String,
+    /// (store, topic)
+    pub(super) topics: Vec<(Arc<str>, String)>,
+}
+
+/// What a restore rebuilt.
+pub(super) struct Restored {
+    /// The epoch this owner writes with.
+    pub(super) epoch: u64,
+    /// Each store's entries, in declaration order.
+    pub(super) stores: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub(super) counts: Counts,
+    pub(super) write_backs: usize,
+    pub(super) keys: u64,
+}
+
+/// Where a restore is: records read so far.
+pub(super) type Progress<'a> = &'a dyn Fn(u64);
+
+impl Changelog {
+    pub(super) fn new(kafka: &KafkaOptions, deployment: &str, stores: &[String]) -> Self {
+        Self {
+            kafka: kafka.clone(),
+            deployment: deployment.to_owned(),
+            topics: stores
+                .iter()
+                .map(|s| (Arc::from(s.as_str()), changelog::topic(deployment, s)))
+                .collect(),
+        }
+    }
+
+    /// The topic of a store.
+    pub(super) fn topic_of(&self, store: &str) -> Option<&str> {
+        self.topics
+            .iter()
+            .find(|(s, _)| &**s == store)
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// Creates the changelog topics that do not exist, compacted, with as
+    /// many partitions as `input` has; refuses existing ones with fewer.
+    /// Waits (while `go_on`) for the input topic to exist.
+    pub(super) fn ensure_topics(
+        &self,
+        input: &str,
+        go_on: &dyn Fn() -> bool,
+    ) -> anyhow::Result<()> {
+        if self.topics.is_empty() {
+            return Ok(());
+        }
+        let reader = self.reader()?;
+        let partitions = |topic: &str| -> anyhow::Result<Option<usize>> {
+            let md = reader
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .with_context(|| format!("cannot read the metadata of {topic}"))?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+                .filter(|&n| n > 0))
+        };
+        let mut warned = false;
+        let wanted = loop {
+            if let Some(n) = partitions(input)? {
+                break n;
+            }
+            if !go_on() {
+                return Ok(());
+            }
+            if !warned {
+                tracing::warn!(
+                    deployment = self.deployment,
+                    input,
+                    "the input topic does not exist (yet): its changelog topics wait for it"
+                );
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let mut missing = Vec::new();
+        for (store, topic) in &self.topics {
+            match partitions(topic)? {
+                None => missing.push(topic.as_str()),
+                Some(n) if n < wanted => anyhow::bail!(
+                    "the changelog topic {topic} of store {store:?} has {n} partitions, fewer than \
+                     the {wanted} of the input {input}: a store's partitions follow the input's. \
+                     Delete it (its state is then lost) or give it {wanted} partitions"
+                ),
+                Some(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(deployment = self.deployment, topics = ?missing, partitions = wanted, "creating the changelog topics");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a runtime to create the changelog topics")?;
+        runtime.block_on(crate::kafka::create_topics(
+            &self.kafka,
+            &missing,
+            i32::try_from(wanted).unwrap_or(i32::MAX),
+            &[("cleanup.policy", "compact")],
+        ))
+    }
+
+    fn reader(&self) -> anyhow::Result<BaseConsumer> {
+        self.kafka
+            .consumer(&format!("runnel.restore.{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("statistics.interval.ms", "0")
+            .create()
+            .context("cannot create the changelog's reader")
+    }
+
+    /// Rebuilds the state of `partition` for an owner that starts reading
+    /// the input at `committed`: reads every store's changelog, writes this
+    /// owner's epoch marker and the write-backs, and waits until the broker
+    /// has them. `None` when `go_on` turns false (the partition was taken
+    /// away, or the deployment stops).
+    pub(super) fn restore(
+        &self,
+        partition: i32,
+        committed: i64,
+        go_on: &dyn Fn() -> bool,
+        progress: Progress<'_>,
+    ) -> anyhow::Result<Option<Restored>> {
+        let reader = self.reader()?;
+        let mut restores: Vec<Restore> = Vec::with_capacity(self.topics.len());
+        let mut read_to = Vec::with_capacity(self.topics.len());
+        let mut records = 0u64;
+        // What is there now.
+        for (_, topic) in &self.topics {
+            let (low, high) = reader
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .with_context(|| format!("cannot read where {topic}/{partition} ends"))?;
+            let mut restore = Restore::new(committed);
+            if !read(
+                &reader,
+                topic,
+                partition,
+                low,
+                high,
+                &mut restore,
+                go_on,
+                &mut |n| {
+                    records += n;
+                    progress(records);
+                },
+            )? {
+                return Ok(None);
+            }
+            read_to.push(high.max(low));
+            restores.push(restore);
+        }
+        let epoch = restores
+            .iter()
+            .map(Restore::max_epoch)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+
+        // This owner's marker: what a paused former owner writes after it
+        // is fenced. Read up to it, so that the log before it is exactly
+        // what this restore considered.
+        let writer = Writer::new(&self.kafka)?;
+        let epoch_s = epoch.to_string();
+        let markers: Vec<_> = self
+            .topics
+            .iter()
+            .map(|(_, topic)| {
+                writer.send(
+                    topic,
+                    partition,
+                    changelog::KEY_MARKER,
+                    Some(b""),
+                    &epoch_s,
+                    None,
+                )
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let marked = writer.wait(markers.len(), go_on)?;
+        let Some(marked) = marked else {
+            return Ok(None);
+        };
+        for (i, (_, topic)) in self.topics.iter().enumerate() {
+            let marker = marked
+                .iter()
+                .find(|(id, _)| *id == markers[i])
+                .map(|(_, offset)| *offset)
+                .context("no delivery report for an epoch marker")?;
+            if !read(
+                &reader,
+                topic,
+                partition,
+                read_to[i],
+                marker,
+                &mut restores[i],
+                go_on,
+                &mut |n| {
+                    records += n;
+                    progress(records);
+                },
+            )? {
+                return Ok(None);
+            }
+        }
+
+        let mut counts = Counts::default();
+        let mut stores = Vec::with_capacity(restores.len());
+        let mut sent = 0usize;
+        let mut keys = 0u64;
+        for (restore, (_, topic)) in restores.into_iter().zip(&self.topics) {
+            let restored = restore.finish();
+            for (key, value) in &restored.write_backs {
+                writer.send(
+                    topic,
+                    partition,
+                    &changelog::key(key),
+                    value.as_deref(),
+                    &epoch_s,
+                    None,
+                )?;
+                sent += 1;
+            }
+            add(&mut counts, restored.counts);
+            keys += restored.entries.len() as u64;
+            stores.push(restored.entries);
+        }
+        if sent > 0 && writer.wait(sent, go_on)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Restored {
+            epoch,
+            stores,
+            counts,
+            write_backs: sent,
+            keys,
+        }))
+    }
+}
+
+fn add(total: &mut Counts, c: Counts) {
+    total.records += c.records;
+    total.applied += c.applied;
+    total.uncommitted += c.uncommitted;
+    total.fenced += c.fenced;
+    total.stale += c.stale;
+    total.foreign += c.foreign;
+}
+
+/// Feeds `topic/partition`'s records `from..to` to `restore`, in order.
+/// False when `go_on` turned false.
+#[allow(clippy::too_many_arguments)]
+fn read(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    restore: &mut Restore,
+    go_on: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<bool> {
+    if from >= to {
+        return Ok(true);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .context("assigning a changelog partition")?;
+    reader
+        .assign(&tpl)
+        .with_context(|| format!("cannot read {topic}/{partition}"))?;
+    let mut last_progress = Instant::now();
+    let mut next = from;
+    let mut since_report = 0u64;
+    while next < to {
+        if !go_on() {
+            return Ok(false);
+        }
+        if last_progress.elapsed() > STALL {
+            anyhow::bail!(
+                "reading {topic}/{partition} stalled at offset {next} of {to} for {STALL:?}"
+            );
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => {
+                tracing::debug!(topic, partition, error = %e, "reading a changelog");
+            }
+            Some(Ok(m)) => {
+                if m.offset() >= to {
+                    break;
+                }
+                next = m.offset() + 1;
+                last_progress = Instant::now();
+                let (mut epoch, mut cause) = (None, None);
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let Some(header) = h.try_get(i) else { continue };
+                        if header.key == changelog::EPOCH {
+                            epoch = header.value;
+                        } else if header.key == changelog::CAUSE {
+                            cause = header.value;
+                        }
+                    }
+                }
+                let entry = changelog::decode(m.key(), m.payload(), epoch, cause);
+                if let Err(e) = &entry {
+                    tracing::warn!(topic, partition, offset = m.offset(), error = %e, "skipping a record of a changelog");
+                }
+                restore.feed(entry);
+                since_report += 1;
+                if since_report >= 10_000 {
+                    progress(since_report);
+                    since_report = 0;
+                }
+            }
+        }
+    }
+    progress(since_report);
+    Ok(true)
+}
+
+/// Delivery reports of the restore's producer: (id, offset or error).
+#[derive(Default)]
+struct Reports(Mutex<Vec<(usize, Result<i64, String>)>>);
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<usize>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<usize>) {
+        let r = match result {
+            Ok(m) => Ok(m.offset()),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        if let Ok(mut reports) = self.0.lock() {
+            reports.push((*id, r));
+        }
+    }
+}
+
+/// A producer of epoch markers and write-backs that waits for each.
+struct Writer {
+    producer: BaseProducer<Reports>,
+    next: std::cell::Cell<usize>,
+}
+
+impl Writer {
+    fn new(kafka: &KafkaOptions) -> anyhow::Result<Self> {
+        let producer = kafka
+            .producer()
+            .set("linger.ms", "0")
+            // In order, so that a write-back lands after the marker.
+            .set("max.in.flight.requests.per.connection", "1")
+            .create_with_context(Reports::default())
+            .context("cannot create the changelog's writer")?;
+        Ok(Self {
+            producer,
+            next: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Sends one changelog record; returns its id.
+    fn send(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        epoch: &str,
+        cause: Option<&str>,
+    ) -> anyhow::Result<usize> {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: changelog::EPOCH,
+            value: Some(epoch),
+        });
+        if let Some(c) = cause {
+            headers = headers.insert(Header {
+                key: changelog::CAUSE,
+                value: Some(c),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(id))
+            .partition(partition)
+            .key(key)
+            .headers(headers);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(id),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    return Err(anyhow::anyhow!("cannot write to {topic}/{partition}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Waits for `n` delivery reports; the offsets by id. `None` when
+    /// `go_on` turned false.
+    fn wait(
+        &self,
+        n: usize,
+        go_on: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Option<Vec<(usize, i64)>>> {
+        let started = Instant::now();
+        loop {
+            self.producer.poll(Duration::from_millis(20));
+            {
+                let mut reports = self
+                    .producer
+                    .context()
+                    .0
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("a delivery report panicked"))?;
+                if let Some((_, Err(e))) = reports.iter().find(|(_, r)| r.is_err()) {
+                    anyhow::bail!("the broker did not take a changelog record: {e}");
+                }
+                if reports.len() >= n {
+                    return Ok(Some(
+                        std::mem::take(&mut *reports)
+                            .into_iter()
+                            .filter_map(|(id, r)| r.ok().map(|o| (id, o)))
+                            .collect(),
+                    ));
+                }
+            }
+            if !go_on() {
+                return Ok(None);
+            }
+            if started.elapsed() > STALL {
+                anyhow::bail!(
+                    "the broker did not acknowledge the changelog's writes within {STALL:?}"
+                );
+            }
+        }
+    }
+}

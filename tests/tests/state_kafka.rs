@@ -1,0 +1,237 @@
+//! Processors on Kafka: keyed state kept in a changelog topic per store,
+//! rebuilt by the next owner of a partition, exact whatever the changelog
+//! holds past the committed offsets, and kept across a swap.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use runnel_host::config::DeploymentSpec;
+use runnel_host::runner::{Deployment, Node};
+use runnel_host::state::changelog;
+use runnel_tests::kafka::{Rec, broker, key, produce, read, spec, topics, unique, value};
+use runnel_tests::{engine, guests};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn counter(input: &str, output: &str) -> DeploymentSpec {
+    DeploymentSpec {
+        stores: vec!["counts".to_owned()],
+        ..spec("count", guests::RUNNING_COUNT, input, output, &[])
+    }
+}
+
+/// `n` records from `from` on, keyed `k0..k{keys}` in turn.
+fn keyed(from: usize, n: usize, keys: usize) -> Vec<Rec> {
+    (from..from + n)
+        .map(|i| (Some(format!("k{}", i % keys)), format!("r{i}"), vec![]))
+        .collect()
+}
+
+/// Each key's counts as the output says them, in the order written (per
+/// partition, and a key lives in one).
+fn counts(out: &[rdkafka::message::OwnedMessage]) -> BTreeMap<String, Vec<u64>> {
+    let mut by_key: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
+    for m in out {
+        by_key
+            .entry(key(m))
+            .or_default()
+            .push((m.offset(), value(m).parse().unwrap()));
+    }
+    by_key
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_unstable();
+            (k, v.into_iter().map(|(_, c)| c).collect())
+        })
+        .collect()
+}
+
+/// Waits until every key's last count is `want`; fails on a count above it.
+async fn until_counts(
+    kafka: &runnel_host::kafka::KafkaOptions,
+    output: &str,
+    keys: usize,
+    want: u64,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = read(kafka, output, 1, Duration::from_secs(3)).await;
+        let counts = counts(&out);
+        for (k, seen) in &counts {
+            let max = seen.iter().max().copied().unwrap_or(0);
+            assert!(
+                max <= want,
+                "key {k} was counted {max} times, more than its {want} records: {seen:?}"
+            );
+        }
+        let done = counts.len() == keys && counts.values().all(|v| v.last() == Some(&want));
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every key reached {want}: {:?}",
+            counts
+                .iter()
+                .filter(|(_, v)| v.last() != Some(&want))
+                .take(5)
+                .map(|(k, v)| (k, v.last()))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A raw changelog record: key, value, headers.
+type Raw<'a> = (Vec<u8>, Option<Vec<u8>>, Vec<(&'a str, &'a str)>);
+
+/// Writes raw records into every partition of a changelog topic, as
+/// someone with write access to it could.
+async fn forge(
+    kafka: &runnel_host::kafka::KafkaOptions,
+    topic: &str,
+    partitions: i32,
+    records: &[Raw<'_>],
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()
+        .unwrap();
+    for p in 0..partitions {
+        for (k, v, hs) in records {
+            let mut headers = OwnedHeaders::new();
+            for (hk, hv) in hs {
+                headers = headers.insert(Header {
+                    key: hk,
+                    value: Some(hv.as_bytes()),
+                });
+            }
+            let mut r = FutureRecord::to(topic).partition(p).key(k).headers(headers);
+            if let Some(v) = v {
+                r = r.payload(v);
+            }
+            producer
+                .send(r, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_owner_restores_exact_counts_from_the_changelog_whatever_it_holds() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("counts"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 3).await;
+    let engine = engine(None);
+    let spec = counter(&input, &output);
+    let name = spec.name.clone();
+    const KEYS: usize = 30;
+
+    // First owner: 600 records, 20 per key.
+    produce(&kafka, &input, &keyed(0, 600, KEYS)).await;
+    let node = Node::start(
+        &kafka,
+        vec![Deployment::load(&engine, spec.clone()).unwrap()],
+    )
+    .unwrap();
+    until_counts(&kafka, &output, KEYS, 20).await;
+    let status = node.status();
+    assert_eq!(status[0].state_writes, 600, "{status:?}");
+    assert!(status[0].restores >= 1, "{status:?}");
+    node.stop();
+
+    // The changelog has the input's partitions and a write per record.
+    let topic = changelog::topic(&name, "counts");
+    let log = read(&kafka, &topic, 600, Duration::from_secs(30)).await;
+    assert!(log.len() >= 600, "{} changelog records", log.len());
+    assert!(log.iter().all(|m| (0..3).contains(&m.partition())));
+
+    // What a crashed owner, a paused one and a stranger could leave there:
+    // - a write caused by an input past the committed offset (run again by
+    //   the next owner, so it must not count);
+    // - a write of an owner with an older epoch than the last (a zombie);
+    // - records that are not runnel's at all.
+    let k0 = changelog::key(b"k0");
+    forge(
+        &kafka,
+        &topic,
+        3,
+        &[
+            (
+                k0.clone(),
+                Some(vec![0xe7, 0x07]),
+                vec![(changelog::EPOCH, "1"), (changelog::CAUSE, "100000")],
+            ),
+            (
+                k0.clone(),
+                Some(vec![0x88, 0x27]),
+                vec![(changelog::EPOCH, "0"), (changelog::CAUSE, "1")],
+            ),
+            (b"\x05garbage".to_vec(), Some(b"x".to_vec()), vec![]),
+            (
+                k0.clone(),
+                Some(b"\xff\xff".to_vec()),
+                vec![(changelog::EPOCH, "not a number")],
+            ),
+        ],
+    )
+    .await;
+
+    // Second owner, fresh memory: 600 more records, then a swap, then 600.
+    produce(&kafka, &input, &keyed(600, 600, KEYS)).await;
+    let node = Node::start(
+        &kafka,
+        vec![Deployment::load(&engine, spec.clone()).unwrap()],
+    )
+    .unwrap();
+    until_counts(&kafka, &output, KEYS, 40).await;
+    let status = node.status();
+    let restore = status[0].last_restore.clone().expect("a restore report");
+    assert!(restore.keys > 0, "{restore:?}");
+    assert!(
+        restore.epoch >= 2,
+        "a new owner takes a newer epoch: {restore:?}"
+    );
+    let report = format!("{status:?}");
+    let mut next = Deployment::load(&engine, spec).unwrap();
+    next.version = 2;
+    node.swap(&name, next).unwrap();
+    produce(&kafka, &input, &keyed(1200, 600, KEYS)).await;
+    until_counts(&kafka, &output, KEYS, 60).await;
+    let status = node.status();
+    assert_eq!(status[0].version, 2, "{status:?}");
+    node.stop();
+    eprintln!("second owner: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_is_refused_where_its_state_cannot_be_kept() {
+    let (_broker, kafka) = broker().await;
+    let engine = engine(None);
+    let mut two_inputs = counter("a", "out");
+    two_inputs.input.push("b".to_owned());
+    let e = Node::start(&kafka, vec![Deployment::load(&engine, two_inputs).unwrap()]).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("exactly one input topic"),
+        "{e:#}"
+    );
+    let stores_on_a_map = DeploymentSpec {
+        stores: vec!["counts".to_owned()],
+        ..spec("map", guests::IDENTITY_MAP, "a", "out", &[])
+    };
+    let e = Node::start(
+        &kafka,
+        vec![Deployment::load(&engine, stores_on_a_map).unwrap()],
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("only a processor keeps state"),
+        "{e:#}"
+    );
+}

@@ -171,6 +171,7 @@ impl NodeConfig {
             d.settings().check().map_err(at)?;
             crate::rules::check_config(&d.config).map_err(at)?;
             crate::state::check_store_names(&d.stores).map_err(at)?;
+            crate::state::changelog::check_topic_names(&d.name, &d.stores).map_err(at)?;
         }
         Ok(())
     }

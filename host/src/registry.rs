@@ -630,6 +630,7 @@ pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result
     ];
     crate::rules::check_topics(&r.input, &r.output, r.dead_letter.as_deref(), &reserved)?;
     crate::state::check_store_names(&r.stores)?;
+    crate::state::changelog::check_topic_names(&r.name, &r.stores)?;
     if r.versions.is_empty() || r.versions.len() > KEPT_VERSIONS {
         return Err(format!(
             "it keeps {} versions: it must keep 1 to {KEPT_VERSIONS}",

@@ -101,8 +101,12 @@ pub const STATE_STORES: usize = 16;
 pub const STATE_STORE_NAME_BYTES: usize = 64;
 /// Bytes of one state key.
 pub const STATE_MAX_KEY_BYTES: usize = 4 << 10;
-/// Bytes of one state value.
-pub const STATE_MAX_VALUE_BYTES: usize = 1 << 20;
+/// Bytes of one state value: 960 KiB, so that a value with the largest key
+/// and its changelog headers fits in one Kafka record under librdkafka's
+/// default `message.max.bytes` (1,000,000). At 1 MiB a processor could
+/// put a value its changelog can never take, and fail its deployment on
+/// every restart.
+pub const STATE_MAX_VALUE_BYTES: usize = 960 << 10;
 /// Bytes of writes one call may buffer until it returns (each write counts
 /// its key twice, its value, and [`STATE_WRITE_OVERHEAD`]).
 pub const STATE_WRITE_BYTES_PER_CALL: usize = 16 << 20;
@@ -336,5 +340,23 @@ mod tests {
             .collect();
         assert!(check_config(&many).unwrap_err().contains("entries"));
         assert!(check_config(&BTreeMap::new()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod state_limit_tests {
+    /// librdkafka's default `message.max.bytes`, the most a producer sends
+    /// in one record.
+    const PRODUCER_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+    #[test]
+    fn the_largest_state_write_fits_in_one_changelog_record() {
+        // Key tag, both headers with 20-digit numbers, and Kafka's record
+        // framing, generously.
+        let overhead = 1 + 2 * (16 + 20) + 512;
+        assert!(
+            super::STATE_MAX_KEY_BYTES + super::STATE_MAX_VALUE_BYTES + overhead
+                < PRODUCER_MAX_MESSAGE_BYTES
+        );
     }
 }

@@ -472,3 +472,63 @@ async fn a_leader_cannot_assign_to_a_member_that_died_while_forming() {
     assert_eq!(code(sa.error_code), ErrorCode::None, "{sa:?}");
     assert_eq!(sa.assignment, Bytes::from_static(b"p0"));
 }
+
+/// Commits `offset` for partition 0 of a topic as `member_id` of
+/// `generation`; the partition's error code.
+async fn commit(ctl: &mut Ctl, generation: i32, member_id: &str, offset: i64) -> ErrorCode {
+    use tansu_broker::coordinator::group::OffsetCommit;
+    use tansu_sans_io::OffsetCommitResponse;
+    use tansu_sans_io::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    let topics = [OffsetCommitRequestTopic::default()
+        .name("t".into())
+        .partitions(Some(vec![
+            OffsetCommitRequestPartition::default()
+                .partition_index(0)
+                .committed_offset(offset)
+                .committed_leader_epoch(Some(0))
+                .commit_timestamp(None)
+                .committed_metadata(Some("".into())),
+        ]))];
+    let body = ctl
+        .offset_commit(OffsetCommit {
+            group_id: GROUP,
+            generation_id_or_member_epoch: Some(generation),
+            member_id: Some(member_id),
+            group_instance_id: None,
+            retention_time_ms: None,
+            topics: Some(&topics),
+        })
+        .await
+        .unwrap();
+    let topics = OffsetCommitResponse::try_from(body)
+        .unwrap()
+        .topics
+        .unwrap();
+    let partitions = topics[0].partitions.clone().unwrap();
+    code(partitions[0].error_code)
+}
+
+/// c was paused past its session, the group noticed (a's heartbeat) and
+/// moved on; c comes back and commits with its old member id, as a resumed
+/// process's automatic commit does. Unpatched, the commit was taken: it
+/// moved the offsets of partitions another member owns past records that
+/// member had not run, and a processor's state then skipped those records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_session_ran_out_cannot_commit() {
+    let (mut ctl, a, _b, c, g0, _ledger) = c_dies_unnoticed(formed().await).await;
+    // The topic is not in this storage: a member of the group gets past the
+    // member check to the storage's answer.
+    let topic_unknown = ErrorCode::UnknownTopicOrPartition;
+    assert_eq!(commit(&mut ctl, g0, &a, 5).await, topic_unknown);
+    // a's heartbeat notices that c's session ran out.
+    assert_eq!(
+        heartbeat(&mut ctl, g0, &a).await,
+        ErrorCode::RebalanceInProgress
+    );
+    assert_eq!(
+        commit(&mut ctl, g0, &c, 100).await,
+        ErrorCode::UnknownMemberId
+    );
+}

@@ -179,7 +179,7 @@ fn keys_values_and_reads_over_their_limits_fail_the_record() {
     limit(&got[0], "a key of 5000 bytes, over the limit of 4096 bytes");
     limit(
         &got[1],
-        "a value of 2000003 bytes, over the limit of 1048576 bytes",
+        "a value of 2000003 bytes, over the limit of 983040 bytes",
     );
     limit(
         &got[2],

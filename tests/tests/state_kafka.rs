@@ -235,3 +235,37 @@ async fn a_processor_is_refused_where_its_state_cannot_be_kept() {
         "{e:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_large_for_the_changelog_fails_its_record_not_the_deployment() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("out"));
+    let dlq = format!("{output}.dlq");
+    topics(&kafka, &[&input, &output, &dlq], 1).await;
+    let engine = engine(None);
+    let spec = DeploymentSpec {
+        stores: vec!["main".to_owned()],
+        ..spec("probe", guests::STATE_PROBE, &input, &output, &[])
+    };
+    // 990,000 bytes: under the 1 MiB the store once allowed, over what one
+    // Kafka record takes by default.
+    let records: Vec<Rec> = ["big-value 990000", "put a 1", "get a"]
+        .iter()
+        .map(|v| (Some("x".to_owned()), (*v).to_owned(), vec![]))
+        .collect();
+    produce(&kafka, &input, &records).await;
+    let node = Node::start(&kafka, vec![Deployment::load(&engine, spec).unwrap()]).unwrap();
+    let out = read(&kafka, &output, 2, WAIT).await;
+    let values: Vec<String> = out.iter().map(value).collect();
+    assert_eq!(values, ["ok", "1"], "the records after it run");
+    let dead = read(&kafka, &dlq, 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    let error = runnel_tests::kafka::header(&dead[0], "runnel-error").unwrap_or_default();
+    assert!(
+        error.contains("a value of 990003 bytes, over the limit of 983040 bytes"),
+        "{error}"
+    );
+    let status = node.status();
+    assert_eq!(status[0].failures, 0, "{status:?}");
+    node.stop();
+}

@@ -513,7 +513,7 @@ async fn put_deployment(
             .load(&function, &module_bytes)
             .map_err(|e| e.to_string())?;
         let world = module.world();
-        crate::runner::check_runs_on_kafka(world, &input, &stores)?;
+        crate::runner::check_runs_on_kafka(world, &function, &input, &stores)?;
         if world == World::Scorer && model.is_none() {
             return Err(
                 "the module is a scorer: it needs a model (\"model\": \"sha256:...\")".to_owned(),

@@ -99,13 +99,15 @@ pub use status::{
 
 /// Refuses what this node cannot run on Kafka: a processor reads exactly
 /// one input topic (its state is kept per partition of it), and only a
-/// processor declares stores.
+/// processor declares stores, whose changelog topic names must fit Kafka's.
 pub fn check_runs_on_kafka(
     world: World,
+    name: &str,
     input: &[String],
     stores: &[String],
 ) -> Result<(), String> {
     crate::state::check_store_names(stores)?;
+    crate::state::changelog::check_topic_names(name, stores)?;
     match world {
         World::Processor if input.len() != 1 => Err(format!(
             "a processor reads exactly one input topic (its state is kept per partition of \
@@ -258,7 +260,7 @@ impl Node {
     pub fn add(&self, d: Deployment) -> anyhow::Result<()> {
         let mut running = lock(&self.running);
         let name = d.spec.name.clone();
-        check_runs_on_kafka(d.module.world(), &d.spec.input, &d.spec.stores)
+        check_runs_on_kafka(d.module.world(), &name, &d.spec.input, &d.spec.stores)
             .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
         if running.iter().any(|r| r.name == name) {
             anyhow::bail!("deployment {name:?} already runs on this node");
@@ -324,8 +326,13 @@ impl Node {
             };
             (r.control.clone(), lock(&r.status).clone())
         };
-        check_runs_on_kafka(next.module.world(), &next.spec.input, &next.spec.stores)
-            .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
+        check_runs_on_kafka(
+            next.module.world(),
+            name,
+            &next.spec.input,
+            &next.spec.stores,
+        )
+        .map_err(|e| anyhow::anyhow!("deployment {name:?}: {e}"))?;
         if next.spec.name != name {
             anyhow::bail!(
                 "a swap keeps the deployment's name: {name:?}, not {:?}",
@@ -393,15 +400,22 @@ mod tests {
         let one = ["in".to_owned()];
         let two = ["a".to_owned(), "b".to_owned()];
         let stores = ["counts".to_owned()];
-        assert_eq!(check_runs_on_kafka(World::Processor, &one, &stores), Ok(()));
-        assert_eq!(check_runs_on_kafka(World::Processor, &one, &[]), Ok(()));
-        let e = check_runs_on_kafka(World::Processor, &two, &stores).unwrap_err();
+        assert_eq!(
+            check_runs_on_kafka(World::Processor, "d", &one, &stores),
+            Ok(())
+        );
+        assert_eq!(
+            check_runs_on_kafka(World::Processor, "d", &one, &[]),
+            Ok(())
+        );
+        let e = check_runs_on_kafka(World::Processor, "d", &two, &stores).unwrap_err();
         assert!(e.contains("exactly one input topic"), "{e}");
-        let e = check_runs_on_kafka(World::Processor, &one, &["Bad name".to_owned()]).unwrap_err();
+        let e =
+            check_runs_on_kafka(World::Processor, "d", &one, &["Bad name".to_owned()]).unwrap_err();
         assert!(e.contains("store name"), "{e}");
         for w in [World::Filter, World::Map, World::Scorer] {
-            assert_eq!(check_runs_on_kafka(w, &two, &[]), Ok(()));
-            let e = check_runs_on_kafka(w, &one, &stores).unwrap_err();
+            assert_eq!(check_runs_on_kafka(w, "d", &two, &[]), Ok(()));
+            let e = check_runs_on_kafka(w, "d", &one, &stores).unwrap_err();
             assert!(e.contains("only a processor keeps state"), "{e}");
         }
     }

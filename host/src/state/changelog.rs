@@ -52,6 +52,25 @@ pub fn topic(deployment: &str, store: &str) -> String {
     format!("runnel.{deployment}.{store}.changelog")
 }
 
+/// The longest topic name Kafka takes.
+pub const MAX_TOPIC_NAME: usize = 249;
+
+/// Checks that every store's changelog topic name fits Kafka's limit.
+pub fn check_topic_names(deployment: &str, stores: &[String]) -> Result<(), String> {
+    for store in stores {
+        let t = topic(deployment, store);
+        if t.len() > MAX_TOPIC_NAME {
+            return Err(format!(
+                "the changelog topic of store {store:?} would be named {} characters long \
+                 (`runnel.<deployment>.<store>.changelog`), over Kafka's {MAX_TOPIC_NAME}: \
+                 use a shorter deployment or store name",
+                t.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The changelog key of a store key.
 pub fn key(store_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(store_key.len() + 1);

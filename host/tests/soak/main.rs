@@ -22,6 +22,11 @@
 //! connections; add and remove nodes; swap, roll back, pause and resume
 //! deployments. Several can be under way at once.
 //!
+//! A fourth deployment, `running-count` (a processor: keyed state in
+//! changelogs), counts the same input per key; it takes every fault but
+//! the swaps, rollbacks and pauses. Its nodes keep state in memory, so
+//! every node restart starts with an empty state folder.
+//!
 //! It fails (exit 1) on a lost record, an output without an input, a record
 //! the function would not route where it went, a node that is not running
 //! at the end, or a node's memory past its bound. Duplicates, gaps and
@@ -31,6 +36,7 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
 mod account;
+mod counts;
 mod proxy;
 
 use std::collections::BTreeMap;
@@ -693,7 +699,13 @@ async fn soak(args: Args) -> Vec<String> {
             function,
         })
         .collect();
-    let mut names = vec![input.clone()];
+    let count_name = format!("{run}-count");
+    let count_topic = format!("{run}.count");
+    let mut names = vec![
+        input.clone(),
+        count_topic.clone(),
+        format!("{count_topic}.dlq"),
+    ];
     for d in &deployments {
         names.push(d.output.clone());
         names.push(format!("{}.dlq", d.output));
@@ -762,6 +774,40 @@ async fn soak(args: Args) -> Vec<String> {
         }
         soak.log(format_args!("deployed {} ({})", d.name, d.function.name()));
     }
+    let count_deploy: Vec<String> = [
+        "deploy",
+        runnel_tests::guests::RUNNING_COUNT,
+        "--name",
+        &count_name,
+        "--input",
+        &input,
+        "--output",
+        &count_topic,
+        "--store",
+        "counts",
+        "--batch-size",
+        "16",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !soak.control(count_deploy.clone()).await {
+        assert!(Instant::now() < deadline, "cannot deploy {count_name}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    soak.log(format_args!("deployed {count_name} (count, keyed state)"));
+    let counted: counts::Counts = Arc::default();
+    let counting = Arc::new(AtomicBool::new(true));
+    let count_reader = {
+        let (counted, counting, kafka, topic) = (
+            counted.clone(),
+            counting.clone(),
+            kafka.clone(),
+            count_topic.clone(),
+        );
+        std::thread::spawn(move || counts::follow(&kafka, &topic, &counted, &counting))
+    };
 
     // The reader: every output and dead letter, as it arrives.
     let observed: Arc<Mutex<Vec<Observed>>> = Arc::default();
@@ -863,8 +909,23 @@ async fn soak(args: Args) -> Vec<String> {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // The keyed count: exact, per key, against the input as it is.
+    let want = {
+        let (kafka, input) = (kafka.clone(), input.clone());
+        tokio::task::spawn_blocking(move || counts::input_counts(&kafka, &input))
+            .await
+            .unwrap()
+    };
+    let count_settle = Instant::now();
+    while !counts::check(&want, &counted.lock().unwrap()).is_empty()
+        && count_settle.elapsed() < SETTLE
+    {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     // A little longer, to see duplicates that are still on their way.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    counting.store(false, Ordering::SeqCst);
+    count_reader.join().unwrap();
     reading.store(false, Ordering::SeqCst);
     reader.join().unwrap();
     sampler.abort();
@@ -909,6 +970,17 @@ async fn soak(args: Args) -> Vec<String> {
         produced_until,
     );
     println!("{}", report.text);
+    let count_wrong = counts::check(&want, &counted.lock().unwrap());
+    println!(
+        "\nkeyed count ({count_name}): {} keys, {} input records, {} keys exact",
+        want.len(),
+        want.values().sum::<u64>(),
+        want.len() - count_wrong.len().min(want.len())
+    );
+    for w in count_wrong.iter().take(10) {
+        println!("  {w}");
+    }
+    failures.extend(count_wrong);
     if !report.failures.is_empty() {
         // Who runs what, by every node's last report, for a look afterwards.
         for d in &deployments {

@@ -2199,6 +2199,21 @@ where
         let _ = now;
         debug!(?detail);
 
+        // runnel: a commit from a member the group no longer has (its
+        // session ran out: a paused process that came back, a zombie) is
+        // refused, as Kafka refuses it. Another member owns its partitions
+        // now; accepting the commit would move their offsets past records
+        // the new owner has not run.
+        if let Some(member_id) = detail.member_id.filter(|m| !m.is_empty()) {
+            if detail.generation_id_or_member_epoch.is_some_and(|g| g >= 0)
+                && !self.members.contains_key(member_id)
+            {
+                debug!(member_id, "offset commit from an unknown member");
+                let body = offset_commit_refused(detail, ErrorCode::UnknownMemberId);
+                return (self, body);
+            }
+        }
+
         match self.commit_offset(detail).await {
             Ok(body) => (self, body),
             Err(reason) => {
@@ -2808,6 +2823,21 @@ where
     ) -> (Self::OffsetCommitState, Body) {
         let _ = now;
 
+        // runnel: a commit from a member the group no longer has (its
+        // session ran out: a paused process that came back, a zombie) is
+        // refused, as Kafka refuses it. Another member owns its partitions
+        // now; accepting the commit would move their offsets past records
+        // the new owner has not run.
+        if let Some(member_id) = detail.member_id.filter(|m| !m.is_empty()) {
+            if detail.generation_id_or_member_epoch.is_some_and(|g| g >= 0)
+                && !self.members.contains_key(member_id)
+            {
+                debug!(member_id, "offset commit from an unknown member");
+                let body = offset_commit_refused(detail, ErrorCode::UnknownMemberId);
+                return (self, body);
+            }
+        }
+
         match self.commit_offset(detail).await {
             Ok(body) => (self, body),
             Err(reason) => {
@@ -2865,6 +2895,32 @@ where
             }
         }
     }
+}
+
+/// runnel: an OffsetCommit response refusing every partition of `detail`.
+fn offset_commit_refused(detail: &OffsetCommit<'_>, code: ErrorCode) -> Body {
+    OffsetCommitResponse::default()
+        .throttle_time_ms(Some(0))
+        .topics(detail.topics.map(|topics| {
+            topics
+                .iter()
+                .map(|topic| {
+                    OffsetCommitResponseTopic::default()
+                        .name(topic.name.clone())
+                        .partitions(topic.partitions.as_ref().map(|partitions| {
+                            partitions
+                                .iter()
+                                .map(|partition| {
+                                    OffsetCommitResponsePartition::default()
+                                        .partition_index(partition.partition_index)
+                                        .error_code(code.into())
+                                })
+                                .collect()
+                        }))
+                })
+                .collect()
+        }))
+        .into()
 }
 
 #[cfg(test)]

@@ -128,7 +128,10 @@ impl Changelog {
             &self.kafka,
             &missing,
             i32::try_from(wanted).unwrap_or(i32::MAX),
-            &[("cleanup.policy", "compact")],
+            &[
+                ("cleanup.policy", "compact"),
+                ("min.compaction.lag.ms", changelog::MIN_COMPACTION_LAG_MS),
+            ],
         ))
     }
 

@@ -38,6 +38,16 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// The changelog topics' `min.compaction.lag.ms`: one day. Compaction must
+/// not drop a key's committed value while the key's last record is a write
+/// of an input that was never committed (its owner crashed before the
+/// commit): the next owner's restore skips that write and needs the value
+/// before it, then writes it back. So a partition whose owner crashed must
+/// be restored within this long; a day covers a cluster down overnight.
+/// The embedded broker's SQLite storage honours it (patched, see
+/// `host/vendor/README.md`), as Kafka does.
+pub const MIN_COMPACTION_LAG_MS: &str = "86400000";
+
 /// The first byte of the changelog key of a user's write.
 pub const KEY_WRITE: u8 = 1;
 /// The changelog key of an owner's epoch marker.

@@ -25,9 +25,7 @@
 //! A fourth deployment, `running-count` (a processor: keyed state in
 //! changelogs), counts the same input per key; it takes every fault but
 //! the swaps, rollbacks and pauses. Its nodes keep state in memory, so
-//! every node restart starts with an empty state folder. A key counted past
-//! its records fails the soak; keys left short are reported (some runs end
-//! with one partition's counts a few short: an open bug, issue 18).
+//! every node restart starts with an empty state folder.
 //!
 //! It fails (exit 1) on a lost record, an output without an input, a record
 //! the function would not route where it went, a node that is not running
@@ -982,21 +980,7 @@ async fn soak(args: Args) -> Vec<String> {
     for w in count_wrong.iter().take(10) {
         println!("  {w}");
     }
-    // Reported, not failed on: under the soak's faults some runs still end
-    // with one partition's counts a few short (issue 18 tracks it). No key
-    // has been counted past its records, which would fail here.
-    let over: Vec<String> = count_wrong
-        .iter()
-        .filter(|w| w.contains("more than its"))
-        .cloned()
-        .collect();
-    if !count_wrong.is_empty() {
-        println!(
-            "  (keys short are reported, not failed on: see issue 18; a key counted past its \
-             records fails)"
-        );
-    }
-    failures.extend(over);
+    failures.extend(count_wrong);
     if !report.failures.is_empty() {
         // Who runs what, by every node's last report, for a look afterwards.
         for d in &deployments {

@@ -934,6 +934,26 @@ pub struct GroupDetail {
     pub skip_assignment: Option<bool>,
     pub inception: SystemTime,
     pub state: GroupState,
+    /// runnel: who owned which partitions in the last two generations a
+    /// leader completed, for fencing offset commits.
+    #[serde(default)]
+    pub owners: GroupOwners,
+}
+
+/// runnel: the assignments (member id to the consumer protocol's assignment)
+/// of the latest generation a leader completed, and of the one before it.
+///
+/// Tansu hands out a generation's assignment as soon as its leader syncs,
+/// without waiting for every member to rejoin first (Kafka's join barrier),
+/// so a member that has not yet heard of the new generation may still be
+/// running a partition the leader gave to another. An offset commit for a
+/// partition is accepted only from the member that owns it in `latest`, or,
+/// for a partition no one owns in `latest` (revoked, in the cooperative
+/// protocol, before it is assigned again), from its owner in `before`.
+#[derive(Clone, Debug, Default, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+pub struct GroupOwners {
+    pub latest: BTreeMap<String, Bytes>,
+    pub before: BTreeMap<String, Bytes>,
 }
 
 impl Default for GroupDetail {
@@ -946,6 +966,7 @@ impl Default for GroupDetail {
             skip_assignment: Some(false),
             inception: SystemTime::now(),
             state: GroupState::default(),
+            owners: GroupOwners::default(),
         }
     }
 }

@@ -1126,15 +1126,18 @@ impl Delegate {
         Ok(ErrorCode::None)
     }
 
-    #[instrument(skip(self), ret)]
-    async fn policy_compact(&self) -> Result<u64> {
+    #[instrument(skip(self, now), ret)]
+    async fn policy_compact(&self, now: SystemTime) -> Result<u64> {
         let start = SystemTime::now();
+
+        // runnel: with `now`, for the topics' min.compaction.lag.ms.
+        let now = to_timestamp(&now)?;
 
         let pc = self.connection().await?;
         let tx = pc.transaction().await?;
 
         let compacted = pc
-            .execute("policy_compact.sql", [self.cluster.as_str()])
+            .execute("lite/policy_compact.sql", (self.cluster.as_str(), now))
             .await? as u64;
 
         tx.commit()
@@ -4323,7 +4326,7 @@ impl Storage for Delegate {
         let deleted = self.policy_delete(now).await?;
         debug!(deleted);
 
-        let compacted = self.policy_compact().await?;
+        let compacted = self.policy_compact(now).await?;
         debug!(compacted);
 
         self.vacuum_into().await?;

@@ -146,6 +146,10 @@ pub(crate) static SQL: LazyLock<Cache> = LazyLock::new(|| {
             include_sql!("lite/policy_delete.sql"),
         ),
         ("lite/vacuum_into.sql", include_sql!("lite/vacuum_into.sql")),
+        (
+            "lite/policy_compact.sql",
+            include_sql!("lite/policy_compact.sql"),
+        ),
         ("policy_compact.sql", include_sql!("sql/policy_compact.sql")),
         ("policy_delete.sql", include_sql!("sql/policy_delete.sql")),
         ("ping.sql", "select 1 + 1".to_string()),

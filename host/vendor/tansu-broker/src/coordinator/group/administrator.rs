@@ -44,8 +44,8 @@ use tansu_sans_io::{
     sync_group_response::SyncGroupResponse,
 };
 use tansu_storage::{
-    GroupDetail, GroupMember, GroupState, OffsetCommitRequest, Storage, Topition, UpdateError,
-    Version,
+    GroupDetail, GroupMember, GroupOwners, GroupState, OffsetCommitRequest, Storage, Topition,
+    UpdateError, Version,
 };
 use tokio::time::{Duration, sleep};
 use tracing::{debug, error, info};
@@ -201,6 +201,7 @@ where
                 state,
                 skip_assignment,
                 inception,
+                owners,
                 ..
             }) => GroupDetail {
                 session_timeout_ms: *session_timeout_ms,
@@ -220,6 +221,7 @@ where
                 generation_id: *generation_id,
                 skip_assignment: *skip_assignment,
                 inception: *inception,
+                owners: owners.clone(),
                 state: GroupState::Forming {
                     protocol_type: state.protocol_type.clone(),
                     protocol_name: state.protocol_name.clone(),
@@ -234,6 +236,7 @@ where
                 state,
                 skip_assignment,
                 inception,
+                owners,
                 ..
             }) => GroupDetail {
                 session_timeout_ms: *session_timeout_ms,
@@ -253,6 +256,7 @@ where
                 generation_id: *generation_id,
                 skip_assignment: *skip_assignment,
                 inception: *inception,
+                owners: owners.clone(),
                 state: GroupState::Formed {
                     protocol_type: state.protocol_type.clone(),
                     protocol_name: state.protocol_name.clone(),
@@ -309,6 +313,7 @@ where
                     storage,
                     skip_assignment: gd.skip_assignment,
                     inception: gd.inception,
+                    owners: gd.owners.clone(),
                 })
             }
             GroupState::Formed {
@@ -342,6 +347,7 @@ where
                 storage,
                 skip_assignment: gd.skip_assignment,
                 inception: gd.inception,
+                owners: gd.owners.clone(),
             }),
         }
     }
@@ -462,6 +468,7 @@ where
                         storage: inner.storage,
                         skip_assignment: inner.skip_assignment,
                         inception: inner.inception,
+                        owners: inner.owners,
                     })
                 } else {
                     Self::Formed(inner)
@@ -750,6 +757,7 @@ where
                         skip_assignment: Some(false),
                         storage: self.storage.clone(),
                         inception: SystemTime::now(),
+                        owners: GroupOwners::default(),
                     };
 
                     (Wrapper::Forming(inner), None)
@@ -1272,6 +1280,7 @@ pub struct Inner<O, S> {
     storage: O,
     skip_assignment: Option<bool>,
     inception: SystemTime,
+    owners: GroupOwners,
 }
 
 impl<O, S> PartialEq for Inner<O, S>
@@ -1286,6 +1295,7 @@ where
             && self.state == other.state
             && self.skip_assignment == other.skip_assignment
             && self.inception == other.inception
+            && self.owners == other.owners
     }
 }
 
@@ -1301,6 +1311,7 @@ where
         self.state.hash(state);
         self.skip_assignment.hash(state);
         self.inception.hash(state);
+        self.owners.hash(state);
     }
 }
 
@@ -1318,6 +1329,7 @@ where
             skip_assignment: Some(false),
             storage,
             inception: SystemTime::now(),
+            owners: GroupOwners::default(),
         }
     }
 }
@@ -1593,7 +1605,13 @@ where
             .into())
     }
 
-    async fn commit_offset(&mut self, detail: &OffsetCommit<'_>) -> Result<Body> {
+    /// Commits the offsets of `detail`, except those of the partitions in
+    /// `refused` (runnel), which are answered with REBALANCE_IN_PROGRESS.
+    async fn commit_offset(
+        &mut self,
+        detail: &OffsetCommit<'_>,
+        refused: &BTreeSet<(String, i32)>,
+    ) -> Result<Body> {
         let retention_time_ms = detail.retention_time_ms.map_or(Ok(None), |ms| {
             u64::try_from(ms)
                 .map(Duration::from_millis)
@@ -1607,6 +1625,9 @@ where
             for topic in topics {
                 if let Some(ref partitions) = topic.partitions {
                     for partition in partitions {
+                        if refused.contains(&(topic.name.clone(), partition.partition_index)) {
+                            continue;
+                        }
                         let topition = Topition::new(topic.name.clone(), partition.partition_index);
                         let offset = OffsetCommitRequest::try_from(partition)?;
 
@@ -1618,7 +1639,13 @@ where
             self.storage
                 .offset_commit(detail.group_id, retention_time_ms, offsets.deref())
                 .await
-                .map(|value| {
+                .map(|mut value| {
+                    value.extend(refused.iter().map(|(topic, partition)| {
+                        (
+                            Topition::new(topic.clone(), *partition),
+                            ErrorCode::RebalanceInProgress,
+                        )
+                    }));
                     let topics = value
                         .iter()
                         .fold(BTreeSet::new(), |mut topics, (topition, _)| {
@@ -2052,11 +2079,15 @@ where
                 protocol_name: self.state.protocol_name.expect("protocol_name"),
                 protocol_type: self.state.protocol_type.expect("protocol_type"),
                 leader: member_id.to_owned(),
-                assignments,
+                assignments: assignments.clone(),
             },
             storage: self.storage,
             skip_assignment: self.skip_assignment,
             inception: self.inception,
+            owners: GroupOwners {
+                latest: assignments,
+                before: self.owners.latest,
+            },
         };
 
         (state.into(), sync_group_response.into())
@@ -2214,7 +2245,8 @@ where
             }
         }
 
-        match self.commit_offset(detail).await {
+        let refused = not_owned(&self.owners, self.state.protocol_type.as_deref(), detail);
+        match self.commit_offset(detail, &refused).await {
             Ok(body) => (self, body),
             Err(reason) => {
                 debug!(?reason);
@@ -2392,6 +2424,7 @@ where
                     storage: self.storage,
                     skip_assignment: self.skip_assignment,
                     inception: self.inception,
+                    owners: self.owners,
                 }
                 .into(),
                 join_group_response.into(),
@@ -2492,6 +2525,7 @@ where
                     storage: self.storage,
                     skip_assignment: self.skip_assignment,
                     inception: self.inception,
+                    owners: self.owners,
                 }
                 .into();
 
@@ -2561,6 +2595,7 @@ where
                     storage: self.storage,
                     skip_assignment: self.skip_assignment,
                     inception: self.inception,
+                    owners: self.owners,
                 }
                 .into();
 
@@ -2801,6 +2836,7 @@ where
                 storage: self.storage,
                 skip_assignment: self.skip_assignment,
                 inception: self.inception,
+                owners: self.owners,
             }
             .into()
         } else {
@@ -2838,7 +2874,12 @@ where
             }
         }
 
-        match self.commit_offset(detail).await {
+        let refused = not_owned(
+            &self.owners,
+            Some(self.state.protocol_type.as_str()),
+            detail,
+        );
+        match self.commit_offset(detail, &refused).await {
             Ok(body) => (self, body),
             Err(reason) => {
                 debug!(?reason);
@@ -2895,6 +2936,110 @@ where
             }
         }
     }
+}
+
+/// runnel: the partitions of `detail` its member may not commit, by
+/// [`GroupOwners`]: a partition owned, in the latest generation a leader
+/// completed, by another member; or owned by no one in it and by another
+/// member in the generation before. A laggard that has not yet heard of a new
+/// generation may still be running a partition the leader gave to another
+/// (Tansu has no join barrier); its commit would move the new owner's offset
+/// past records whose effects (a stateful function's changelog writes) the
+/// new owner never saw.
+///
+/// Nothing is refused for a group that is not a consumer group, a commit
+/// made outside the group protocol (no member id or a negative generation,
+/// as with manually assigned partitions), a group no leader has completed a
+/// generation of, or assignments that cannot be read.
+fn not_owned(
+    owners: &GroupOwners,
+    protocol_type: Option<&str>,
+    detail: &OffsetCommit<'_>,
+) -> BTreeSet<(String, i32)> {
+    let mut refused = BTreeSet::new();
+    let Some(member_id) = detail.member_id.filter(|m| !m.is_empty()) else {
+        return refused;
+    };
+    if protocol_type != Some("consumer")
+        || detail.generation_id_or_member_epoch.is_none_or(|g| g < 0)
+        || owners.latest.is_empty()
+    {
+        return refused;
+    }
+    let (Some(latest), Some(before)) = (
+        partition_owners(&owners.latest),
+        partition_owners(&owners.before),
+    ) else {
+        return refused;
+    };
+    for topic in detail.topics.unwrap_or_default() {
+        for partition in topic.partitions.as_deref().unwrap_or_default() {
+            let tp = (topic.name.clone(), partition.partition_index);
+            let owner = latest.get(&tp).or_else(|| before.get(&tp));
+            if owner.is_some_and(|owner| *owner != member_id) {
+                _ = refused.insert(tp);
+            }
+        }
+    }
+    if !refused.is_empty() {
+        info!(
+            group_id = detail.group_id,
+            member_id,
+            ?refused,
+            "offset commit for partitions another member owns"
+        );
+    }
+    refused
+}
+
+/// runnel: the owner of each partition, by member id, from a generation's
+/// assignments; None when one cannot be read.
+fn partition_owners(
+    assignments: &BTreeMap<String, Bytes>,
+) -> Option<BTreeMap<(String, i32), &str>> {
+    let mut owners = BTreeMap::new();
+    for (member_id, assignment) in assignments {
+        for tp in assigned_partitions(assignment)? {
+            _ = owners.insert(tp, member_id.as_str());
+        }
+    }
+    Some(owners)
+}
+
+/// runnel: the partitions a consumer protocol assignment
+/// (ConsumerProtocolAssignment, versions 0 to 3, none of them flexible)
+/// gives its member: a version (int16), then an array (int32 length) of
+/// topics, each a name (int16 length, UTF-8) and an array of partitions
+/// (int32); then user data, not read. An empty assignment gives none. None
+/// when the bytes are not such an assignment.
+fn assigned_partitions(assignment: &[u8]) -> Option<BTreeSet<(String, i32)>> {
+    fn take<'a, const N: usize>(bytes: &mut &'a [u8]) -> Option<[u8; N]> {
+        let (head, tail) = bytes.split_first_chunk::<N>()?;
+        *bytes = tail;
+        Some(*head)
+    }
+    let mut owned = BTreeSet::new();
+    if assignment.is_empty() {
+        return Some(owned);
+    }
+    let mut bytes = assignment;
+    let version = i16::from_be_bytes(take(&mut bytes)?);
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let topics = i32::from_be_bytes(take(&mut bytes)?);
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(i16::from_be_bytes(take(&mut bytes)?)).ok()?;
+        let (name, tail) = bytes.split_at_checked(len)?;
+        bytes = tail;
+        let name = std::str::from_utf8(name).ok()?;
+        let partitions = i32::from_be_bytes(take(&mut bytes)?);
+        for _ in 0..partitions.max(0) {
+            let partition = i32::from_be_bytes(take(&mut bytes)?);
+            _ = owned.insert((name.to_owned(), partition));
+        }
+    }
+    Some(owned)
 }
 
 /// runnel: an OffsetCommit response refusing every partition of `detail`.

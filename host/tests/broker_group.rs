@@ -696,3 +696,44 @@ async fn only_a_partitions_owner_commits_its_offset() {
         hb.stop().await;
     }
 }
+
+/// Assignments are bytes a group's leader (any client) chooses. Ones that
+/// are not a consumer protocol assignment (a count of 2^31 - 1 topics with
+/// nothing after it, a negative name length, a name that is not UTF-8)
+/// cannot crash or stall the coordinator: the group's owners are then
+/// unknown and commits are not fenced, as before the fence existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_assignments_leave_commits_unfenced() {
+    let taken = ErrorCode::UnknownTopicOrPartition;
+    let hostile: [&[u8]; 4] = [
+        &[0, 0, 0x7f, 0xff, 0xff, 0xff],
+        &[0, 0, 0, 0, 0, 1, 0xff, 0xff],
+        &[0, 0, 0, 0, 0, 1, 0, 2, 0xc3, 0x28, 0, 0, 0, 1, 0, 0, 0, 0],
+        &[0, 9],
+    ];
+    for bytes in hostile {
+        let mut ctl = controller().await;
+        let a = member_id(&mut ctl, "a").await;
+        let hb_a = Heartbeats::start(&ctl, &a);
+        let b = member_id(&mut ctl, "b").await;
+        let hb_b = Heartbeats::start(&ctl, &b);
+        let ja = join(&mut ctl, "a", &a).await;
+        assert_eq!(ja.leader, a, "{ja:?}");
+        let jb = join(&mut ctl, "b", &b).await;
+        let g = jb.generation_id;
+        let plan = [
+            (a.as_str(), assignment(&[0])),
+            (b.as_str(), Bytes::copy_from_slice(bytes)),
+        ];
+        let sa = sync_bytes(&mut ctl, g, &a, &plan).await;
+        assert_eq!(code(sa.error_code), ErrorCode::None, "{sa:?}");
+        assert_eq!(
+            commit(&mut ctl, g, &b, 1).await,
+            taken,
+            "b commits a's partition, the group's owners unreadable ({bytes:?})"
+        );
+        assert_eq!(commit(&mut ctl, g, &a, 1).await, taken);
+        hb_a.stop().await;
+        hb_b.stop().await;
+    }
+}

@@ -300,7 +300,7 @@ impl Exec {
                                 keys = restored.keys,
                                 records = restored.counts.records,
                                 skipped_uncommitted = restored.counts.uncommitted,
-                                fenced = restored.counts.fenced,
+                                late = restored.counts.late,
                                 write_backs = restored.write_backs,
                                 ms = report.ms,
                                 "state restored"

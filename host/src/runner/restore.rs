@@ -192,11 +192,12 @@ impl Changelog {
             .unwrap_or(0)
             .saturating_add(1);
 
-        // This owner's marker: what a paused former owner writes after it
-        // is fenced. Read up to it, so that the log before it is exactly
-        // what this restore considered.
+        // This owner's marker, so that the next owner's epoch is above it.
+        // Read up to it, so that the log before it is exactly what this
+        // restore considered.
         let writer = Writer::new(&self.kafka)?;
         let epoch_s = epoch.to_string();
+        let upto_s = committed.to_string();
         let markers: Vec<_> = self
             .topics
             .iter()
@@ -251,7 +252,7 @@ impl Changelog {
                     &changelog::key(key),
                     value.as_deref(),
                     &epoch_s,
-                    None,
+                    Some((changelog::UPTO, &upto_s)),
                 )?;
                 sent += 1;
             }
@@ -276,7 +277,7 @@ fn add(total: &mut Counts, c: Counts) {
     total.records += c.records;
     total.applied += c.applied;
     total.uncommitted += c.uncommitted;
-    total.fenced += c.fenced;
+    total.late += c.late;
     total.stale += c.stale;
     total.foreign += c.foreign;
 }
@@ -326,18 +327,14 @@ fn read(
                 }
                 next = m.offset() + 1;
                 last_progress = Instant::now();
-                let (mut epoch, mut cause) = (None, None);
+                let mut tags = changelog::Tags::default();
                 if let Some(h) = m.headers() {
                     for i in 0..h.count() {
                         let Some(header) = h.try_get(i) else { continue };
-                        if header.key == changelog::EPOCH {
-                            epoch = header.value;
-                        } else if header.key == changelog::CAUSE {
-                            cause = header.value;
-                        }
+                        tags.take(header.key, header.value);
                     }
                 }
-                let entry = changelog::decode(m.key(), m.payload(), epoch, cause);
+                let entry = changelog::decode(m.key(), m.payload(), tags);
                 if let Err(e) = &entry {
                     tracing::warn!(topic, partition, offset = m.offset(), error = %e, "skipping a record of a changelog");
                 }
@@ -395,7 +392,8 @@ impl Writer {
         })
     }
 
-    /// Sends one changelog record; returns its id.
+    /// Sends one changelog record, with its epoch and maybe one more of
+    /// runnel's headers; returns its id.
     fn send(
         &self,
         topic: &str,
@@ -403,7 +401,7 @@ impl Writer {
         key: &[u8],
         value: Option<&[u8]>,
         epoch: &str,
-        cause: Option<&str>,
+        tag: Option<(&str, &str)>,
     ) -> anyhow::Result<usize> {
         let id = self.next.get();
         self.next.set(id + 1);
@@ -411,10 +409,10 @@ impl Writer {
             key: changelog::EPOCH,
             value: Some(epoch),
         });
-        if let Some(c) = cause {
+        if let Some((key, value)) = tag {
             headers = headers.insert(Header {
-                key: changelog::CAUSE,
-                value: Some(c),
+                key,
+                value: Some(value),
             });
         }
         let mut record = BaseRecord::with_opaque_to(topic, Box::new(id))

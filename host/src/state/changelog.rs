@@ -16,25 +16,44 @@
 //! # Restore
 //!
 //! A new owner of a partition reads the changelog from its start and keeps,
-//! per key, the last write that is *committed*: caused by an input before
-//! the offset the group committed (where this owner starts reading the
-//! input). Writes caused at or after that offset are skipped: those inputs
-//! are run again, and write again. So state changes apply once per input.
+//! per key, the write that is the **newest committed word** on the key:
+//!
+//! - each write says how far into the input its value reaches: a write
+//!   caused by input `c` holds the key's value after every input up to and
+//!   including `c` (it reaches `c + 1`); a write-back (below) holds the
+//!   value before the offset in its [`UPTO`] header;
+//! - writes that reach past the offset the group committed (where this
+//!   owner starts reading the input) are skipped: those inputs run again,
+//!   and write again. So state changes apply once per input;
+//! - of the others, the one that reaches furthest wins; on a tie, the one of
+//!   the newer owner epoch, then the later in the log.
+//!
+//! **Why reach, not owner, decides.** Every owner of a partition runs the
+//! same inputs in the same order from a correct state (its own restore), so
+//! what any of them wrote for input `c` is the key's value after input `c`
+//! (for a processor that is deterministic, as the state model asks). That
+//! holds for an owner that lost the partition without knowing it (a paused
+//! node, a node that had not yet heard of a rebalance, a zombie) as much as
+//! for the rightful one. It is what makes restore exact whichever owner's
+//! commit the group kept: a commit says that the committing owner's writes
+//! for every input before it are in the log, and those are the writes this
+//! rule picks. An older rule fenced a former owner's writes by epoch; when
+//! that owner's commit stood anyway (the embedded broker's missing join
+//! barrier, found by the chaos soak) the state lost its increments.
 //!
 //! **Owner epochs.** Each owner takes an epoch one above every epoch in the
-//! changelog and writes a marker with it before it reads the rest: a writer
-//! that lost the partition without knowing it (a paused node, a zombie) has
-//! a lower epoch, and its records after a higher epoch are skipped. Within
-//! an epoch a write is also skipped when an earlier one for the same key
-//! came from a later input (a write the producer sent again after a
-//! failure, out of order).
+//! changelog and writes a marker with it before it reads the rest. Epochs
+//! break ties and tell, in the restore's counts, writes of a former owner
+//! that came after a newer owner's marker (`late`).
 //!
 //! **Write-backs.** Compaction keeps only the last record per key. When the
-//! last record of a key is one restore skipped, a later compaction would
-//! keep that one and drop the value restore used. So the new owner writes
-//! back the restored value (or a delete) of every key a skipped record
-//! touched, with its epoch and no cause, before it runs any input: the log's
-//! last word on each key is then again a committed one.
+//! last record of a key is not the one restore kept (a write of an input
+//! that was not committed, or one sent again out of order), a later
+//! compaction would keep that one and drop the value restore used. So the
+//! new owner writes back the restored value (or a delete) of every such
+//! key, with its epoch and an [`UPTO`] of its committed offset, before it
+//! runs any input: the log's last word on each key is then again a
+//! committed one.
 
 use std::collections::{HashMap, HashSet};
 
@@ -56,6 +75,9 @@ pub const KEY_MARKER: &[u8] = &[0];
 pub const EPOCH: &str = "runnel-epoch";
 /// Header: the offset of the input record that caused the write (decimal).
 pub const CAUSE: &str = "runnel-cause";
+/// Header of a write-back: the value is the key's before this input offset
+/// (decimal), the committed offset of the restore that wrote it back.
+pub const UPTO: &str = "runnel-upto";
 
 /// The changelog topic of one store of a deployment.
 pub fn topic(deployment: &str, store: &str) -> String {
@@ -94,10 +116,11 @@ pub fn key(store_key: &[u8]) -> Vec<u8> {
 pub enum Entry<'a> {
     /// An owner took the partition with this epoch.
     Marker { epoch: u64 },
-    /// A write: `cause` is `None` for a write-back.
+    /// A write whose value is the key's before input offset `upto` (see
+    /// the module documentation).
     Write {
         epoch: u64,
-        cause: Option<i64>,
+        upto: i64,
         key: &'a [u8],
         value: Option<&'a [u8]>,
     },
@@ -108,31 +131,51 @@ pub enum Entry<'a> {
 #[error("not a changelog record of runnel's: {0}")]
 pub struct Foreign(pub &'static str);
 
-/// Decodes a record from its key, value and the values of its [`EPOCH`] and
-/// [`CAUSE`] headers.
+/// The values of a changelog record's headers runnel reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tags<'a> {
+    pub epoch: Option<&'a [u8]>,
+    pub cause: Option<&'a [u8]>,
+    pub upto: Option<&'a [u8]>,
+}
+
+impl<'a> Tags<'a> {
+    /// Keeps a header's value if it is one of runnel's.
+    pub fn take(&mut self, name: &str, value: Option<&'a [u8]>) {
+        match name {
+            EPOCH => self.epoch = value,
+            CAUSE => self.cause = value,
+            UPTO => self.upto = value,
+            _ => {}
+        }
+    }
+}
+
+/// Decodes a record from its key, value and runnel's headers.
 pub fn decode<'a>(
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
-    epoch: Option<&[u8]>,
-    cause: Option<&[u8]>,
+    tags: Tags<'_>,
 ) -> Result<Entry<'a>, Foreign> {
     let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
-    let epoch = number(epoch.ok_or(Foreign("no epoch header"))?)
+    let offset = |b: &[u8]| number(b).and_then(|n| i64::try_from(n).ok());
+    let epoch = number(tags.epoch.ok_or(Foreign("no epoch header"))?)
         .ok_or(Foreign("the epoch header is not a number"))?;
     let key = key.ok_or(Foreign("no key"))?;
     match key.split_first() {
         Some((&KEY_WRITE, store_key)) => {
-            let cause = match cause {
-                None => None,
-                Some(c) => Some(
-                    number(c)
-                        .and_then(|c| i64::try_from(c).ok())
-                        .ok_or(Foreign("the cause header is not an offset"))?,
-                ),
+            let upto = match (tags.cause, tags.upto) {
+                (Some(c), _) => offset(c)
+                    .and_then(|c| c.checked_add(1))
+                    .ok_or(Foreign("the cause header is not an offset"))?,
+                (None, Some(u)) => offset(u).ok_or(Foreign("the upto header is not an offset"))?,
+                // A write-back of a version that did not say how far it
+                // reached: before any input.
+                (None, None) => 0,
             };
             Ok(Entry::Write {
                 epoch,
-                cause,
+                upto,
                 key: store_key,
                 value,
             })
@@ -151,9 +194,11 @@ pub struct Counts {
     pub applied: u64,
     /// Writes of inputs at or after the committed offset: run again.
     pub uncommitted: u64,
-    /// Writes of an owner with an older epoch, after a newer one's.
-    pub fenced: u64,
-    /// Writes older (by input offset) than one already kept for the key.
+    /// Writes of an owner with an older epoch after a newer one's marker
+    /// (kept or skipped by the same rules as any other).
+    pub late: u64,
+    /// Writes that reach less far into the input than one already kept
+    /// for the key.
     pub stale: u64,
     /// Records that are not runnel's.
     pub foreign: u64,
@@ -161,9 +206,8 @@ pub struct Counts {
 
 #[derive(Debug)]
 struct Last {
+    upto: i64,
     epoch: u64,
-    /// -1 for a write-back.
-    cause: i64,
     value: Option<Vec<u8>>,
 }
 
@@ -173,7 +217,9 @@ struct Last {
 pub struct Restore {
     committed: i64,
     max_epoch: u64,
+    /// The write kept per key.
     last: HashMap<Vec<u8>, Last>,
+    /// The keys whose last record in the log is not the one kept.
     touched: HashSet<Vec<u8>>,
     counts: Counts,
 }
@@ -213,7 +259,7 @@ impl Restore {
     /// The next record of the changelog, in log order.
     pub fn feed(&mut self, entry: Result<Entry<'_>, Foreign>) {
         self.counts.records += 1;
-        let (epoch, cause, key, value) = match entry {
+        let (epoch, upto, key, value) = match entry {
             Err(_) => {
                 self.counts.foreign += 1;
                 return;
@@ -224,36 +270,38 @@ impl Restore {
             }
             Ok(Entry::Write {
                 epoch,
-                cause,
+                upto,
                 key,
                 value,
-            }) => (epoch, cause, key, value),
+            }) => (epoch, upto, key, value),
         };
         if epoch < self.max_epoch {
-            self.counts.fenced += 1;
-            self.touched.insert(key.to_vec());
-            return;
+            self.counts.late += 1;
         }
-        self.max_epoch = epoch;
-        if cause.is_some_and(|c| c >= self.committed) {
+        self.max_epoch = self.max_epoch.max(epoch);
+        if upto > self.committed {
             self.counts.uncommitted += 1;
             self.touched.insert(key.to_vec());
             return;
         }
-        let cause = cause.unwrap_or(-1);
         if let Some(last) = self.last.get(key)
-            && (epoch, cause) < (last.epoch, last.cause)
+            && (upto, epoch) < (last.upto, last.epoch)
         {
             self.counts.stale += 1;
-            self.touched.insert(key.to_vec());
+            // The same word on the key from an older owner (one that ran the
+            // input too) may stay the last record: it says the same.
+            if (upto, value) != (last.upto, last.value.as_deref()) {
+                self.touched.insert(key.to_vec());
+            }
             return;
         }
         self.counts.applied += 1;
+        self.touched.remove(key);
         self.last.insert(
             key.to_vec(),
             Last {
+                upto,
                 epoch,
-                cause,
                 value: value.map(<[u8]>::to_vec),
             },
         );
@@ -286,10 +334,21 @@ impl Restore {
 mod tests {
     use super::*;
 
-    fn w<'a>(epoch: u64, cause: Option<i64>, key: &'a str, value: Option<&'a str>) -> Entry<'a> {
+    /// A write caused by input `cause`.
+    fn w<'a>(epoch: u64, cause: i64, key: &'a str, value: Option<&'a str>) -> Entry<'a> {
         Entry::Write {
             epoch,
-            cause,
+            upto: cause + 1,
+            key: key.as_bytes(),
+            value: value.map(str::as_bytes),
+        }
+    }
+
+    /// A write-back of a restore that started at input `upto`.
+    fn back<'a>(epoch: u64, upto: i64, key: &'a str, value: Option<&'a str>) -> Entry<'a> {
+        Entry::Write {
+            epoch,
+            upto,
             key: key.as_bytes(),
             value: value.map(str::as_bytes),
         }
@@ -325,27 +384,50 @@ mod tests {
             .collect()
     }
 
+    fn tags<'a>(epoch: &'a [u8], cause: Option<&'a [u8]>, upto: Option<&'a [u8]>) -> Tags<'a> {
+        Tags {
+            epoch: Some(epoch),
+            cause,
+            upto,
+        }
+    }
+
     #[test]
     fn records_round_trip_and_foreign_ones_are_named() {
         let k = key(b"user");
         assert_eq!(k[0], KEY_WRITE);
         assert_eq!(
-            decode(Some(&k), Some(b"v"), Some(b"3"), Some(b"17")),
-            Ok(w(3, Some(17), "user", Some("v")))
+            decode(Some(&k), Some(b"v"), tags(b"3", Some(b"17"), None)),
+            Ok(w(3, 17, "user", Some("v")))
+        );
+        // A write-back says how far it reaches; one of an older version
+        // that did not, reaches nothing.
+        assert_eq!(
+            decode(Some(&k), None, tags(b"3", None, Some(b"40"))),
+            Ok(back(3, 40, "user", None))
         );
         assert_eq!(
-            decode(Some(&k), None, Some(b"3"), None),
-            Ok(w(3, None, "user", None))
+            decode(Some(&k), None, tags(b"3", None, None)),
+            Ok(back(3, 0, "user", None))
         );
         assert_eq!(
-            decode(Some(KEY_MARKER), Some(b""), Some(b"9"), None),
+            decode(Some(KEY_MARKER), Some(b""), tags(b"9", None, None)),
             Ok(Entry::Marker { epoch: 9 })
         );
-        assert!(decode(Some(b"\x07x"), None, Some(b"1"), None).is_err());
-        assert!(decode(None, None, Some(b"1"), None).is_err());
-        assert!(decode(Some(&k), None, None, None).is_err());
-        assert!(decode(Some(&k), None, Some(b"\xff"), None).is_err());
-        assert!(decode(Some(&k), None, Some(b"1"), Some(b"-5")).is_err());
+        let mut t = Tags::default();
+        for (name, value) in [(EPOCH, "2"), ("other", "x"), (CAUSE, "5"), (UPTO, "1")] {
+            t.take(name, Some(value.as_bytes()));
+        }
+        assert_eq!(decode(Some(&k), None, t), Ok(back(2, 6, "user", None)));
+        assert!(decode(Some(b"\x07x"), None, tags(b"1", None, None)).is_err());
+        assert!(decode(None, None, tags(b"1", None, None)).is_err());
+        assert!(decode(Some(&k), None, Tags::default()).is_err());
+        assert!(decode(Some(&k), None, tags(b"\xff", None, None)).is_err());
+        assert!(decode(Some(&k), None, tags(b"1", Some(b"-5"), None)).is_err());
+        assert!(decode(Some(&k), None, tags(b"1", None, Some(b"x"))).is_err());
+        // The last offset there is cannot be a cause: it reaches past it.
+        let max = i64::MAX.to_string();
+        assert!(decode(Some(&k), None, tags(b"1", Some(max.as_bytes()), None)).is_err());
         assert_eq!(
             topic("counter", "counts"),
             "runnel.counter.counts.changelog"
@@ -359,11 +441,11 @@ mod tests {
         let r = restore(
             3,
             &[
-                w(1, Some(0), "a", Some("1")),
-                w(1, Some(1), "b", Some("1")),
-                w(1, Some(2), "a", Some("2")),
-                w(1, Some(3), "a", Some("3")),
-                w(1, Some(4), "c", Some("1")),
+                w(1, 0, "a", Some("1")),
+                w(1, 1, "b", Some("1")),
+                w(1, 2, "a", Some("2")),
+                w(1, 3, "a", Some("3")),
+                w(1, 4, "c", Some("1")),
             ],
         );
         assert_eq!(entries(&r), kv(&[("a", "2"), ("b", "1")]));
@@ -379,11 +461,11 @@ mod tests {
         let r = restore(
             10,
             &[
-                w(1, Some(0), "a", Some("1")),
-                w(1, Some(1), "a", None),
-                w(1, Some(2), "b", Some("1")),
-                w(1, Some(3), "b", None),
-                w(1, Some(4), "b", Some("2")),
+                w(1, 0, "a", Some("1")),
+                w(1, 1, "a", None),
+                w(1, 2, "b", Some("1")),
+                w(1, 3, "b", None),
+                w(1, 4, "b", Some("2")),
             ],
         );
         assert_eq!(entries(&r), kv(&[("b", "2")]));
@@ -391,24 +473,54 @@ mod tests {
     }
 
     #[test]
-    fn a_zombie_owner_is_fenced_by_the_newer_epoch() {
-        // Owner 1 ran inputs 0..; owner 2 took over at 2 (marker), ran
-        // 2 and 3; owner 1, paused, woke up and wrote for input 5 and 2.
+    fn a_former_owners_writes_count_when_its_commit_stood() {
+        // What the chaos soak found. Owner 1 ran inputs from 0. Owner 2
+        // took the partition at 2 (its marker), ran input 2, and lost it
+        // again; owner 1 never learnt it had lost it, went on with inputs 2
+        // to 5 and committed 6. The next owner must see every one of owner
+        // 1's counts: fencing them by epoch left the count short.
+        let r = restore(
+            6,
+            &[
+                w(1, 0, "a", Some("1")),
+                w(1, 1, "a", Some("2")),
+                Entry::Marker { epoch: 2 },
+                w(2, 2, "a", Some("3")),
+                w(1, 2, "a", Some("3")),
+                w(1, 3, "a", Some("4")),
+                w(1, 4, "b", Some("1")),
+                w(1, 5, "a", Some("5")),
+            ],
+        );
+        assert_eq!(entries(&r), kv(&[("a", "5"), ("b", "1")]));
+        assert_eq!(r.counts.late, 4);
+        assert!(r.write_backs.is_empty());
+    }
+
+    #[test]
+    fn a_former_owners_writes_past_the_commit_are_skipped_and_written_back() {
+        // Owner 2 took over at 2 and committed 4; owner 1, paused, woke up
+        // and ran inputs 2 to 5 again, its commit refused. Its writes below
+        // 4 are what owner 2 wrote; those past it do not count.
         let r = restore(
             4,
             &[
-                w(1, Some(0), "a", Some("1")),
-                w(1, Some(1), "a", Some("2")),
+                w(1, 0, "a", Some("1")),
+                w(1, 1, "a", Some("2")),
                 Entry::Marker { epoch: 2 },
-                w(2, Some(2), "a", Some("3")),
-                w(2, Some(3), "b", Some("1")),
-                w(1, Some(2), "a", Some("zombie")),
-                w(1, Some(3), "c", Some("zombie")),
+                back(2, 2, "a", Some("2")),
+                w(2, 2, "a", Some("3")),
+                w(2, 3, "b", Some("1")),
+                w(1, 2, "a", Some("3")),
+                w(1, 3, "b", Some("1")),
+                w(1, 4, "a", Some("4")),
+                w(1, 5, "c", Some("1")),
             ],
         );
         assert_eq!(entries(&r), kv(&[("a", "3"), ("b", "1")]));
-        assert_eq!(r.counts.fenced, 2);
-        // The zombie's keys are written back: "a" to its value, "c" away.
+        assert_eq!(r.counts.uncommitted, 2);
+        // The keys whose last record was skipped: "a" back to its value,
+        // "c" away.
         assert_eq!(
             r.write_backs,
             vec![(b"a".to_vec(), Some(b"3".to_vec())), (b"c".to_vec(), None)]
@@ -416,19 +528,36 @@ mod tests {
     }
 
     #[test]
+    fn on_a_tie_the_newer_owner_wins() {
+        let r = restore(
+            10,
+            &[
+                Entry::Marker { epoch: 2 },
+                w(2, 4, "a", Some("newer")),
+                w(1, 4, "a", Some("older")),
+            ],
+        );
+        assert_eq!(entries(&r), kv(&[("a", "newer")]));
+        assert_eq!(r.counts.stale, 1);
+        // Its last record is not the one kept: written back.
+        assert_eq!(r.write_backs, vec![(b"a".to_vec(), Some(b"newer".to_vec()))]);
+    }
+
+    #[test]
     fn a_write_sent_again_out_of_order_does_not_win() {
         let r = restore(
             10,
             &[
-                w(1, Some(5), "a", Some("new")),
-                w(1, Some(4), "a", Some("old, resent")),
+                w(1, 5, "a", Some("new")),
+                w(1, 4, "a", Some("old, resent")),
                 // Two writes of one input: the later wins.
-                w(1, Some(6), "b", Some("1")),
-                w(1, Some(6), "b", Some("2")),
+                w(1, 6, "b", Some("1")),
+                w(1, 6, "b", Some("2")),
             ],
         );
         assert_eq!(entries(&r), kv(&[("a", "new"), ("b", "2")]));
         assert_eq!(r.counts.stale, 1);
+        assert_eq!(r.write_backs, vec![(b"a".to_vec(), Some(b"new".to_vec()))]);
     }
 
     #[test]
@@ -438,15 +567,27 @@ mod tests {
         let r = restore(
             4,
             &[
-                w(1, Some(1), "a", Some("1")),
-                w(1, Some(2), "a", Some("9")),
+                w(1, 1, "a", Some("1")),
+                w(1, 2, "a", Some("9")),
                 Entry::Marker { epoch: 2 },
-                w(2, None, "a", Some("1")),
-                w(2, Some(2), "a", Some("5")),
-                w(2, Some(3), "b", Some("1")),
+                back(2, 2, "a", Some("1")),
+                w(2, 2, "a", Some("5")),
+                w(2, 3, "b", Some("1")),
             ],
         );
         assert_eq!(entries(&r), kv(&[("a", "5"), ("b", "1")]));
+        assert!(r.write_backs.is_empty());
+        // With committed 2 again, the write-back is the word on "a".
+        let r = restore(
+            2,
+            &[
+                w(1, 1, "a", Some("1")),
+                w(1, 2, "a", Some("9")),
+                Entry::Marker { epoch: 2 },
+                back(2, 2, "a", Some("1")),
+            ],
+        );
+        assert_eq!(entries(&r), kv(&[("a", "1")]));
         assert!(r.write_backs.is_empty());
         let mut r = Restore::new(0);
         r.feed(Ok(Entry::Marker { epoch: 7 }));

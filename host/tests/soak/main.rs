@@ -25,12 +25,11 @@
 //! A fourth deployment, `running-count` (a processor: keyed state in
 //! changelogs), counts the same input per key; it takes every fault but
 //! the swaps, rollbacks and pauses. Its nodes keep state in memory, so
-//! every node restart starts with an empty state folder. A key counted past
-//! its records fails the soak; keys left short are reported: an open bug
-//! (issue 18, docs/state.md), where the embedded broker, which has no join
-//! barrier, gives a partition back to a node that never learnt it lost it.
+//! every node restart starts with an empty state folder. Every key's last
+//! count must be exactly its number of records.
 //!
-//! It fails (exit 1) on a lost record, an output without an input, a record
+//! It fails (exit 1) on a key counted short or over, a lost record, an
+//! output without an input, a record
 //! the function would not route where it went, a node that is not running
 //! at the end, or a node's memory past its bound. Duplicates, gaps and
 //! version moves are counted and printed, not failed on: a seed fixes the
@@ -983,21 +982,11 @@ async fn soak(args: Args) -> Vec<String> {
     for w in count_wrong.iter().take(10) {
         println!("  {w}");
     }
-    // Reported, not failed on: under the soak's faults runs can still end
-    // with counts short, an open bug (issue 18; see the module's doc). No
-    // key has been counted past its records, which would fail here.
-    let over: Vec<String> = count_wrong
-        .iter()
-        .filter(|w| w.contains("more than its"))
-        .cloned()
-        .collect();
-    if !count_wrong.is_empty() {
-        println!(
-            "  (keys short are reported, not failed on: see issue 18; a key counted past its \
-             records fails)"
-        );
-    }
-    failures.extend(over);
+    failures.extend(
+        count_wrong
+            .iter()
+            .map(|w| format!("keyed count ({count_name}): {w}")),
+    );
     if !report.failures.is_empty() {
         // Who runs what, by every node's last report, for a look afterwards.
         for d in &deployments {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_host::engine::{
-    CallError, Engine, HOSTCALL_FUEL, LOG_BYTES_PER_CALL, Limits, MAX_TABLE_ELEMENTS, Module,
-    Outcome, Processed, WRITE_PERMIT, Worker,
+    CallError, Engine, HOSTCALL_FUEL, LOG_BYTES_PER_CALL, Limits, MAX_FAILURE_MESSAGE,
+    MAX_TABLE_ELEMENTS, Module, Outcome, Processed, WRITE_PERMIT, Worker,
 };
 use runnel_tests::{batch_of, engine, guest, guests};
 
@@ -381,6 +381,55 @@ fn a_long_failure_message_is_cut() {
         assert_eq!(
             *message,
             format!("{} [{} more bytes cut]", "y".repeat(1024), (1 << 20) - 1024)
+        );
+        limits().memory_bytes
+    });
+}
+
+/// A trap's message quotes what the guest last wrote to stderr: a panic
+/// with a 100 KB message after 16 lines of 4,000 bytes is cut to 1 KiB too,
+/// as it becomes the dead letter's `runnel-error` header.
+#[test]
+fn a_traps_message_is_cut_like_a_failure() {
+    isolated("a_traps_message_is_cut_like_a_failure", || {
+        let engine = engine(None);
+        let module = load(&engine, "hostile", guests::HOSTILE);
+        let mut w = Worker::new(module, limits(), vec![], None).unwrap();
+        let p = w.process(&mut batch_of(&["shout", "ok"])).unwrap();
+        let message = trap_of(&p.outcomes[0]);
+        assert!(
+            message.starts_with("function `hostile` panicked: "),
+            "{message}"
+        );
+        assert!(
+            message.len() <= MAX_FAILURE_MESSAGE + 32 && message.ends_with("more bytes cut]"),
+            "{} bytes: {message}",
+            message.len()
+        );
+        assert_eq!(p.outcomes[1], Outcome::Keep);
+        limits().memory_bytes
+    });
+}
+
+/// `init` refusing to start with a 1 MiB message: the error, which the
+/// deployment's status and the log show, is cut to 1 KiB.
+#[test]
+fn an_init_errors_message_is_cut() {
+    isolated("an_init_errors_message_is_cut", || {
+        let engine = engine(None);
+        let module = load(&engine, "breaker", guests::CONTRACT_BREAKER);
+        let config = vec![("init".to_owned(), "long".to_owned())];
+        let err = Worker::new(module, limits(), config, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("function `breaker` refused to start: nnn"),
+            "{err}"
+        );
+        assert!(
+            err.len() <= MAX_FAILURE_MESSAGE + 80 && err.ends_with("more bytes cut]"),
+            "{} bytes",
+            err.len()
         );
         limits().memory_bytes
     });

@@ -360,7 +360,7 @@ impl Instance {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(CallError::InitFailed {
                 function: self.function.clone(),
-                message,
+                message: super::worker::cut_message(message),
             }),
             Err(e) => Err(self.classify(e)),
         }

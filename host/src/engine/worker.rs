@@ -296,13 +296,15 @@ impl Worker {
 
 fn failed(trap: &CallError) -> Outcome {
     Outcome::Failed {
-        message: trap.to_string(),
+        // It quotes the guest's last lines of stderr.
+        message: cut_message(trap.to_string()),
         trapped: true,
     }
 }
 
 /// The longest failure message kept, in bytes: it travels in a Kafka header
-/// of the dead letter. A longer one is cut, and says how much was cut.
+/// of the dead letter. A longer one is cut, and says how much was cut. The
+/// same holds for a trap's message and for the error `init` returns.
 pub const MAX_FAILURE_MESSAGE: usize = 1024;
 
 /// Turns what the guest returned into outcomes, refusing anything that does
@@ -439,7 +441,7 @@ fn apply_failures(outcomes: &mut [Outcome], failures: Vec<Failure>) -> Result<()
 
 /// `message`, cut to [`MAX_FAILURE_MESSAGE`] bytes (at a character boundary)
 /// with a note of how much was cut.
-fn cut_message(mut message: String) -> String {
+pub(crate) fn cut_message(mut message: String) -> String {
     if message.len() <= MAX_FAILURE_MESSAGE {
         return message;
     }

@@ -17,7 +17,8 @@
 //! - `handles`: opens stdout again and again, keeping every handle: the
 //!   component's table of resources grows without bound.
 //!
-//! `init` spins forever when its config has `init = loop`.
+//! `init` spins forever when its config has `init = loop`, and refuses to
+//! start with a 1 MiB message when it has `init = long`.
 
 wit_bindgen::generate!({
     path: ["../../../wit", "wit"],
@@ -155,6 +156,9 @@ fn attack(name: &[u8], n: usize) -> Option<Outputs> {
 
 impl Guest for Component {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        if config.iter().any(|(k, v)| k == "init" && v == "long") {
+            return Err("n".repeat(1 << 20));
+        }
         if config.iter().any(|(k, v)| k == "init" && v == "loop") {
             let mut x: u64 = 0;
             loop {

@@ -4,7 +4,9 @@
 //! the shadow stack in linear memory, `deep` the wasm stack, `panic` panics, `print` writes to stdout and stderr, `error`
 //! returns a per-record error; `sleep` sleeps for two minutes (in a host
 //! call, where epoch interruption cannot reach), `stdin` reads stdin to its
-//! end, `flood` prints 100 MB of 100-byte lines to stdout in one `write_all`; anything else is kept.
+//! end, `flood` prints 100 MB of 100-byte lines to stdout in one `write_all`,
+//! `shout` fills stderr with long lines and panics with a 100 KB message;
+//! anything else is kept.
 
 use std::io::{Read, Write};
 
@@ -35,6 +37,12 @@ fn hostile(record: &Record) -> Result<bool> {
             Ok(true)
         }
         "error" => bail!("asked to fail"),
+        "shout" => {
+            for _ in 0..16 {
+                eprintln!("{}", "x".repeat(4000));
+            }
+            panic!("{}", "y".repeat(100_000))
+        }
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs(120));
             Ok(true)

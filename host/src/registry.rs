@@ -175,6 +175,11 @@ struct State {
     /// Artifacts still being assembled, by digest.
     partial: HashMap<String, Partial>,
     deployments: BTreeMap<String, DeploymentRecord>,
+    /// The size of each deployment's record as read, and their sum.
+    deployment_sizes: HashMap<String, usize>,
+    deployment_bytes: usize,
+    /// [`DEPLOYMENT_BYTES`] unless a test says otherwise.
+    deployment_budget: Option<usize>,
     /// The last report of each node.
     nodes: BTreeMap<String, serde_json::Value>,
     /// The next offset to read, per topic (partition 0).
@@ -594,9 +599,20 @@ pub const PARTIAL_TTL: Duration = Duration::from_secs(600);
 /// The most bytes held for uploads still being assembled; past it, the
 /// oldest are dropped.
 pub const PARTIAL_BYTES: usize = MAX_ARTIFACT_BYTES;
+/// The most uploads assembled at once; past it, the oldest are dropped. Each
+/// holds a slot per chunk from its first chunk on, so a count bounds what
+/// many tiny chunks of different artifacts hold, which [`PARTIAL_BYTES`]
+/// alone would not.
+pub const PARTIAL_UPLOADS: usize = 64;
 /// The largest deployment record read (the broker's default message size
 /// is 1 MB).
 pub const MAX_DEPLOYMENT_RECORD: usize = 4 << 20;
+/// The most bytes of deployment records a node holds (the records as they
+/// were read): with [`MAX_DEPLOYMENT_RECORD`] and [`MAX_DEPLOYMENTS`] alone
+/// that could be 40 GB.
+pub const DEPLOYMENT_BYTES: usize = 256 << 20;
+/// The longest reason a version may give.
+pub const MAX_REASON: usize = 1024;
 /// The most deployments a registry holds.
 pub const MAX_DEPLOYMENTS: usize = 10_000;
 /// The most node reports kept, and the largest one.
@@ -656,6 +672,13 @@ pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result
         .check()
         .map_err(|e| format!("version {}: {e}", v.version))?;
         crate::rules::check_config(&v.config).map_err(|e| format!("version {}: {e}", v.version))?;
+        if v.reason.len() > MAX_REASON {
+            return Err(format!(
+                "version {}: its reason is {} bytes, over the limit of {MAX_REASON}",
+                v.version,
+                v.reason.len()
+            ));
+        }
         if !is_digest(&v.module) || v.model.as_deref().is_some_and(|m| !is_digest(m)) {
             return Err(format!(
                 "version {}: a module or model digest is not 64 lowercase hex digits",
@@ -729,6 +752,7 @@ impl State {
         crate::rules::check_name(name).map_err(|e| format!("its key: {e}"))?;
         let Some(payload) = m.payload else {
             self.deployments.remove(name);
+            self.deployment_bytes -= self.deployment_sizes.remove(name).unwrap_or(0);
             return Ok(());
         };
         if payload.len() > MAX_DEPLOYMENT_RECORD {
@@ -751,6 +775,18 @@ impl State {
                 "deployment {name:?}: the registry holds {MAX_DEPLOYMENTS} deployments already"
             ));
         }
+        let budget = self.deployment_budget.unwrap_or(DEPLOYMENT_BYTES);
+        let before = self.deployment_sizes.get(name).copied().unwrap_or(0);
+        let after = self.deployment_bytes - before + payload.len();
+        if after > budget {
+            return Err(format!(
+                "deployment {name:?}: its record of {} bytes would take the deployments the \
+                 node holds to {after} bytes, over the limit of {budget}",
+                payload.len()
+            ));
+        }
+        self.deployment_bytes = after;
+        self.deployment_sizes.insert(name.to_owned(), payload.len());
         self.deployments.insert(name.to_owned(), record);
         Ok(())
     }
@@ -892,9 +928,12 @@ impl State {
         });
     }
 
-    /// Drops the oldest uploads while they hold more than [`PARTIAL_BYTES`].
+    /// Drops the oldest uploads while they hold more than [`PARTIAL_BYTES`]
+    /// or are more than [`PARTIAL_UPLOADS`].
     fn bound_partial(&mut self) {
-        while self.partial.values().map(|p| p.bytes).sum::<usize>() > PARTIAL_BYTES {
+        while self.partial.len() > PARTIAL_UPLOADS
+            || self.partial.values().map(|p| p.bytes).sum::<usize>() > PARTIAL_BYTES
+        {
             let Some(oldest) = self
                 .partial
                 .iter()
@@ -905,7 +944,7 @@ impl State {
             };
             tracing::warn!(
                 digest = oldest,
-                "uploads being assembled hold over {PARTIAL_BYTES} bytes; dropping the oldest"
+                "uploads being assembled are over {PARTIAL_UPLOADS} or hold over {PARTIAL_BYTES} bytes; dropping the oldest"
             );
             self.partial.remove(&oldest);
         }
@@ -1028,6 +1067,7 @@ mod tests {
             (b"d", with("/versions", serde_json::json!([]))),
             (b"d", serde_json::json!({"not": "a deployment"})),
             (b"\xff", with("/name", "\u{fffd}".into())),
+            (b"d", with("/versions/0/reason", "r".repeat(MAX_REASON + 1).into())),
         ];
         for (key, r) in cases {
             let mut s = State::default();
@@ -1039,6 +1079,36 @@ mod tests {
         assert!(apply_deployment(&mut s, b"d", &base));
         assert!(!apply_deployment(&mut s, b"d", &with("/workers", 0.into())));
         assert_eq!(s.deployments["d"], record("d"));
+    }
+
+    /// Deployment records are bounded by their bytes in all, not only one
+    /// by one: a replaced or deleted record gives its bytes back.
+    #[test]
+    fn the_deployments_a_node_holds_are_bounded_in_bytes() {
+        let size = serde_json::to_vec(&record("d0")).unwrap().len();
+        let mut s = State {
+            deployment_budget: Some(size * 3),
+            ..State::default()
+        };
+        for i in 0..3 {
+            let name = format!("d{i}");
+            let r = serde_json::to_value(record(&name)).unwrap();
+            assert!(apply_deployment(&mut s, name.as_bytes(), &r));
+        }
+        let r = serde_json::to_value(record("d3")).unwrap();
+        assert!(!apply_deployment(&mut s, b"d3", &r), "over the budget");
+        assert_eq!(s.deployments.len(), 3);
+        // The same record again replaces itself within the budget.
+        let again = serde_json::to_value(record("d0")).unwrap();
+        assert!(apply_deployment(&mut s, b"d0", &again));
+        let t = topics();
+        s.apply(
+            &t,
+            &raw(&t.deployments, Some(b"d1"), vec![], None),
+            Instant::now(),
+        );
+        assert!(apply_deployment(&mut s, b"d3", &r), "d1's bytes were given back");
+        assert_eq!(s.deployment_bytes, size * 3);
     }
 
     /// A record of an older runnel, without the output limits, reads with
@@ -1147,6 +1217,22 @@ mod tests {
             "the oldest went first"
         );
         assert!(s.partial.contains_key(&format!("{:064x}", uploads - 1)));
+
+        // Many uploads of one tiny chunk each, each announcing the most
+        // chunks: bounded by their count, not only by their bytes.
+        let mut s = State::default();
+        let n = MAX_CHUNKS.to_string();
+        for i in 0..10_000u64 {
+            chunk(
+                &mut s,
+                &format!("{i:064x}/0"),
+                &n,
+                b"x",
+                start + Duration::from_micros(i),
+            );
+        }
+        assert_eq!(s.partial.len(), PARTIAL_UPLOADS);
+        assert!(s.partial.contains_key(&format!("{:064x}", 9_999)));
     }
 
     /// Complete artifacts are bounded too: past the budget, those no

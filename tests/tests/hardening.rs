@@ -24,11 +24,18 @@ use runnel_tests::{engine, guests};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Produces one record whose only header has the name `name`, which may be
-/// any bytes but NUL, through librdkafka's C API: no client library sends a
-/// name that is not UTF-8.
+/// Produces one record whose headers have the names `names` (in order,
+/// each with the value "kept as it came"), which may be any bytes but NUL,
+/// through librdkafka's C API: no client library sends a name that is not
+/// UTF-8.
 #[allow(unsafe_code)]
-fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8], name: &[u8]) {
+fn produce_with_raw_headers(
+    brokers: &str,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    names: &[&[u8]],
+) {
     use rdkafka::bindings as rd;
     use std::ffi::{CString, c_void};
     let producer: BaseProducer = ClientConfig::new()
@@ -36,7 +43,7 @@ fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8],
         .create()
         .unwrap();
     let topic = CString::new(topic).unwrap();
-    let name = CString::new(name).unwrap();
+    let names: Vec<CString> = names.iter().map(|n| CString::new(*n).unwrap()).collect();
     let header_value = b"kept as it came";
     let vu = |vtype, u| rd::rd_kafka_vu_t { vtype, u };
     let mem = |bytes: &[u8]| rd::rd_kafka_vu_s__bindgen_ty_1 {
@@ -45,7 +52,7 @@ fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8],
             size: bytes.len(),
         },
     };
-    let vus = [
+    let mut vus = vec![
         vu(
             rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
             rd::rd_kafka_vu_s__bindgen_ty_1 {
@@ -54,7 +61,9 @@ fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8],
         ),
         vu(rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY, mem(key)),
         vu(rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE, mem(value)),
-        vu(
+    ];
+    for name in &names {
+        vus.push(vu(
             rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADER,
             rd::rd_kafka_vu_s__bindgen_ty_1 {
                 header: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
@@ -63,8 +72,8 @@ fn produce_with_raw_header(brokers: &str, topic: &str, key: &[u8], value: &[u8],
                     size: header_value.len() as isize,
                 },
             },
-        ),
-    ];
+        ));
+    }
     // SAFETY: `vus` describes the record with pointers that live until the
     // call returns; librdkafka copies key, value and header (RD_KAFKA_VTYPE_*
     // without MSG_F_FREE), so nothing it keeps points into this frame.
@@ -110,7 +119,20 @@ async fn a_header_name_that_is_not_utf8_dead_letters_its_record_and_the_rest_flo
     let dlq = format!("{output}.dlq");
     topics(&kafka, &[&input, &output, &dlq], 1).await;
     produce(&kafka, &input, &records(0..5)).await;
-    produce_with_raw_header(&kafka.brokers, &input, b"k-bad", b"bad", b"name-\xff\xfe");
+    // With names of runnel's own: a record that never reaches the function
+    // cannot spoof where it came from either.
+    produce_with_raw_headers(
+        &kafka.brokers,
+        &input,
+        b"k-bad",
+        b"bad",
+        &[
+            b"name-\xff\xfe",
+            b"runnel-source-offset",
+            b"runnel-deployment",
+            b"runnel-original-size",
+        ],
+    );
     produce(&kafka, &input, &records(5..10)).await;
 
     let node = Node::start(
@@ -150,6 +172,23 @@ async fn a_header_name_that_is_not_utf8_dead_letters_its_record_and_the_rest_flo
         raw.first(),
         Some(&(b"name-\xff\xfe".to_vec(), Some(b"kept as it came".to_vec()))),
         "the record's own header is kept as it came, first"
+    );
+    for name in ["runnel-source-offset", "runnel-deployment"] {
+        assert_eq!(
+            raw.iter().filter(|(k, _)| k == name.as_bytes()).count(),
+            1,
+            "{name} is runnel's alone: {raw:?}"
+        );
+    }
+    assert!(
+        header(d, "runnel-deployment")
+            .unwrap()
+            .starts_with("copy"),
+        "{raw:?}"
+    );
+    assert!(
+        !raw.iter().any(|(k, _)| k == b"runnel-original-size"),
+        "{raw:?}"
     );
 
     let s = wait_for(&node, "counted", |s| s.records_in == 11).await;
@@ -427,12 +466,12 @@ async fn a_registry_record_with_a_header_name_that_is_not_utf8_is_passed_over() 
     let cp = ControlPlane::start(options, engine(None), vec![])
         .await
         .unwrap();
-    produce_with_raw_header(
+    produce_with_raw_headers(
         &kafka.brokers,
         &format!("{prefix}.artifacts"),
         b"sha256:00/0",
         b"chunk",
-        b"runnel-\xffkind",
+        &[b"runnel-\xffkind"],
     );
     // An upload returns once this node's reader has read it back: it would
     // time out if the reader had died on the record before it.

@@ -7,11 +7,11 @@
 //! [`raw`] instead.
 #![allow(unsafe_code)] // the two librdkafka calls below; see the SAFETY notes
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::{CStr, CString, c_char, c_void};
 use std::marker::PhantomData;
 
 use rdkafka::bindings as rd;
-use rdkafka::message::BorrowedHeaders;
+use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 
 /// The headers of a record, in order, as `(name, value)` byte slices.
 pub fn raw(headers: &BorrowedHeaders) -> RawHeaders<'_> {
@@ -28,6 +28,30 @@ pub fn raw(headers: &BorrowedHeaders) -> RawHeaders<'_> {
         next: 0,
         count,
         _borrow: PhantomData,
+    }
+}
+
+/// Removes every header whose name starts with `prefix`, keeping the others
+/// in order as they are, whatever bytes their names are (rdkafka's API can
+/// only add names that are UTF-8, so the headers cannot be rebuilt).
+pub fn remove_prefixed(headers: &mut OwnedHeaders, prefix: &[u8]) {
+    let mut names: Vec<CString> = Vec::new();
+    for (name, _) in raw(headers.as_borrowed()) {
+        if name.starts_with(prefix) && !names.iter().any(|n| n.as_bytes() == name) {
+            // From a C string: no NUL inside.
+            names.extend(CString::new(name).ok());
+        }
+    }
+    let ptr = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rd::rd_kafka_headers_t>()
+        .cast_mut();
+    for name in names {
+        // SAFETY: `ptr` is the headers object `headers` owns (see `raw` for
+        // the cast), borrowed mutably for the call, so nothing else reads
+        // it; `name` is a NUL-terminated string that lives across the call.
+        // librdkafka removes every header of that name; none is left (no
+        // error) only if another name removed it first, which cannot be.
+        let _ = unsafe { rd::rd_kafka_header_remove(ptr, name.as_ptr()) };
     }
 }
 
@@ -103,5 +127,19 @@ mod tests {
             ]
         );
         assert_eq!(super::raw(OwnedHeaders::new().as_borrowed()).count(), 0);
+    }
+
+    #[test]
+    fn prefixed_names_are_removed_and_the_rest_kept_in_order() {
+        let mut h = OwnedHeaders::new();
+        for name in ["a", "runnel-x", "b", "runnel-x", "runnel-y", "runnel", "c"] {
+            h = h.insert(Header {
+                key: name,
+                value: Some(name.as_bytes()),
+            });
+        }
+        super::remove_prefixed(&mut h, b"runnel-");
+        let names: Vec<_> = super::raw(h.as_borrowed()).map(|(k, _)| k).collect();
+        assert_eq!(names, [&b"a"[..], b"b", b"runnel", b"c"]);
     }
 }

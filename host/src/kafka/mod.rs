@@ -78,73 +78,95 @@ const PRODUCER_ONLY: &[&str] = &[
     "sticky.partitioning.linger.ms",
 ];
 
-/// librdkafka properties that `--kafka` may not set, with why: runnel sets
-/// them itself, and its guarantees depend on them. `None`: never; `Some(v)`:
-/// only to one of the values `v`, which are what runnel sets or mean the same.
-const RESERVED: &[(&str, Option<&[&str]>, &str)] = &[
+/// Which values of a reserved property a user may give.
+#[derive(Debug, Clone, Copy)]
+enum Allowed {
+    /// None: runnel sets it.
+    Never,
+    /// Only these (runnel's own), in any case.
+    Only(&'static [&'static str]),
+    /// A whole number above zero.
+    Positive,
+}
+
+/// librdkafka properties that `--kafka` may not set freely, with what it may
+/// set them to ([`Allowed`]) and why: runnel sets them itself, and its
+/// guarantees depend on them. The values of [`Allowed::Only`] are what runnel
+/// sets or mean the same.
+const RESERVED: &[(&str, Allowed, &str)] = &[
     (
         "bootstrap.servers",
-        None,
+        Allowed::Never,
         "give the cluster's address with --brokers",
     ),
     (
         "group.id",
-        None,
+        Allowed::Never,
         "each deployment is a consumer group of its own, runnel.<name>",
     ),
     (
         "group.instance.id",
-        None,
+        Allowed::Never,
         "every deployment of a node would share it, and static members of one group fence each other",
     ),
     (
         "enable.auto.offset.store",
-        Some(&["false"]),
+        Allowed::Only(&["false"]),
         "an offset is stored only once every output of its record is acknowledged: that is the at-least-once guarantee",
     ),
     (
         "enable.auto.commit",
-        Some(&["true"]),
+        Allowed::Only(&["true"]),
         "the stored offsets are committed by librdkafka's periodic commit; without it nothing would be committed",
     ),
     (
         "auto.offset.reset",
-        Some(&["earliest", "smallest", "beginning"]),
+        Allowed::Only(&["earliest", "smallest", "beginning"]),
         "a deployment without a committed offset reads its inputs from the beginning; another reset would skip records",
     ),
     (
         "acks",
-        Some(&["all", "-1"]),
+        Allowed::Only(&["all", "-1"]),
         "an input is committed only once its outputs are acknowledged by every in-sync replica",
     ),
     (
         "request.required.acks",
-        Some(&["all", "-1"]),
+        Allowed::Only(&["all", "-1"]),
         "an input is committed only once its outputs are acknowledged by every in-sync replica",
     ),
     (
         "delivery.report.only.error",
-        Some(&["false"]),
+        Allowed::Only(&["false"]),
         "an input is committed on its outputs' delivery reports; without them nothing would be committed",
     ),
     (
         "isolation.level",
-        Some(&["read_committed"]),
+        Allowed::Only(&["read_committed"]),
         "records of aborted transactions must not be run",
     ),
     (
         "transactional.id",
-        None,
+        Allowed::Never,
         "runnel's producers are not transactional, and one id shared by many producers fences them",
     ),
     (
         "partition.assignment.strategy",
-        Some(&["cooperative-sticky"]),
+        Allowed::Only(&["cooperative-sticky"]),
         "partitions move one by one, with their batches finished and committed (cooperative-sticky)",
     ),
     (
+        "auto.commit.interval.ms",
+        Allowed::Positive,
+        "the stored offsets are committed by librdkafka's periodic commit; 0 turns it off",
+    ),
+    (
+        "group.protocol",
+        Allowed::Only(&["classic"]),
+        "a deployment's partitions move through the classic protocol's rebalance callbacks, which commit them",
+    ),
+    (
         "enable.partition.eof",
-        Some(&["false"]),
+        Allowed::Only(&["false"]),
         "the end of a partition is not an event a deployment handles",
     ),
 ];
@@ -157,7 +179,12 @@ pub fn check_properties(properties: &[(String, String)]) -> anyhow::Result<()> {
         let Some((_, allowed, why)) = RESERVED.iter().find(|(k, _, _)| *k == key) else {
             continue;
         };
-        let ok = allowed.is_some_and(|a| a.iter().any(|v| v.eq_ignore_ascii_case(value.trim())));
+        let value_ = value.trim();
+        let ok = match allowed {
+            Allowed::Never => false,
+            Allowed::Only(a) => a.iter().any(|v| v.eq_ignore_ascii_case(value_)),
+            Allowed::Positive => value_.parse::<u64>().is_ok_and(|n| n > 0),
+        };
         if !ok {
             anyhow::bail!(
                 "--kafka {key}={value} is refused: runnel sets {key} itself, because {why}"
@@ -498,6 +525,9 @@ mod tests {
             ("group.instance.id", "a"),
             ("bootstrap.servers", "elsewhere:9092"),
             ("enable.partition.eof", "true"),
+            ("auto.commit.interval.ms", "0"),
+            ("auto.commit.interval.ms", ""),
+            ("group.protocol", "consumer"),
         ] {
             let e = check_properties(&kv(k, v)).expect_err(k).to_string();
             assert!(e.contains(k) && e.contains("because"), "{e}");
@@ -510,6 +540,8 @@ mod tests {
             ("linger.ms", "50"),
             ("security.protocol", "SASL_SSL"),
             ("max.poll.interval.ms", "30000"),
+            ("auto.commit.interval.ms", "5000"),
+            ("group.protocol", "classic"),
         ] {
             check_properties(&kv(k, v)).expect(k);
         }

@@ -584,8 +584,8 @@ impl Exec {
     ) {
         let mut h = OwnedHeaders::new_with_capacity(input.header_count() + 8);
         for (k, v) in input.headers().map_while(Result::ok) {
-            // Replaced by runnel's own, below.
-            if !headers::DEAD_LETTER.contains(&k) {
+            // runnel's own, written below: never the input's.
+            if !k.starts_with(headers::PREFIX) {
                 h = h.insert(Header { key: k, value: v });
             }
         }
@@ -645,7 +645,10 @@ impl Exec {
             error = record.error,
             "a record cannot be run; sending it to the dead-letter topic"
         );
+        // The record's headers as they came (a name may be any bytes), but
+        // for runnel's own, written below.
         let mut h = record.headers;
+        crate::kafka::headers::remove_prefixed(&mut h, headers::PREFIX.as_bytes());
         for (k, v) in dead_letter_headers(&ack, record.kind, &record.error) {
             h = h.insert(Header {
                 key: k,

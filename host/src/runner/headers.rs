@@ -3,8 +3,9 @@
 //! Every output carries [`DEPLOYMENT`], [`VERSION`] and [`MODULE`] (and
 //! [`MODEL`] for a scorer), so a swap point or a replay is visible in the data. A dead letter also carries why it failed and
 //! where it came from. Headers with runnel's [`PREFIX`] that an input or a
-//! function brings are dropped from outputs, and those of the names in
-//! [`DEAD_LETTER`] from dead letters: what runnel writes cannot be spoofed.
+//! function brings are dropped from outputs and dead letters alike (a
+//! record whose header names are not UTF-8 included): what runnel writes
+//! cannot be spoofed.
 
 /// The prefix of runnel's headers. On an output every header with it is
 /// runnel's own: those the input or the function carried are dropped, so
@@ -40,18 +41,3 @@ pub const HEADERS_DROPPED: &str = "runnel-headers-dropped";
 pub const SOURCE_TOPIC: &str = "runnel-source-topic";
 pub const SOURCE_PARTITION: &str = "runnel-source-partition";
 pub const SOURCE_OFFSET: &str = "runnel-source-offset";
-
-/// The headers runnel writes on a dead letter ([`MODEL`] when the
-/// deployment has one): the input's headers of these names are replaced by
-/// runnel's.
-pub const DEAD_LETTER: [&str; 9] = [
-    ERROR,
-    ERROR_KIND,
-    DEPLOYMENT,
-    VERSION,
-    MODULE,
-    MODEL,
-    SOURCE_TOPIC,
-    SOURCE_PARTITION,
-    SOURCE_OFFSET,
-];

@@ -1067,7 +1067,10 @@ mod tests {
             (b"d", with("/versions", serde_json::json!([]))),
             (b"d", serde_json::json!({"not": "a deployment"})),
             (b"\xff", with("/name", "\u{fffd}".into())),
-            (b"d", with("/versions/0/reason", "r".repeat(MAX_REASON + 1).into())),
+            (
+                b"d",
+                with("/versions/0/reason", "r".repeat(MAX_REASON + 1).into()),
+            ),
         ];
         for (key, r) in cases {
             let mut s = State::default();
@@ -1107,7 +1110,10 @@ mod tests {
             &raw(&t.deployments, Some(b"d1"), vec![], None),
             Instant::now(),
         );
-        assert!(apply_deployment(&mut s, b"d3", &r), "d1's bytes were given back");
+        assert!(
+            apply_deployment(&mut s, b"d3", &r),
+            "d1's bytes were given back"
+        );
         assert_eq!(s.deployment_bytes, size * 3);
     }
 

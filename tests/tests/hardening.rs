@@ -29,13 +29,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// through librdkafka's C API: no client library sends a name that is not
 /// UTF-8.
 #[allow(unsafe_code)]
-fn produce_with_raw_headers(
-    brokers: &str,
-    topic: &str,
-    key: &[u8],
-    value: &[u8],
-    names: &[&[u8]],
-) {
+fn produce_with_raw_headers(brokers: &str, topic: &str, key: &[u8], value: &[u8], names: &[&[u8]]) {
     use rdkafka::bindings as rd;
     use std::ffi::{CString, c_void};
     let producer: BaseProducer = ClientConfig::new()
@@ -181,9 +175,7 @@ async fn a_header_name_that_is_not_utf8_dead_letters_its_record_and_the_rest_flo
         );
     }
     assert!(
-        header(d, "runnel-deployment")
-            .unwrap()
-            .starts_with("copy"),
+        header(d, "runnel-deployment").unwrap().starts_with("copy"),
         "{raw:?}"
     );
     assert!(

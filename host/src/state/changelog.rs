@@ -540,7 +540,10 @@ mod tests {
         assert_eq!(entries(&r), kv(&[("a", "newer")]));
         assert_eq!(r.counts.stale, 1);
         // Its last record is not the one kept: written back.
-        assert_eq!(r.write_backs, vec![(b"a".to_vec(), Some(b"newer".to_vec()))]);
+        assert_eq!(
+            r.write_backs,
+            vec![(b"a".to_vec(), Some(b"newer".to_vec()))]
+        );
     }
 
     #[test]

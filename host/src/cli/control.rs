@@ -68,6 +68,56 @@ pub enum ControlCommand {
     Resume { name: String },
     /// Delete a deployment.
     Delete { name: String },
+    /// Read a processor's state, from whichever node holds it.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+/// `runnel state`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum StateCommand {
+    /// The value of one key.
+    Get {
+        name: String,
+        store: String,
+        key: String,
+        #[command(flatten)]
+        how: StateArgs,
+    },
+    /// Every entry of a store (of one partition with --partition), in key
+    /// order within each partition.
+    Ls {
+        name: String,
+        store: String,
+        #[command(flatten)]
+        how: StateArgs,
+        /// Entries per request to the API (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        page: usize,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArgs {
+    /// The key is hex (the SDK's integer keys are big-endian bytes).
+    #[arg(long)]
+    pub key_hex: bool,
+    /// Look in this partition, not the key's by Kafka's default partitioner.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// How to print values: `text` (UTF-8, else hex), `hex`, or the SDK's
+    /// encodings of `u64` and `i64` (postcard varints), `string`.
+    #[arg(long = "as", value_enum, default_value_t = ValueAs::Text)]
+    pub value_as: ValueAs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValueAs {
+    Text,
+    Hex,
+    U64,
+    I64,
+    String,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -195,6 +245,42 @@ impl Client {
 
     async fn get(&self, segments: &[&str]) -> anyhow::Result<Value> {
         self.send(self.http.get(self.url(segments)?)).await
+    }
+
+    /// GETs with a query, asking again while the API answers 503 (a
+    /// partition being restored or moved), up to `--api-timeout`.
+    async fn get_retrying(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let until = std::time::Instant::now() + Duration::from_secs(self.args.api_timeout);
+        loop {
+            let mut url = self.url(segments)?;
+            url.query_pairs_mut().extend_pairs(query);
+            let request = self
+                .http
+                .get(url)
+                .header(crate::control::api::CLIENT_HEADER, "cli");
+            let request = match &self.args.token {
+                Some(t) => request.bearer_auth(t),
+                None => request,
+            };
+            let response = request.send().await.map_err(|e| self.unreachable(e))?;
+            let status = response.status();
+            let body = response.text().await.map_err(|e| self.unreachable(e))?;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && std::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            if !status.is_success() {
+                anyhow::bail!("{}", error_message(status.as_u16(), &body));
+            }
+            return serde_json::from_str(&body)
+                .with_context(|| format!("the API answered something that is not JSON: {body}"));
+        }
     }
 
     async fn post_json(&self, segments: &[&str], body: &Value) -> anyhow::Result<Value> {
@@ -415,6 +501,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 .await?;
             (r, format!("resumed {name}\n"))
         }
+        ControlCommand::State(command) => state_command(&client, command).await?,
         ControlCommand::Delete { name } => {
             client
                 .send(
@@ -452,6 +539,128 @@ fn module_query(model: Option<&Value>, config: &[(String, String)]) -> String {
 }
 
 /// `sha256:0123456789ab…` → `0123456789ab`.
+/// `runnel state get` and `ls`: the answer, and lines to print.
+async fn state_command(client: &Client, command: &StateCommand) -> anyhow::Result<(Value, String)> {
+    match command {
+        StateCommand::Get {
+            name,
+            store,
+            key,
+            how,
+        } => {
+            let mut query = vec![if how.key_hex {
+                ("key_hex", key.clone())
+            } else {
+                ("key", key.clone())
+            }];
+            if let Some(p) = how.partition {
+                query.push(("partition", p.to_string()));
+            }
+            let r = client
+                .get_retrying(&["v1", "deployments", name, "state", store], &query)
+                .await?;
+            if r["found"] != true {
+                anyhow::bail!(
+                    "no value for key {key:?} in store {store:?} of {name} (partition {} on node {})",
+                    r["partition"],
+                    text(&r["node"])
+                );
+            }
+            let line = format!(
+                "{}
+",
+                show_value(&r, how.value_as)?
+            );
+            Ok((r, line))
+        }
+        StateCommand::Ls {
+            name,
+            store,
+            how,
+            page,
+        } => {
+            let mut entries = Vec::new();
+            let mut lines = String::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut query = vec![("limit", page.to_string())];
+                if let Some(p) = how.partition {
+                    query.push(("partition", p.to_string()));
+                }
+                if let Some(a) = &after {
+                    query.push(("after", a.clone()));
+                }
+                let r = client
+                    .get_retrying(&["v1", "deployments", name, "state", store], &query)
+                    .await?;
+                for e in r["entries"].as_array().into_iter().flatten() {
+                    let key = match e["key"].as_str() {
+                        Some(k) if !how.key_hex => k.to_owned(),
+                        _ => text(&e["key_hex"]),
+                    };
+                    let _ = writeln!(lines, "{key}\t{}", show_value(e, how.value_as)?);
+                    entries.push(e.clone());
+                }
+                match r["next"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            Ok((json!({ "entries": entries }), lines))
+        }
+    }
+}
+
+/// A state value of an answer (`value`, `value_hex`) as `how` says.
+fn show_value(answer: &Value, how: ValueAs) -> anyhow::Result<String> {
+    let hex_text = answer["value_hex"].as_str().unwrap_or_default();
+    let bytes = hex::decode(hex_text).context("the API sent a value that is not hex")?;
+    let not = |what: &str| {
+        anyhow::anyhow!(
+            "the value {hex_text} is not a {what} as the SDK encodes it (postcard); try --as hex"
+        )
+    };
+    Ok(match how {
+        ValueAs::Hex => hex_text.to_owned(),
+        ValueAs::Text => match answer["value"].as_str() {
+            Some(t) if !t.chars().any(char::is_control) => t.to_owned(),
+            _ => format!("0x{hex_text}"),
+        },
+        ValueAs::U64 => varint(&bytes).ok_or_else(|| not("u64"))?.to_string(),
+        ValueAs::I64 => {
+            let v = varint(&bytes).ok_or_else(|| not("i64"))?;
+            ((v >> 1) as i64 ^ -((v & 1) as i64)).to_string()
+        }
+        ValueAs::String => {
+            let (len, used) = varint_prefix(&bytes).ok_or_else(|| not("string"))?;
+            let text = bytes
+                .get(used..)
+                .filter(|t| t.len() as u64 == len)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .ok_or_else(|| not("string"))?;
+            text.to_owned()
+        }
+    })
+}
+
+/// A postcard (LEB128) varint that is the whole of `bytes`.
+fn varint(bytes: &[u8]) -> Option<u64> {
+    let (v, used) = varint_prefix(bytes)?;
+    (used == bytes.len()).then_some(v)
+}
+
+/// The LEB128 varint at the start of `bytes`, and how many bytes it took.
+fn varint_prefix(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
 fn short(digest: Option<&str>) -> String {
     digest
         .map(|d| d.trim_start_matches("sha256:").chars().take(12).collect())
@@ -663,6 +872,30 @@ mod tests {
             api_timeout: 60,
         })
         .expect("a valid API address")
+    }
+
+    #[test]
+    fn state_values_print_as_the_sdk_encoded_them() {
+        let v = |hex: &str| json!({ "value": Value::Null, "value_hex": hex });
+        // postcard: 20 is one byte; 300 is 0xac 0x02; -3 zigzags to 5.
+        assert_eq!(show_value(&v("14"), ValueAs::U64).unwrap(), "20");
+        assert_eq!(show_value(&v("ac02"), ValueAs::U64).unwrap(), "300");
+        assert_eq!(show_value(&v("05"), ValueAs::I64).unwrap(), "-3");
+        assert_eq!(show_value(&v("026869"), ValueAs::String).unwrap(), "hi");
+        assert_eq!(show_value(&v("14"), ValueAs::Text).unwrap(), "0x14");
+        assert_eq!(
+            show_value(&json!({"value": "ok", "value_hex": "6f6b"}), ValueAs::Text).unwrap(),
+            "ok"
+        );
+        for (hex, how) in [
+            ("ac", ValueAs::U64),
+            ("1414", ValueAs::U64),
+            ("036869", ValueAs::String),
+            ("ffffffffffffffffffff01", ValueAs::U64),
+        ] {
+            let e = show_value(&v(hex), how).unwrap_err().to_string();
+            assert!(e.contains("try --as hex"), "{hex}: {e}");
+        }
     }
 
     #[test]

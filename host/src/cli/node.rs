@@ -56,6 +56,12 @@ pub struct NodeArgs {
     /// Where the admin API listens. Loopback unless told.
     #[arg(long, env = "RUNNEL_ADMIN", default_value = "127.0.0.1:7070")]
     pub admin: SocketAddr,
+    /// The URL other nodes reach this node's admin API at, to forward
+    /// queries of the state it holds (`http://10.1.2.3:7070`); default:
+    /// `http://` and `--admin` (the host name for `0.0.0.0`). An empty
+    /// one is refused.
+    #[arg(long, env = "RUNNEL_ADVERTISE_ADMIN", value_name = "URL", value_parser = parse_api_url)]
+    pub advertise_admin: Option<String>,
     /// A bearer token the admin API requires (`Authorization: Bearer ...`).
     /// Required when `--admin` is not a loopback address; an empty one is
     /// refused.
@@ -93,6 +99,18 @@ pub struct DevArgs {
     /// deployments at start, and the missing ones of each `runnel deploy`.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
+}
+
+/// An `http://` or `https://` URL with a host, without a trailing slash.
+fn parse_api_url(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s.trim())
+        .map_err(|e| format!("{s:?} is not a URL such as http://10.1.2.3:7070: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{s:?} is not an http:// or https:// URL with a host, such as http://10.1.2.3:7070"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -168,6 +186,7 @@ async fn run_node(
         node_id: args.node_id.clone(),
         create_topics,
         state_dir: args.state_dir.clone(),
+        advertise_api: args.advertise_admin.clone(),
         ..ControlOptions::new(kafka.clone())
     };
     let control = ControlPlane::start(options, engine, deployments).await?;

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Partitions of the topics a deployment names that do not exist yet,
     /// created for it (`runnel dev`); `None` refuses such a deployment.
     pub create_topics: Option<i32>,
+    /// This node's name in the cluster.
+    pub node_id: String,
 }
 
 type S = State<Arc<AppState>>;
@@ -89,6 +91,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/deployments/{name}/pause", post(pause))
         .route("/v1/deployments/{name}/resume", post(resume))
         .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route(
+            "/v1/deployments/{name}/state/{store}",
+            get(super::query::get_state),
+        )
         .layer(DefaultBodyLimit::max(1 << 20))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod query;
 pub mod reconcile;
 
 use std::net::SocketAddr;
@@ -40,6 +41,11 @@ pub struct ControlOptions {
     /// Where processors keep their stores (`--state-dir`); in memory when
     /// `None`. Either way the changelog topics are what survives a crash.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The URL other nodes reach this node's admin API at, to forward a
+    /// query of state this node holds; default `http://` and the address it
+    /// listens on (with the host name for an unspecified IP such as
+    /// `0.0.0.0`).
+    pub advertise_api: Option<String>,
 }
 
 /// How often a node reports what it runs, and when a report is stale.
@@ -101,8 +107,25 @@ impl ControlOptions {
             node_id: None,
             create_topics: None,
             state_dir: None,
+            advertise_api: None,
         }
     }
+}
+
+/// The URL other nodes reach an API listening on `addr` at, when not told:
+/// the address itself, or the host name for an unspecified IP.
+fn advertised_api(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        if let Some(host) = host {
+            return format!("http://{host}:{}", addr.port());
+        }
+    }
+    format!("http://{addr}")
 }
 
 /// A running node with its registry, reconciler and admin API.
@@ -198,6 +221,7 @@ impl ControlPlane {
             reconciled,
             max_model_bytes: options.max_model_bytes,
             create_topics: options.create_topics,
+            node_id: node_id.clone(),
         }));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -209,7 +233,10 @@ impl ControlPlane {
                 registry.clone(),
                 node.clone(),
                 node_id.clone(),
-                format!("http://{addr}"),
+                options
+                    .advertise_api
+                    .clone()
+                    .unwrap_or_else(|| advertised_api(addr)),
             );
             async move {
                 loop {

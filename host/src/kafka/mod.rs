@@ -4,6 +4,7 @@
 //! names need not be UTF-8 ([`headers`]).
 
 pub mod headers;
+pub mod partitioner;
 
 use std::time::Duration;
 
@@ -77,6 +78,12 @@ const PRODUCER_ONLY: &[&str] = &[
     "partitioner",
     "sticky.partitioning.linger.ms",
 ];
+
+/// The partitioner of runnel's producers: Kafka's default (murmur2 of the
+/// key, [`partitioner::partition`]) rather than librdkafka's CRC32, so that
+/// a key goes where a Java client, Kafka Streams and runnel's state queries
+/// expect it. `--kafka partitioner=...` overrides it.
+pub const PARTITIONER: &str = "murmur2_random";
 
 /// Which values of a reserved property a user may give.
 #[derive(Debug, Clone, Copy)]
@@ -294,11 +301,12 @@ impl KafkaOptions {
         self.finish(c, Role::Consumer)
     }
 
-    /// A producer that waits for every in-sync replica and batches for a
-    /// few milliseconds.
+    /// A producer that waits for every in-sync replica, batches for a few
+    /// milliseconds and places keys as Java clients do ([`PARTITIONER`]).
     pub fn producer(&self) -> ClientConfig {
         let mut c = self.base();
         c.set("acks", "all")
+            .set("partitioner", PARTITIONER)
             .set("linger.ms", "5")
             .set("message.timeout.ms", "120000");
         self.finish(c, Role::Producer)
@@ -309,6 +317,31 @@ impl KafkaOptions {
             .create()
             .with_context(|| format!("cannot create a Kafka admin client for {}", self.brokers))
     }
+}
+
+/// How many partitions `topic` has; `None` if it does not exist. Blocks
+/// for up to `timeout`.
+pub fn partition_count(
+    kafka: &KafkaOptions,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<i32>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let reader: BaseConsumer = kafka
+        .consumer(&format!("runnel.metadata.{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "0")
+        .create()
+        .context("cannot create a client to read the metadata")?;
+    let md = reader
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read the metadata of {topic}"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+        .filter(|&n| n > 0))
 }
 
 /// Creates the topics that do not exist yet, with `partitions` partitions.

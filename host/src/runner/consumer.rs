@@ -103,6 +103,8 @@ impl RebalanceContext {
                 assigned.remove(tp);
             }
         }
+        // Queries stop before the epoch moves: see `query::Served::publish`.
+        self.shared.served.revoked(revoked.iter().map(|k| k.1));
         self.shared.bump_epochs(&revoked);
         self.shared.wait_idle(&revoked);
         commit_final(&self.shared, consumer, &revoked);
@@ -112,6 +114,12 @@ impl RebalanceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let assigned = partitions(tpl);
             self.shared.bump_epochs(&assigned);
+            self.shared.served.assigned(assigned.iter().map(|k| k.1));
+            // A processor restores a partition's state as soon as it gets
+            // it, not at its first record: see `Poller::restore_assigned`.
+            if self.shared.processor {
+                lock(&self.shared.to_restore).extend(assigned.iter().cloned());
+            }
             // Paused when it was ours before, its worker's queue full.
             let _ = consumer.resume(tpl);
             lock(&self.shared.assigned).extend(assigned.iter().cloned());
@@ -119,6 +127,10 @@ impl RebalanceContext {
         }
     }
 }
+
+/// How long the consumer waits for the committed offsets of partitions it
+/// was given, to restore them ahead of their records.
+const RESTORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The (topic, partition) pairs of a list.
 pub(super) fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -328,6 +340,54 @@ impl Poller<'_> {
             }
         } else {
             tracing::warn!(deployment = self.d.spec.name, error = %e, "consumer error");
+        }
+    }
+
+    /// Asks the worker of each partition assigned since the last call to
+    /// restore its state now (a processor's), to the group's committed
+    /// offset (the log's start when there is none), instead of at its first
+    /// record: an idle partition then answers queries too, and its first
+    /// record does not wait for the changelog. If the offsets cannot be
+    /// read, the restores happen at the first records, as they would.
+    pub(super) fn restore_assigned(&mut self) {
+        let keys = std::mem::take(&mut *lock(&self.shared.to_restore));
+        if keys.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &keys {
+            let _ = tpl.add_partition(topic, *partition);
+        }
+        let committed = match self.consumer.committed_offsets(tpl, RESTORE_LOOKUP_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(deployment = self.d.spec.name, error = %e,
+                    "cannot read the committed offsets: partitions restore at their first record");
+                return;
+            }
+        };
+        for e in committed.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            if !lock(&self.shared.assigned).contains(&key) {
+                continue;
+            }
+            let start = match e.offset() {
+                Offset::Offset(o) if o >= 0 => o,
+                _ => match self
+                    .consumer
+                    .fetch_watermarks(&key.0, key.1, RESTORE_LOOKUP_TIMEOUT)
+                {
+                    Ok((low, _)) => low,
+                    Err(_) => continue,
+                },
+            };
+            let job = Job::Restore {
+                topic: key.0.clone(),
+                partition: key.1,
+                epoch: self.shared.epoch(&key),
+                committed: start,
+            };
+            self.enqueue(key, job);
         }
     }
 

@@ -82,6 +82,13 @@ pub(super) struct Shared {
     pub(super) ending: Ending,
     /// Why the deployment failed, if it did: see [`Shared::fail`].
     pub(super) fatal: Mutex<Option<String>>,
+    /// A processor's stores that queries may read: see [`super::query`].
+    pub(super) served: super::query::Served,
+    /// Whether the deployment is a processor (keeps state).
+    pub(super) processor: bool,
+    /// Partitions assigned whose state is to be restored ahead of their
+    /// records: see [`super::consumer::Poller::restore_assigned`].
+    pub(super) to_restore: Mutex<Vec<(String, i32)>>,
 }
 
 impl Shared {
@@ -211,6 +218,7 @@ pub(super) fn run(
     state_dir: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<DeploymentStatus>>,
+    served: super::query::Served,
     control: Receiver<Control>,
 ) {
     let name = d.spec.name.clone();
@@ -225,9 +233,11 @@ pub(super) fn run(
                 state_dir.as_deref(),
                 &stop,
                 &status,
+                &served,
                 &control,
             )
         }));
+        served.clear();
         let error = match run {
             Ok(Ok(())) => break,
             Ok(Err(e)) => format!("{e:#}"),
@@ -281,11 +291,13 @@ fn run_inner(
     state_dir: Option<&std::path::Path>,
     stop: &Arc<AtomicBool>,
     status: &Arc<Mutex<DeploymentStatus>>,
+    served: &super::query::Served,
     control: &Receiver<Control>,
 ) -> anyhow::Result<()> {
     let d = current.clone();
     let spec = &d.spec;
     let generation = lock(status).version;
+    let processor = d.module.world() == World::Processor;
     let shared = Arc::new(Shared {
         tracker: Mutex::default(),
         assigned: Mutex::default(),
@@ -311,14 +323,18 @@ fn run_inner(
             failed: Arc::default(),
         },
         fatal: Mutex::default(),
+        served: served.clone(),
+        processor,
+        to_restore: Mutex::default(),
     });
     let _teardown = Teardown(shared.clone());
     // A processor's state: its changelog topics, made before anything runs.
-    let processor = d.module.world() == World::Processor;
     let changelog = if processor {
         let changelog = Changelog::new(kafka, &spec.name, &spec.stores);
         let go_on = || !shared.ending.is_set();
-        changelog.ensure_topics(&spec.input[0], &go_on)?;
+        if let Some(n) = changelog.ensure_topics(&spec.input[0], &go_on)? {
+            served.set_partitions(n);
+        }
         Some(Arc::new(changelog))
     } else {
         None
@@ -442,6 +458,7 @@ fn run_inner(
                 None => break,
             }
         }
+        poller.restore_assigned();
         poller.retry_held();
         poller.dispatch_ready(linger);
         store_moved(&shared, &consumer);

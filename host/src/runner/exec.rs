@@ -54,6 +54,10 @@ pub(super) struct Exec {
 pub(super) struct Owner {
     assignment: u64,
     epoch: String,
+    /// The input offset the state was restored to.
+    committed: i64,
+    /// Whether a record of the assignment has run on it since.
+    ran: bool,
 }
 
 impl Exec {
@@ -90,6 +94,18 @@ impl Exec {
             Job::Sync(done) => {
                 let _ = done.send(());
             }
+            Job::Restore {
+                topic,
+                partition,
+                epoch,
+                committed,
+            } => {
+                let shared = self.shared.clone();
+                let key = (topic, partition);
+                if let Some(_busy) = shared.begin(&key, epoch) {
+                    self.restored(&key, epoch, committed);
+                }
+            }
             // Ending, or made before its partition was revoked: not run, so
             // not committed, and read again by the next owner. A partition's
             // jobs run in order, so once one is dropped for its epoch, every
@@ -105,6 +121,7 @@ impl Exec {
                 if let Some(_busy) = shared.begin(&key, epoch)
                     && self.restored(&key, epoch, record.offset)
                 {
+                    self.ran(key.1);
                     self.reject(&key.0, key.1, *record);
                 }
             }
@@ -125,6 +142,7 @@ impl Exec {
                 if !self.restored(&key, epoch, first) {
                     return;
                 }
+                self.ran(key.1);
                 super::fault::point(&self.d.spec.name, super::fault::Site::Worker);
                 self.follow_swaps();
                 // A function that cannot start keeps its batch and retries
@@ -233,10 +251,14 @@ impl Exec {
             return true;
         };
         let partition = key.1;
+        // Restored for this assignment already: before its first record
+        // (`Job::Restore`), or by it. A restore made ahead, to an offset
+        // other than where the records start (the committed one was
+        // gone), is made again before any record runs on it.
         if self
             .owners
             .get(&partition)
-            .is_some_and(|o| o.assignment == assignment)
+            .is_some_and(|o| o.assignment == assignment && (o.ran || o.committed == committed))
         {
             return true;
         }
@@ -314,8 +336,18 @@ impl Exec {
                                 Owner {
                                     assignment,
                                     epoch: restored.epoch.to_string(),
+                                    committed,
+                                    ran: false,
                                 },
                             );
+                            // Queries may read it now, if it is still ours.
+                            if let Some(store) =
+                                self.state_mut().and_then(|s| s.shared_store(partition))
+                            {
+                                shared.served.publish(partition, store, || {
+                                    shared.is_current(key, assignment)
+                                });
+                            }
                             return true;
                         }
                         Err(e) => format!("cannot write the restored state: {e}"),
@@ -334,6 +366,13 @@ impl Exec {
                 std::thread::sleep(Duration::from_millis(50));
             }
             delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// A record of `partition`'s assignment runs now: its restore stands.
+    fn ran(&mut self, partition: i32) {
+        if let Some(o) = self.owners.get_mut(&partition) {
+            o.ran = true;
         }
     }
 

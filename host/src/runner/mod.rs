@@ -75,6 +75,7 @@ mod exec;
 pub mod fault;
 pub mod headers;
 pub mod histogram;
+pub mod query;
 mod queue;
 mod restore;
 mod status;
@@ -194,6 +195,8 @@ struct Running {
     control: std::sync::mpsc::Sender<deployment::Control>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<DeploymentStatus>>,
+    /// A processor's stores that queries may read.
+    served: query::Served,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -268,12 +271,14 @@ impl Node {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(DeploymentStatus::new(&d)));
         let (control, requests) = std::sync::mpsc::channel();
+        let served = query::Served::default();
         let thread = std::thread::Builder::new()
             .name(format!("runnel-{name}"))
             .spawn({
                 let (kafka, stop, status) = (self.kafka.clone(), stop.clone(), status.clone());
                 let state_dir = self.state_dir.clone();
-                move || deployment::run(d, kafka, state_dir, stop, status, requests)
+                let served = served.clone();
+                move || deployment::run(d, kafka, state_dir, stop, status, served, requests)
             })
             .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
         running.push(Running {
@@ -281,6 +286,7 @@ impl Node {
             control,
             stop,
             status,
+            served,
             thread: Some(thread),
         });
         Ok(())
@@ -311,6 +317,15 @@ impl Node {
             .iter()
             .map(|r| lock(&r.status).clone())
             .collect()
+    }
+
+    /// The stores of deployment `name` that this node may answer queries
+    /// from (see [`query`]); `None` if it does not run here.
+    pub fn served(&self, name: &str) -> Option<query::Served> {
+        lock(&self.running)
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.served.clone())
     }
 
     /// Replaces deployment `name`'s module and model by `next`'s, while

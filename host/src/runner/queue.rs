@@ -114,6 +114,15 @@ pub(super) enum Job {
         epoch: u64,
         record: Box<Rejected>,
     },
+    /// Restore a processor's partition now, for an owner that starts at
+    /// input offset `committed`, before any of its records come: so that
+    /// an idle partition is restored too (and can answer queries).
+    Restore {
+        topic: String,
+        partition: i32,
+        epoch: u64,
+        committed: i64,
+    },
     /// Answer once every job sent before this one is done.
     Sync(SyncSender<()>),
 }
@@ -140,7 +149,7 @@ impl Job {
             Job::Reject { record, .. } => {
                 record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)
             }
-            Job::Sync(_) => 0,
+            Job::Restore { .. } | Job::Sync(_) => 0,
         }
     }
 }

@@ -65,15 +65,13 @@ impl Changelog {
 
     /// Creates the changelog topics that do not exist, compacted, with as
     /// many partitions as `input` has; refuses existing ones with fewer.
-    /// Waits (while `go_on`) for the input topic to exist.
+    /// Waits (while `go_on`) for the input topic to exist. Returns how many
+    /// partitions the input has (`None` when it gave up waiting).
     pub(super) fn ensure_topics(
         &self,
         input: &str,
         go_on: &dyn Fn() -> bool,
-    ) -> anyhow::Result<()> {
-        if self.topics.is_empty() {
-            return Ok(());
-        }
+    ) -> anyhow::Result<Option<i32>> {
         let reader = self.reader()?;
         let partitions = |topic: &str| -> anyhow::Result<Option<usize>> {
             let md = reader
@@ -92,7 +90,7 @@ impl Changelog {
                 break n;
             }
             if !go_on() {
-                return Ok(());
+                return Ok(None);
             }
             if !warned {
                 tracing::warn!(
@@ -116,8 +114,9 @@ impl Changelog {
                 Some(_) => {}
             }
         }
+        let wanted_i32 = i32::try_from(wanted).unwrap_or(i32::MAX);
         if missing.is_empty() {
-            return Ok(());
+            return Ok(Some(wanted_i32));
         }
         tracing::info!(deployment = self.deployment, topics = ?missing, partitions = wanted, "creating the changelog topics");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -127,12 +126,13 @@ impl Changelog {
         runtime.block_on(crate::kafka::create_topics(
             &self.kafka,
             &missing,
-            i32::try_from(wanted).unwrap_or(i32::MAX),
+            wanted_i32,
             &[
                 ("cleanup.policy", "compact"),
                 ("min.compaction.lag.ms", changelog::MIN_COMPACTION_LAG_MS),
             ],
-        ))
+        ))?;
+        Ok(Some(wanted_i32))
     }
 
     fn reader(&self) -> anyhow::Result<BaseConsumer> {

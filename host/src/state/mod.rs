@@ -30,7 +30,7 @@ pub mod memory;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use journal::Journal;
 
@@ -93,6 +93,10 @@ pub trait Store: Send + fmt::Debug {
     /// for the quota of state per partition.
     fn bytes(&self) -> u64;
 }
+
+/// One partition's store, shared by the worker that writes it and the
+/// queries that read it (`runner::query`).
+pub type SharedStore = Arc<Mutex<Box<dyn Store>>>;
 
 /// Opens the store of each partition of one deployment's input topic.
 pub trait Backend: Send + fmt::Debug {
@@ -185,7 +189,7 @@ pub struct State {
     topic: Arc<str>,
     declared: Vec<Arc<str>>,
     backend: Box<dyn Backend>,
-    open: HashMap<i32, Box<dyn Store>>,
+    open: HashMap<i32, SharedStore>,
     limits: StateLimits,
     /// (partition, offset) of each record of the current call.
     batch: Vec<(i32, i64)>,
@@ -307,7 +311,7 @@ impl State {
         }
         // Opened even when empty: reads of a restored partition need no
         // further work.
-        self.store(partition)?;
+        drop(self.store(partition)?);
         Ok(())
     }
 
@@ -547,12 +551,18 @@ impl State {
         Ok(())
     }
 
-    fn store(&mut self, partition: i32) -> Result<&mut Box<dyn Store>, StoreError> {
+    fn store(&mut self, partition: i32) -> Result<MutexGuard<'_, Box<dyn Store>>, StoreError> {
         if !self.open.contains_key(&partition) {
             let store = self.backend.open(partition)?;
-            self.open.insert(partition, store);
+            self.open.insert(partition, Arc::new(Mutex::new(store)));
         }
-        Ok(self.open.get_mut(&partition).expect("inserted above"))
+        let store = self.open.get(&partition).expect("inserted above");
+        Ok(store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The store of `partition`, if open: for queries to read.
+    pub fn shared_store(&self, partition: i32) -> Option<SharedStore> {
+        self.open.get(&partition).cloned()
     }
 }
 
@@ -626,7 +636,7 @@ mod tests {
         assert_eq!(s.open("b").unwrap(), 1);
     }
 
-    type Log = Arc<std::sync::Mutex<Vec<Write>>>;
+    type Log = Arc<Mutex<Vec<Write>>>;
 
     /// Stores in memory that also keep every write they were given.
     #[derive(Debug, Default)]

@@ -125,10 +125,19 @@ pub struct DeploymentRecord {
     /// A processor's named stores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stores: Vec<String>,
+    /// A processor's state generation: bumped by a swap that resets its
+    /// state, which then lives in new changelog topics
+    /// (`state::changelog::topic_at`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_generation: u64,
     /// The version that should run.
     pub current: u64,
     /// The kept versions, oldest first.
     pub versions: Vec<Version>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DeploymentRecord {
@@ -646,7 +655,7 @@ pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result
     ];
     crate::rules::check_topics(&r.input, &r.output, r.dead_letter.as_deref(), &reserved)?;
     crate::state::check_store_names(&r.stores)?;
-    crate::state::changelog::check_topic_names(&r.name, &r.stores)?;
+    crate::state::changelog::check_topic_names_at(&r.name, &r.stores, r.state_generation)?;
     if r.versions.is_empty() || r.versions.len() > KEPT_VERSIONS {
         return Err(format!(
             "it keeps {} versions: it must keep 1 to {KEPT_VERSIONS}",
@@ -990,6 +999,7 @@ mod tests {
             workers: Some(2),
             paused: false,
             stores: Vec::new(),
+            state_generation: 0,
             current: 0,
             versions: Vec::new(),
         };

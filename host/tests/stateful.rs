@@ -4,6 +4,10 @@
 //! is exactly its number of records, and no count ever goes past it: state
 //! changes apply once per input, however often outputs repeat.
 //!
+//! The counts are read twice: from the output topic's last value per key,
+//! and through the state query API of one node, which forwards to the
+//! others for the keys it does not hold.
+//!
 //! The default run is a tenth of that (10,000 records over 100 keys), to
 //! keep the test command's time; `RUNNEL_STATEFUL_RECORDS=100000` runs the
 //! full size (the keys are always a hundredth of the records).
@@ -39,9 +43,45 @@ struct Node {
 }
 
 fn serve(brokers: &str, config: &Path, log: PathBuf) -> Node {
+    serve_at(brokers, config, log, "127.0.0.1:0")
+}
+
+fn serve_at(brokers: &str, config: &Path, log: PathBuf, admin: &str) -> Node {
     let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
-    let child = common::serve(brokers, config, "warn,runnel_host::runner=info", stderr);
+    let child = common::serve_at(
+        brokers,
+        config,
+        "warn,runnel_host::runner=info",
+        stderr,
+        admin,
+    );
     Node { child, log }
+}
+
+/// A key's count through the query API, asking again while it answers 503
+/// (a partition restoring or moving).
+async fn query_count(url: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = reqwest::get(url).await.unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap();
+        if status == 503 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(
+            (status, &v["found"]),
+            (200, &serde_json::json!(true)),
+            "{url}: {v}"
+        );
+        // postcard's u64: a LEB128 varint.
+        let bytes = hex::decode(v["value_hex"].as_str().unwrap()).unwrap();
+        return bytes
+            .iter()
+            .enumerate()
+            .fold(0, |n, (i, b)| n | (u64::from(b & 0x7f) << (7 * i)));
+    }
 }
 
 fn lines(log: &Path, what: &str) -> usize {
@@ -101,11 +141,11 @@ async fn keyed_counts_are_exact_after_a_node_is_killed_and_one_added() {
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 6).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("runnel.toml");
+    let name = unique("count");
     std::fs::write(
         &config,
         format!(
-            "[[deployment]]\nname = {:?}\nmodule = {:?}\ninput = [{input:?}]\noutput = {output:?}\nstores = [\"counts\"]\nbatch_size = 64\nworkers = 1\n",
-            unique("count"),
+            "[[deployment]]\nname = {name:?}\nmodule = {:?}\ninput = [{input:?}]\noutput = {output:?}\nstores = [\"counts\"]\nbatch_size = 64\nworkers = 1\n",
             runnel_tests::guests::RUNNING_COUNT
         ),
     )
@@ -114,7 +154,8 @@ async fn keyed_counts_are_exact_after_a_node_is_killed_and_one_added() {
 
     let started = Instant::now();
     let mut a = serve(&kafka.brokers, &config, log("a"));
-    let mut b = serve(&kafka.brokers, &config, log("b"));
+    let b_admin = common::free_admin();
+    let mut b = serve_at(&kafka.brokers, &config, log("b"), &b_admin);
     let mut c = serve(&kafka.brokers, &config, log("c"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while [&a, &b, &c]
@@ -181,9 +222,19 @@ async fn keyed_counts_are_exact_after_a_node_is_killed_and_one_added() {
         short.is_empty(),
         "keys whose last count is not {want}: {short:?}"
     );
+    // The same through node b's query API (keys it does not hold are
+    // forwarded to the node that does).
+    let api = format!("http://{b_admin}/v1/deployments/{name}/state/counts");
+    let mut queried = 0;
+    for k in 0..keys {
+        let n = query_count(&format!("{api}?key=k{k}")).await;
+        assert_eq!(n, want, "key k{k} through the query API");
+        queried += 1;
+    }
     eprintln!(
         "{records} records over {keys} keys: node a killed at {killed_at:?}, input done at \
-         {produced_at:?}, every count exact at {:?}; restores: b {}, c {}, d {}",
+         {produced_at:?}, every count exact at {:?} (and all {queried} through the query API); \
+         restores: b {}, c {}, d {}",
         started.elapsed(),
         lines(&b.log, "state restored"),
         lines(&c.log, "state restored"),

@@ -44,10 +44,13 @@ pub async fn topics(kafka: &KafkaOptions, names: &[&str], partitions: i32) {
 /// A record to produce: key, value, headers.
 pub type Rec = (Option<String>, String, Vec<(String, String)>);
 
-/// Produces `records` to `topic` and waits for every acknowledgement.
+/// Produces `records` to `topic` and waits for every acknowledgement. Keys
+/// go where a Java client puts them (murmur2), as runnel's producers do and
+/// its state queries look for them.
 pub async fn produce(kafka: &KafkaOptions, topic: &str, records: &[Rec]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .create()
         .expect("producer");

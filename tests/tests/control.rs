@@ -508,6 +508,8 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
             module: None,
             model: Some(model("v2:")),
             config: vec![],
+            reset_state: false,
+            yes: false,
         }),
     )
     .await;
@@ -665,7 +667,15 @@ async fn two_nodes_follow_deploy_swap_rollback_pause_and_delete_from_the_cli() {
     assert!(out.iter().any(|m| value(m) == "v1:while-paused"), "resumed");
 
     // Delete: both nodes stop it, and it is gone from the registry.
-    cli(&api(&b), ControlCommand::Delete { name: name.clone() }).await;
+    cli(
+        &api(&b),
+        ControlCommand::Delete {
+            name: name.clone(),
+            drop_state: false,
+            keep_state: false,
+        },
+    )
+    .await;
     until("both nodes dropped it", || {
         a.node().names().is_empty() && b.node().names().is_empty()
     })
@@ -724,6 +734,8 @@ async fn a_version_that_crash_loops_right_after_a_swap_is_rolled_back() {
             module: None,
             model: None,
             config: vec![("trap".into(), "1".into())],
+            reset_state: false,
+            yes: false,
         }),
     )
     .await;

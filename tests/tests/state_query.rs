@@ -3,7 +3,10 @@
 //! that does not hold the key's partition forwards), listings page through
 //! every partition, bad requests get a sentence, and after a node leaves,
 //! the partitions the survivor takes over answer without a new record
-//! arriving (they are restored when assigned, not at their next record).
+//! arriving (they are restored when assigned, not at their next record);
+//! a swap with --reset-state starts the stores empty and deletes the old
+//! changelog topic; deleting the processor asks what becomes of its state,
+//! and dropping it deletes the changelog topics.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
@@ -12,10 +15,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use runnel_host::cli::control::{ApiArgs, ControlCommand, StateArgs, StateCommand, ValueAs, run};
+use runnel_host::cli::control::{
+    ApiArgs, ControlCommand, StateArgs, StateCommand, SwapArgs, ValueAs, run,
+};
 use runnel_host::control::{ControlOptions, ControlPlane};
 use runnel_host::kafka::{KafkaOptions, partitioner};
 use runnel_host::registry::RegistryTopics;
+use runnel_host::state::changelog;
 use runnel_tests::kafka::{broker, key, read, topics, unique, value};
 use runnel_tests::{engine, guest, guests};
 use serde_json::{Value, json};
@@ -300,5 +306,110 @@ async fn any_node_answers_for_any_key_and_a_moved_partition_answers_without_new_
         restores >= 3,
         "every partition restored on node a: {status:?}"
     );
+    let metrics = reqwest::get(format!("{}/metrics", a.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!("runnel_state_restores_total{{deployment=\"{name}\"}} {restores}"),
+        format!("runnel_state_writes_total{{deployment=\"{name}\"}} "),
+        format!("runnel_state_last_restore_keys{{deployment=\"{name}\"}} "),
+    ] {
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+
+    // A swap that resets the state: the new version starts with empty
+    // stores in new changelog topics, and the old topic is deleted.
+    let api_a = ApiArgs {
+        api: a.url(),
+        ..api
+    };
+    let swap = |yes: bool| {
+        ControlCommand::Swap(SwapArgs {
+            name: name.clone(),
+            module: None,
+            model: None,
+            config: vec![],
+            reset_state: true,
+            yes,
+        })
+    };
+    let e = run(&api_a, &swap(false), &mut String::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("add --yes to confirm"), "{e}");
+    let old_log = changelog::topic(&name, "counts");
+    let mut out = String::new();
+    run(&api_a, &swap(true), &mut out).await.unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "swapped {name} to version 2 (from 1)\nstate reset: deleted the old changelog topic {old_log}\n"
+        )
+    );
+    let (s, v) = answered(&state(&a, "key=k1")).await;
+    assert_eq!(
+        (s, &v["found"]),
+        (200, &json!(false)),
+        "empty after the reset: {v}"
+    );
+    produce_keyed(&kafka, &input, KEYS).await;
+    for k in 0..KEYS {
+        let until = Instant::now() + WAIT;
+        loop {
+            let (s, v) = answered(&state(&a, &format!("key=k{k}"))).await;
+            assert_eq!(s, 200, "{v}");
+            if v["found"] == true {
+                assert_eq!(count(&v["value_hex"]), 1, "counted from empty: {v}");
+                break;
+            }
+            assert!(Instant::now() < until, "k{k} never counted after the reset");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Deleting a processor asks what becomes of its state; dropping it
+    // deletes the changelog topics once no node runs the deployment.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/deployments/{name}", a.url()))
+        .header("x-runnel-request", "test")
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--drop-state"), "{v}");
+    let changelog = changelog::topic_at(&name, "counts", 1);
+    assert_eq!(topic_partitions(&kafka, &changelog).await, Some(3));
+    assert_eq!(topic_partitions(&kafka, &old_log).await, None);
+    let mut out = String::new();
+    let delete = ControlCommand::Delete {
+        name: name.clone(),
+        drop_state: true,
+        keep_state: false,
+    };
+    run(&api_a, &delete, &mut out).await.unwrap();
+    assert_eq!(
+        out,
+        format!("deleted {name}\ndeleted its changelog topic {changelog}\n")
+    );
+    assert!(a.node().status().iter().all(|s| s.name != name));
+    let until = Instant::now() + WAIT;
+    while topic_partitions(&kafka, &changelog).await.is_some() {
+        assert!(Instant::now() < until, "{changelog} is still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::task::spawn_blocking(move || a.stop()).await.unwrap();
+}
+
+async fn topic_partitions(kafka: &KafkaOptions, topic: &str) -> Option<i32> {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        runnel_host::kafka::partition_count(&kafka, &topic, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap()
 }

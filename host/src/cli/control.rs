@@ -66,8 +66,18 @@ pub enum ControlCommand {
     Pause { name: String },
     /// Start processing a paused deployment again.
     Resume { name: String },
-    /// Delete a deployment.
-    Delete { name: String },
+    /// Delete a deployment. A processor's state needs one of the flags.
+    Delete {
+        name: String,
+        /// Delete a processor's changelog topics with it, once no node runs
+        /// it: its state is gone for good.
+        #[arg(long, conflicts_with = "keep_state")]
+        drop_state: bool,
+        /// Keep a processor's changelog topics: a deployment of the same
+        /// name restores from them.
+        #[arg(long)]
+        keep_state: bool,
+    },
     /// Read a processor's state, from whichever node holds it.
     #[command(subcommand)]
     State(StateCommand),
@@ -166,6 +176,13 @@ pub struct SwapArgs {
     /// Replace the config with these entries; default: keep it.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
     pub config: Vec<(String, String)>,
+    /// A processor: start the new version with empty stores, and delete
+    /// the old changelog topics once every node runs it (needs --yes).
+    #[arg(long)]
+    pub reset_state: bool,
+    /// Confirms --reset-state: the state is gone for good.
+    #[arg(long, requires = "reset_state")]
+    pub yes: bool,
 }
 
 struct Client {
@@ -426,8 +443,17 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 .and_then(|vs| vs.iter().find(|v| v["version"] == current["current"]))
                 .cloned()
                 .context("the deployment has no current version")?;
-            if a.module.is_none() && a.model.is_none() && a.config.is_empty() {
-                anyhow::bail!("nothing to swap: give a module, --model FILE or --config KEY=VALUE");
+            if a.module.is_none() && a.model.is_none() && a.config.is_empty() && !a.reset_state {
+                anyhow::bail!(
+                    "nothing to swap: give a module, --model FILE, --config KEY=VALUE or --reset-state"
+                );
+            }
+            if a.reset_state && !a.yes {
+                anyhow::bail!(
+                    "--reset-state deletes every key of {}'s stores for good (the new version \
+                     starts empty): add --yes to confirm",
+                    a.name
+                );
             }
             let model = match &a.model {
                 Some(m) => client.upload("models", "", m).await?["digest"].clone(),
@@ -471,11 +497,31 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             if !current["stores"].is_null() {
                 body["stores"] = current["stores"].clone();
             }
+            if a.reset_state {
+                body["reset_state"] = json!(true);
+            }
             let r = client.put_deployment(&a.name, &body).await?;
-            let line = format!(
+            let mut line = format!(
                 "swapped {} to version {} (from {})\n",
                 a.name, r["version"], current["current"]
             );
+            let reset = &r["state_reset"];
+            for topic in reset["dropped_topics"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    line,
+                    "state reset: deleted the old changelog topic {}",
+                    text(topic)
+                );
+            }
+            if let Some(kept) = reset["kept_topics"].as_array() {
+                let kept: Vec<String> = kept.iter().map(text).collect();
+                let _ = writeln!(
+                    line,
+                    "state reset, but the old changelog topics are kept ({}): {}",
+                    kept.join(", "),
+                    text(&reset["why"])
+                );
+            }
             (r, line)
         }
         ControlCommand::Rollback { name, to } => {
@@ -502,15 +548,26 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             (r, format!("resumed {name}\n"))
         }
         ControlCommand::State(command) => state_command(&client, command).await?,
-        ControlCommand::Delete { name } => {
-            client
-                .send(
-                    client
-                        .http
-                        .delete(client.url(&["v1", "deployments", name])?),
-                )
-                .await?;
-            (json!({ "deleted": name }), format!("deleted {name}\n"))
+        ControlCommand::Delete {
+            name,
+            drop_state,
+            keep_state,
+        } => {
+            let mut url = client.url(&["v1", "deployments", name])?;
+            if *drop_state {
+                url.set_query(Some("state=drop"));
+            } else if *keep_state {
+                url.set_query(Some("state=keep"));
+            }
+            let r = client.send(client.http.delete(url)).await?;
+            let mut lines = format!("deleted {name}\n");
+            for topic in r["dropped_topics"].as_array().into_iter().flatten() {
+                let _ = writeln!(lines, "deleted its changelog topic {}", text(topic));
+            }
+            (
+                json!({ "deleted": name, "dropped_topics": r["dropped_topics"] }),
+                lines,
+            )
         }
     };
     if api.json {

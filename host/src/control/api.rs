@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -403,6 +403,11 @@ pub struct DeploymentRequest {
     /// A processor's named stores (keyed state).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stores: Vec<String>,
+    /// A new version of a processor that starts with empty stores: its
+    /// state moves to new changelog topics, and the old ones are deleted
+    /// once every node runs the new version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_state: bool,
 }
 
 impl DeploymentRequest {
@@ -544,9 +549,17 @@ async fn put_deployment(
 
     // Validation took a while; what to build on is read again now, under
     // the lock, so that racing changes each get their own version.
-    let _writes = state.registry.deployment_writes().await;
+    let writes = state.registry.deployment_writes().await;
     let existing = state.registry.deployment(&name);
     keeps_topics(existing.as_ref(), &name, &req)?;
+    if req.reset_state && req.stores.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "deployment {name:?} keeps no state to reset: only a processor declares stores"
+            ),
+        ));
+    }
     let version = Version {
         version: 0,
         module: module_digest,
@@ -557,7 +570,12 @@ async fn put_deployment(
         max_outputs_per_record: settings.max_outputs_per_record as u32,
         max_output_mib: settings.max_output_mib,
         created_ms: now_ms(),
-        reason: if existing.is_some() { "swap" } else { "deploy" }.to_owned(),
+        reason: match (&existing, req.reset_state) {
+            (Some(_), true) => "swap, state reset",
+            (Some(_), false) => "swap",
+            (None, _) => "deploy",
+        }
+        .to_owned(),
     };
     let (mut record, status) = match existing {
         Some(old) => (old, StatusCode::OK),
@@ -572,6 +590,7 @@ async fn put_deployment(
                 workers: req.workers,
                 paused: false,
                 stores: req.stores.clone(),
+                state_generation: 0,
                 current: 0,
                 versions: Vec::new(),
             },
@@ -584,20 +603,100 @@ async fn put_deployment(
             .await
             .map_err(|e| internal(format!("{e:#}")))?;
     }
+    // A reset of an existing processor's state: the next generation's
+    // topics (made by the nodes as they start it), the old ones to drop.
+    let old_topics: Vec<String> = if req.reset_state && status == StatusCode::OK {
+        let old: Vec<String> = record
+            .stores
+            .iter()
+            .map(|s| crate::state::changelog::topic_at(&name, s, record.state_generation))
+            .collect();
+        record.state_generation += 1;
+        old
+    } else {
+        Vec::new()
+    };
     let v = record.push_version(version);
     // What every node will check when it reads the record.
     crate::registry::check_deployment(&record, state.registry.topics()).map_err(unprocessable)?;
+    let written_at = now_ms();
     state
         .registry
         .put_deployment(&record)
         .await
         .map_err(internal)?;
+    drop(writes);
     let mut body = json!({ "name": name, "version": v, "world": world.to_string() });
     if !missing.is_empty() {
         body["created_topics"] = json!(missing);
         body["partitions"] = json!(state.create_topics);
     }
+    if !old_topics.is_empty() {
+        // Once every node that runs it runs this version, no node writes
+        // the old topics any more.
+        let waited = wait_for_nodes(&state, written_at, |d| {
+            d["name"] == name.as_str() && d["version"].as_u64().is_none_or(|n| n < v)
+        })
+        .await;
+        body["state_reset"] = match waited {
+            Ok(()) => {
+                let refs: Vec<&str> = old_topics.iter().map(String::as_str).collect();
+                match crate::kafka::delete_topics(&state.kafka, &refs).await {
+                    Ok(dropped) => json!({ "dropped_topics": dropped }),
+                    Err(e) => json!({
+                        "kept_topics": old_topics,
+                        "why": format!("cannot delete them: {e:#}"),
+                    }),
+                }
+            }
+            Err(nodes) => json!({
+                "kept_topics": old_topics,
+                "why": format!(
+                    "node(s) {} did not run version {v} within {} s; delete the old changelog \
+                     topics with `runnel topic delete` once they do",
+                    nodes.join(", "),
+                    NODES_WAIT.as_secs()
+                ),
+            }),
+        };
+    }
     Ok((status, Json(body)))
+}
+
+/// How long a change that deletes changelog topics waits for the nodes to
+/// stop writing them (see [`wait_for_nodes`]).
+const NODES_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until every node that reports has reported since `since_ms`
+/// (ms since the epoch) with no deployment for which `still` holds, for up
+/// to [`NODES_WAIT`]; else the nodes that did not.
+async fn wait_for_nodes(
+    state: &AppState,
+    since_ms: u64,
+    still: impl Fn(&Value) -> bool,
+) -> std::result::Result<(), Vec<String>> {
+    let until = std::time::Instant::now() + NODES_WAIT;
+    loop {
+        let waiting: Vec<String> = state
+            .registry
+            .nodes(super::REPORT_STALE)
+            .iter()
+            .filter(|r| {
+                r["at_ms"].as_u64().is_none_or(|at| at <= since_ms)
+                    || r["deployments"]
+                        .as_array()
+                        .is_some_and(|ds| ds.iter().any(&still))
+            })
+            .map(|r| r["node"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > until {
+            return Err(waiting);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A new version keeps the deployment's topics.
@@ -723,15 +822,100 @@ async fn get_one(State(state): S, Path(name): Path<String>) -> Result<Json<Deplo
     Ok(Json(record_of(&state, &name)?))
 }
 
-async fn delete(State(state): S, Path(name): Path<String>) -> Result<StatusCode> {
-    let _writes = state.registry.deployment_writes().await;
-    record_of(&state, &name)?;
-    state
-        .registry
-        .delete_deployment(&name)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// What becomes of a processor's state: `drop` or `keep`.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// Deletes a deployment. A processor's changelog topics go with it only
+/// when asked (`state=drop`), once no node runs it any more (one that did
+/// would write to them, and could make them again); `state=keep` keeps
+/// them, for a deployment of the same name to restore from. A processor
+/// deleted without either is refused, saying so.
+async fn delete(
+    State(state): S,
+    Path(name): Path<String>,
+    query: std::result::Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{}; a delete takes state=drop or state=keep", e.body_text()),
+        )
+    })?;
+    let drop_state = match q.state.as_deref() {
+        None => None,
+        Some("drop") => Some(true),
+        Some("keep") => Some(false),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("state={other:?} is neither drop nor keep"),
+            ));
+        }
+    };
+    let (topics, deleted_at) = {
+        let _writes = state.registry.deployment_writes().await;
+        let r = record_of(&state, &name)?;
+        let topics: Vec<String> = r
+            .stores
+            .iter()
+            .map(|s| crate::state::changelog::topic_at(&name, s, r.state_generation))
+            .collect();
+        if !topics.is_empty() && drop_state.is_none() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "deployment {name:?} keeps its state in {}: say what becomes of it. \
+                     state=drop deletes those topics with it (the state is gone for good), \
+                     state=keep keeps them (a deployment of the same name restores from them); \
+                     `runnel delete {name} --drop-state` or `--keep-state`",
+                    topics.join(", ")
+                ),
+            ));
+        }
+        let deleted_at = now_ms();
+        state
+            .registry
+            .delete_deployment(&name)
+            .await
+            .map_err(internal)?;
+        (topics, deleted_at)
+    };
+    if drop_state != Some(true) || topics.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // Every node that reports must have reported since the delete, without
+    // the deployment.
+    if let Err(running) = wait_for_nodes(&state, deleted_at, |d| d["name"] == name.as_str()).await {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "deleted {name}, but node(s) {} still ran it {} s later, so its changelog \
+                 topics are kept: {}; delete them with `runnel topic delete` once no node \
+                 runs it",
+                running.join(", "),
+                NODES_WAIT.as_secs(),
+                topics.join(", ")
+            ),
+        ));
+    }
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let dropped = crate::kafka::delete_topics(&state.kafka, &refs)
         .await
-        .map_err(internal)?;
-    Ok(StatusCode::NO_CONTENT)
+        .map_err(|e| {
+            internal(format!(
+                "deleted {name}, but not its changelog topics: {e:#}"
+            ))
+        })?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "deleted": name, "dropped_topics": dropped })),
+    )
+        .into_response())
 }
 
 async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<Value>> {

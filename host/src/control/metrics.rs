@@ -53,7 +53,7 @@ pub fn state_name(state: &DeploymentState) -> &'static str {
 pub fn render(statuses: &[DeploymentStatus]) -> String {
     let mut out = String::new();
     type Counter = fn(&DeploymentStatus) -> u64;
-    let counters: [(&str, &str, Counter); 9] = [
+    let counters: [(&str, &str, Counter); 11] = [
         (
             "runnel_records_in_total",
             "Records read from the input topics and run.",
@@ -98,6 +98,16 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
             "runnel_swaps_total",
             "Versions swapped in on this node.",
             |s| s.swaps,
+        ),
+        (
+            "runnel_state_writes_total",
+            "A processor's state writes, each also produced to its store's changelog.",
+            |s| s.state_writes,
+        ),
+        (
+            "runnel_state_restores_total",
+            "Partitions whose state this node rebuilt from the changelog.",
+            |s| s.restores,
         ),
     ];
     for (name, help, get) in counters {
@@ -174,6 +184,55 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
                     label(&s.name),
                     label(&p.topic),
                     p.partition
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "runnel_state_restore_records_read",
+        "gauge",
+        "Changelog records read so far by each restore under way, by input partition.",
+    );
+    for s in statuses {
+        for r in &s.restoring {
+            let _ = writeln!(
+                out,
+                "runnel_state_restore_records_read{{deployment=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                label(&s.name),
+                label(&r.topic),
+                r.partition,
+                r.records_read
+            );
+        }
+    }
+    type LastRestore = fn(&crate::runner::RestoreReport) -> f64;
+    let last: [(&str, &str, LastRestore); 3] = [
+        (
+            "runnel_state_last_restore_seconds",
+            "How long the last restore on this node took.",
+            |r| r.ms / 1e3,
+        ),
+        (
+            "runnel_state_last_restore_keys",
+            "Keys the last restore on this node rebuilt.",
+            |r| r.keys as f64,
+        ),
+        (
+            "runnel_state_last_restore_records",
+            "Changelog records the last restore on this node read.",
+            |r| r.counts.records as f64,
+        ),
+    ];
+    for (name, help, get) in last {
+        family(&mut out, name, "gauge", help);
+        for s in statuses {
+            if let Some(r) = &s.last_restore {
+                let _ = writeln!(
+                    out,
+                    "{name}{{deployment=\"{}\"}} {}",
+                    label(&s.name),
+                    get(r)
                 );
             }
         }

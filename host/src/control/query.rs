@@ -120,24 +120,31 @@ async fn answer(
     q: StateQuery,
     headers: &HeaderMap,
 ) -> Result<Answer, Answer> {
-    let record = state.registry.deployment(name).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no deployment named {name:?}"),
-        )
-    })?;
-    if record.stores.is_empty() {
+    // A deployment of the registry, or of this node's config file.
+    let (topic, stores) = match state.registry.deployment(name) {
+        Some(r) => (r.input.first().cloned().unwrap_or_default(), r.stores),
+        None => {
+            let served = state.node.served(name).ok_or_else(|| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("no deployment named {name:?}"),
+                )
+            })?;
+            (served.topic().to_owned(), served.stores().to_vec())
+        }
+    };
+    if stores.is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!("deployment {name:?} keeps no state: only a processor declares stores"),
         ));
     }
-    if !record.stores.iter().any(|s| s == store) {
+    if !stores.iter().any(|s| s == store) {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!(
                 "deployment {name:?} has no store named {store:?} (it declares {})",
-                record.stores.join(", ")
+                stores.join(", ")
             ),
         ));
     }
@@ -182,7 +189,6 @@ async fn answer(
             "`after` and `limit` page a listing; a query of one key takes neither",
         ));
     }
-    let topic = record.input.first().cloned().unwrap_or_default();
     let partitions = partitions_of(state, name, &topic).await?;
     if let Some(p) = q.partition
         && !(0..partitions).contains(&p)

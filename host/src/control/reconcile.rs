@@ -46,7 +46,8 @@ impl Reconciled {
 }
 
 /// What a swap keeps: inputs, output, dead-letter topic, batch size,
-/// linger, workers. A change of any of them restarts the deployment instead.
+/// linger, workers, a processor's state generation. A change of any of them
+/// restarts the deployment instead.
 type Topics = (
     Vec<String>,
     String,
@@ -54,6 +55,7 @@ type Topics = (
     usize,
     u64,
     Option<usize>,
+    u64,
 );
 
 /// What runs here: the registry version and the topics it was started with.
@@ -84,6 +86,7 @@ fn topics_of(r: &DeploymentRecord) -> Topics {
         r.batch_size,
         r.linger_ms,
         r.workers,
+        r.state_generation,
     )
 }
 
@@ -136,6 +139,7 @@ pub fn build(
     };
     let mut d = Deployment::new(spec, module, model);
     d.version = version.version;
+    d.state_generation = record.state_generation;
     Ok(d)
 }
 

@@ -389,6 +389,25 @@ pub async fn create_topics(
     Ok(())
 }
 
+/// Deletes the topics that exist of `topics`; returns those it deleted.
+pub async fn delete_topics(kafka: &KafkaOptions, topics: &[&str]) -> anyhow::Result<Vec<String>> {
+    let admin = kafka.admin()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .delete_topics(topics, &opts)
+        .await
+        .with_context(|| format!("cannot delete topics on {}", kafka.brokers))?;
+    let mut deleted = Vec::new();
+    for r in results {
+        match r {
+            Ok(topic) => deleted.push(topic),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot delete topic {topic}: {code}"),
+        }
+    }
+    Ok(deleted)
+}
+
 /// A record whose header name is not UTF-8: a frame's header names are UTF-8
 /// by contract, so such a record cannot be handed to a function.
 #[derive(Debug, Clone, thiserror::Error)]

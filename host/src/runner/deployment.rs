@@ -330,7 +330,7 @@ fn run_inner(
     let _teardown = Teardown(shared.clone());
     // A processor's state: its changelog topics, made before anything runs.
     let changelog = if processor {
-        let changelog = Changelog::new(kafka, &spec.name, &spec.stores);
+        let changelog = Changelog::new(kafka, &spec.name, &spec.stores, d.state_generation);
         let go_on = || !shared.ending.is_set();
         if let Some(n) = changelog.ensure_topics(&spec.input[0], &go_on)? {
             served.set_partitions(n);

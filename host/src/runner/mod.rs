@@ -136,6 +136,10 @@ pub struct Deployment {
     /// 1 for a new one; a swap to a version not above the running one takes
     /// the next number.
     pub version: u64,
+    /// A processor's state generation: which changelog topics it keeps its
+    /// state in (`state::changelog::topic_at`); a swap that resets the
+    /// state starts the next.
+    pub state_generation: u64,
 }
 
 impl Deployment {
@@ -168,6 +172,7 @@ impl Deployment {
             model: model.map(Arc::from),
             model_digest,
             version: 1,
+            state_generation: 0,
         }
     }
 
@@ -271,7 +276,10 @@ impl Node {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(DeploymentStatus::new(&d)));
         let (control, requests) = std::sync::mpsc::channel();
-        let served = query::Served::default();
+        let served = query::Served::new(
+            d.spec.input.first().map_or("", String::as_str),
+            &d.spec.stores,
+        );
         let thread = std::thread::Builder::new()
             .name(format!("runnel-{name}"))
             .spawn({

@@ -36,7 +36,13 @@ pub enum Lookup<T> {
 /// The stores of one deployment that this node may answer queries from.
 /// Cloned handles share one set.
 #[derive(Debug, Clone, Default)]
-pub struct Served(Arc<Mutex<Inner>>);
+pub struct Served {
+    inner: Arc<Mutex<Inner>>,
+    /// The input topic whose partitions the stores are kept for.
+    topic: Arc<str>,
+    /// The declared stores.
+    stores: Arc<[String]>,
+}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -50,9 +56,29 @@ struct Inner {
 }
 
 impl Served {
+    /// The stores of a deployment reading `topic` (a processor reads one)
+    /// and declaring `stores`.
+    pub fn new(topic: &str, stores: &[String]) -> Self {
+        Self {
+            inner: Arc::default(),
+            topic: topic.into(),
+            stores: stores.into(),
+        }
+    }
+
+    /// The input topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The declared stores.
+    pub fn stores(&self) -> &[String] {
+        &self.stores
+    }
+
     /// Partitions given to this node: not answered for until restored.
     pub(super) fn assigned(&self, partitions: impl IntoIterator<Item = i32>) {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.inner);
         for p in partitions {
             s.stores.remove(&p);
             s.assigned.insert(p);
@@ -61,7 +87,7 @@ impl Served {
 
     /// Partitions taken from this node.
     pub(super) fn revoked(&self, partitions: impl IntoIterator<Item = i32>) {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.inner);
         for p in partitions {
             s.stores.remove(&p);
             s.assigned.remove(&p);
@@ -70,7 +96,7 @@ impl Served {
 
     /// The run of the deployment ended: nothing is this node's.
     pub(super) fn clear(&self) {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.inner);
         s.stores.clear();
         s.assigned.clear();
     }
@@ -84,30 +110,30 @@ impl Served {
         store: SharedStore,
         current: impl FnOnce() -> bool,
     ) {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.inner);
         if s.assigned.contains(&partition) && current() {
             s.stores.insert(partition, store);
         }
     }
 
     pub(super) fn set_partitions(&self, n: i32) {
-        lock(&self.0).partitions = Some(n);
+        lock(&self.inner).partitions = Some(n);
     }
 
     /// How many partitions the input topic has, once known.
     pub fn partitions(&self) -> Option<i32> {
-        lock(&self.0).partitions
+        lock(&self.inner).partitions
     }
 
     /// The partitions this node owns now, restored or not, in order.
     pub fn owned(&self) -> Vec<i32> {
-        let mut v: Vec<i32> = lock(&self.0).assigned.iter().copied().collect();
+        let mut v: Vec<i32> = lock(&self.inner).assigned.iter().copied().collect();
         v.sort_unstable();
         v
     }
 
     fn find(&self, partition: i32) -> Lookup<SharedStore> {
-        let s = lock(&self.0);
+        let s = lock(&self.inner);
         match s.stores.get(&partition) {
             Some(store) => Lookup::Here(store.clone()),
             None if s.assigned.contains(&partition) => Lookup::Restoring,

@@ -44,13 +44,23 @@ pub(super) struct Restored {
 pub(super) type Progress<'a> = &'a dyn Fn(u64);
 
 impl Changelog {
-    pub(super) fn new(kafka: &KafkaOptions, deployment: &str, stores: &[String]) -> Self {
+    pub(super) fn new(
+        kafka: &KafkaOptions,
+        deployment: &str,
+        stores: &[String],
+        generation: u64,
+    ) -> Self {
         Self {
             kafka: kafka.clone(),
             deployment: deployment.to_owned(),
             topics: stores
                 .iter()
-                .map(|s| (Arc::from(s.as_str()), changelog::topic(deployment, s)))
+                .map(|s| {
+                    (
+                        Arc::from(s.as_str()),
+                        changelog::topic_at(deployment, s, generation),
+                    )
+                })
                 .collect(),
         }
     }

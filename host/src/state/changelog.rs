@@ -81,7 +81,17 @@ pub const UPTO: &str = "runnel-upto";
 
 /// The changelog topic of one store of a deployment.
 pub fn topic(deployment: &str, store: &str) -> String {
-    format!("runnel.{deployment}.{store}.changelog")
+    topic_at(deployment, store, 0)
+}
+
+/// The changelog topic of a store in state generation `generation`: the
+/// first is [`topic`]'s, `runnel.<deployment>.<store>.changelog`; each swap
+/// that resets the state starts the next, `runnel.<deployment>.<store>.g<N>.changelog`.
+pub fn topic_at(deployment: &str, store: &str, generation: u64) -> String {
+    match generation {
+        0 => format!("runnel.{deployment}.{store}.changelog"),
+        g => format!("runnel.{deployment}.{store}.g{g}.changelog"),
+    }
 }
 
 /// The longest topic name Kafka takes.
@@ -89,8 +99,17 @@ pub const MAX_TOPIC_NAME: usize = 249;
 
 /// Checks that every store's changelog topic name fits Kafka's limit.
 pub fn check_topic_names(deployment: &str, stores: &[String]) -> Result<(), String> {
+    check_topic_names_at(deployment, stores, 0)
+}
+
+/// [`check_topic_names`] in state generation `generation`.
+pub fn check_topic_names_at(
+    deployment: &str,
+    stores: &[String],
+    generation: u64,
+) -> Result<(), String> {
     for store in stores {
-        let t = topic(deployment, store);
+        let t = topic_at(deployment, store, generation);
         if t.len() > MAX_TOPIC_NAME {
             return Err(format!(
                 "the changelog topic of store {store:?} would be named {} characters long \

@@ -7,12 +7,24 @@ use std::process::{Command, Stdio};
 /// compiled modules cached next to the config. A rebalance waits at most
 /// 30 s for members that never come back (a killed node); librdkafka's
 /// default is 5 minutes.
+#[allow(dead_code)] // each test binary compiles this module; not all use this
 pub fn serve(brokers: &str, config: &Path, log_filter: &str, stderr: Stdio) -> std::process::Child {
+    serve_at(brokers, config, log_filter, stderr, "127.0.0.1:0")
+}
+
+/// [`serve`] with the admin API at `admin`.
+pub fn serve_at(
+    brokers: &str,
+    config: &Path,
+    log_filter: &str,
+    stderr: Stdio,
+    admin: &str,
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(["serve", "--brokers", brokers, "--config"])
         .arg(config)
         .args(["--kafka", "max.poll.interval.ms=30000"])
-        .args(["--admin", "127.0.0.1:0"])
+        .args(["--admin", admin])
         .env("RUNNEL_LOG", log_filter)
         .env("NO_COLOR", "1")
         .env(
@@ -23,6 +35,13 @@ pub fn serve(brokers: &str, config: &Path, log_filter: &str, stderr: Stdio) -> s
         .stderr(stderr)
         .spawn()
         .expect("runnel serve starts")
+}
+
+/// A loopback address with a port free now, for a node's admin API.
+#[allow(dead_code)] // each test binary compiles this module; not all use this
+pub fn free_admin() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("an address").to_string()
 }
 
 /// A `runnel.toml` in `dir` with one identity-map deployment (batches of 16)

@@ -196,20 +196,23 @@ fn runnel_count(
     (last - first, cpu)
 }
 
-/// Waits for `n` records on `topic` written after now.
+/// A reader of `topic` from its end now on.
 fn reader_at_end(kafka: &KafkaOptions, topic: &str, partitions: i32) -> BaseConsumer {
     let c: BaseConsumer = kafka
         .consumer(&unique("tail"))
         .set("enable.auto.commit", "false")
         .create()
         .expect("reader");
+    // Each partition's end, read now: a logical `Offset::End` is resolved
+    // later, and falls back to the reset policy (the start) if that fails.
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let _ = tpl.add_partition_offset(topic, p, Offset::End);
+        let (_, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("the end of the partition");
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(high));
     }
     c.assign(&tpl).expect("assign");
-    // Resolve the end offsets now, before the record to wait for is written.
-    let _ = c.poll(Duration::from_millis(500));
     c
 }
 
@@ -289,19 +292,26 @@ fn main() {
         let node = Node::new(&kafka).with_state_dir(disk.then(|| dir.path().to_owned()));
         node.add(d).expect("starts");
         let deadline = Instant::now() + Duration::from_secs(600);
+        let wanted = format!("after-{row}");
         loop {
             assert!(Instant::now() < deadline, "no output after the fail-over");
-            if let Some(Ok(_)) = tail.poll(Duration::from_millis(20)) {
+            if let Some(Ok(m)) = tail.poll(Duration::from_millis(20))
+                && m.key() == Some(wanted.as_bytes())
+            {
                 break;
             }
         }
         let failover = started.elapsed();
-        let status = node.status();
-        let restore = status
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.last_restore.clone())
-            .expect("a restore report");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let restore = loop {
+            let status = node.status();
+            let s = status.iter().find(|s| s.name == name).expect("runs");
+            if let Some(r) = s.last_restore.clone() {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "no restore report: {s:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
         node.stop();
         let secs = restore.ms / 1e3;
         println!(

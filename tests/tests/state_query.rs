@@ -413,3 +413,106 @@ async fn topic_partitions(kafka: &KafkaOptions, topic: &str) -> Option<i32> {
     .await
     .unwrap()
 }
+
+/// A forged node report (anyone who can write `<prefix>.nodes`) names an
+/// API that redirects elsewhere: the node that forwards a query there does
+/// not follow the redirect, so the caller's token goes nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_query_follows_no_redirect() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("counts"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 1).await;
+    let registry = unique("reg");
+    let a = node(&kafka, &registry, "node-a").await;
+    let name = unique("count");
+    let client = reqwest::Client::new();
+    let module: Value = client
+        .post(format!("{}/v1/modules", a.url()))
+        .header("x-runnel-request", "test")
+        .body(guest(guests::RUNNING_COUNT))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client
+        .put(format!("{}/v1/deployments/{name}", a.url()))
+        .json(&json!({
+            "module": module["digest"], "input": [input], "output": output,
+            "stores": ["counts"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Paused: node a holds no partition of it, so it forwards.
+    let r = client
+        .post(format!("{}/v1/deployments/{name}/pause", a.url()))
+        .header("x-runnel-request", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Where a redirect would lead, and the forged API that redirects there.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let reached = reached.clone();
+        async move {
+            while let Ok((mut s, _)) = sink.accept().await {
+                reached.fetch_add(1, Ordering::SeqCst);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+            }
+        }
+    });
+    let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let evil_addr = evil.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = evil.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{sink_addr}/steal\r\ncontent-length: 0\r\n\r\n"
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let forge = || {
+        json!({
+            "node": "evil",
+            "api": format!("http://{evil_addr}"),
+            "at_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+            "deployments": [{"name": name, "partitions": [{"topic": input, "partition": 0}]}],
+        })
+    };
+    let until = Instant::now() + WAIT;
+    loop {
+        a.registry().report_node("evil", Some(&forge()));
+        let (s, v) = get(&format!(
+            "{}/v1/deployments/{name}/state/counts?key=k1",
+            a.url()
+        ))
+        .await;
+        if s == 502 {
+            assert!(v["error"].as_str().unwrap().contains("evil"), "{v}");
+            break;
+        }
+        assert_eq!(s, 503, "until the forged report is read: {v}");
+        assert!(Instant::now() < until, "never forwarded: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "a redirect was followed");
+    tokio::task::spawn_blocking(move || a.stop()).await.unwrap();
+}

@@ -459,7 +459,13 @@ impl Target<'_> {
                 .extend(["v1", "deployments", self.name, "state", self.store]);
         }
         url.set_query(Some(query));
-        let mut request = reqwest::Client::new()
+        // No redirects: the caller's credentials go to the node the report
+        // names, and nowhere it might send them on.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let mut request = client
             .get(url)
             .timeout(FORWARD_TIMEOUT)
             .header(FORWARDED, self.node());

@@ -12,23 +12,13 @@
 
 use std::time::{Duration, Instant};
 
-use runnel_bench::kafka::{Out, Setup, native_loop, node_run, produce, setup};
+use runnel_bench::kafka::{Out, PROVENANCE, Setup, native_loop, node_run, produce, setup};
 use runnel_host::kafka::KafkaOptions;
 use runnel_tests::guests;
 use runnel_tests::kafka::spec;
 
 const N: usize = 1_000_000;
 const PARTITIONS: i32 = 2;
-/// The provenance headers runnel adds to every output (the module's at its
-/// real size: `sha256:` and 64 hex digits).
-const PROVENANCE: &[(&str, &str)] = &[
-    ("runnel-deployment", "bench"),
-    ("runnel-version", "1"),
-    (
-        "runnel-module",
-        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-    ),
-];
 
 fn value(i: usize) -> Vec<u8> {
     let mut v = format!("{{\"n\":{},\"pad\":\"", i % 100).into_bytes();

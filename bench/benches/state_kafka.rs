@@ -28,7 +28,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use runnel_bench::cpu_seconds;
-use runnel_bench::kafka::{Setup, setup, wait_for};
+use runnel_bench::kafka::{PROVENANCE, Setup, setup, wait_for};
 use runnel_host::kafka::KafkaOptions;
 use runnel_host::runner::tracker::Tracker;
 use runnel_host::runner::{Deployment, Node};
@@ -40,14 +40,6 @@ use runnel_tests::kafka::{spec, unique};
 const N: usize = 1_000_000;
 const KEYS: usize = 10_000;
 const PARTITIONS: i32 = 2;
-const PROVENANCE: &[(&str, &str)] = &[
-    ("runnel-deployment", "bench"),
-    ("runnel-version", "1"),
-    (
-        "runnel-module",
-        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-    ),
-];
 
 struct Ctx {
     tracker: Arc<Mutex<Tracker>>,

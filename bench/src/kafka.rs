@@ -14,6 +14,18 @@ use runnel_tests::kafka::unique;
 
 use crate::cpu_seconds;
 
+/// The provenance headers runnel adds to every output (the module's at its
+/// real size: `sha256:` and 64 hex digits), for native loops that write
+/// what runnel writes.
+pub const PROVENANCE: &[(&str, &str)] = &[
+    ("runnel-deployment", "bench"),
+    ("runnel-version", "1"),
+    (
+        "runnel-module",
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    ),
+];
+
 /// A benchmark's broker: the embedded one, on a runtime of its own, with an
 /// input topic and `outputs` output topics of `partitions` partitions.
 #[derive(Debug)]

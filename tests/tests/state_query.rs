@@ -101,6 +101,34 @@ async fn produce_keyed(kafka: &KafkaOptions, topic: &str, n: usize) {
     }
 }
 
+/// Deploys the keyed count (`running-count`, store `counts`) through
+/// `cp`'s API.
+async fn deploy_count(cp: &ControlPlane, name: &str, input: &str, output: &str) {
+    let client = reqwest::Client::new();
+    let module: Value = client
+        .post(format!("{}/v1/modules", cp.url()))
+        .header("x-runnel-request", "test")
+        .body(guest(guests::RUNNING_COUNT))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client
+        .put(format!("{}/v1/deployments/{name}", cp.url()))
+        .json(&json!({
+            "module": module["digest"],
+            "input": [input],
+            "output": output,
+            "stores": ["counts"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
 fn nodes_with_partitions(cp: &ControlPlane, name: &str) -> usize {
     cp.registry()
         .nodes(Duration::from_secs(10))
@@ -123,30 +151,7 @@ async fn any_node_answers_for_any_key_and_a_moved_partition_answers_without_new_
     let b = node(&kafka, &registry, "node-b").await;
     let name = unique("count");
 
-    // Deploy the keyed count through the API.
-    let client = reqwest::Client::new();
-    let module: Value = client
-        .post(format!("{}/v1/modules", a.url()))
-        .header("x-runnel-request", "test")
-        .body(guest(guests::RUNNING_COUNT))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = client
-        .put(format!("{}/v1/deployments/{name}", a.url()))
-        .json(&json!({
-            "module": module["digest"],
-            "input": [input],
-            "output": output,
-            "stores": ["counts"],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    deploy_count(&a, &name, &input, &output).await;
 
     // Both nodes hold partitions before the records come.
     let until = Instant::now() + WAIT;
@@ -429,27 +434,8 @@ async fn a_forwarded_query_follows_no_redirect() {
     let registry = unique("reg");
     let a = node(&kafka, &registry, "node-a").await;
     let name = unique("count");
+    deploy_count(&a, &name, &input, &output).await;
     let client = reqwest::Client::new();
-    let module: Value = client
-        .post(format!("{}/v1/modules", a.url()))
-        .header("x-runnel-request", "test")
-        .body(guest(guests::RUNNING_COUNT))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = client
-        .put(format!("{}/v1/deployments/{name}", a.url()))
-        .json(&json!({
-            "module": module["digest"], "input": [input], "output": output,
-            "stores": ["counts"],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
     // Paused: node a holds no partition of it, so it forwards.
     let r = client
         .post(format!("{}/v1/deployments/{name}/pause", a.url()))

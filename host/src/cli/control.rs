@@ -222,7 +222,11 @@ impl Client {
         Ok(url)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends `request` with the CLI's header and token: the status and body.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, String)> {
         // Says this is no web page's simple request (see `check_not_simple`).
         let request = request.header(crate::control::api::CLIENT_HEADER, "cli");
         let request = match &self.args.token {
@@ -232,6 +236,11 @@ impl Client {
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let body = response.text().await.map_err(|e| self.unreachable(e))?;
+        Ok((status, body))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let (status, body) = self.exchange(request).await?;
         if !status.is_success() {
             anyhow::bail!("{}", error_message(status.as_u16(), &body));
         }
@@ -275,17 +284,7 @@ impl Client {
         loop {
             let mut url = self.url(segments)?;
             url.query_pairs_mut().extend_pairs(query);
-            let request = self
-                .http
-                .get(url)
-                .header(crate::control::api::CLIENT_HEADER, "cli");
-            let request = match &self.args.token {
-                Some(t) => request.bearer_auth(t),
-                None => request,
-            };
-            let response = request.send().await.map_err(|e| self.unreachable(e))?;
-            let status = response.status();
-            let body = response.text().await.map_err(|e| self.unreachable(e))?;
+            let (status, body) = self.exchange(self.http.get(url)).await?;
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
                 && std::time::Instant::now() < until
             {

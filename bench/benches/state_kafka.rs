@@ -28,7 +28,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use runnel_bench::cpu_seconds;
-use runnel_bench::kafka::{PROVENANCE, Setup, setup, wait_for};
+use runnel_bench::kafka::{PROVENANCE, Setup, node_run, setup, wait_for};
 use runnel_host::kafka::KafkaOptions;
 use runnel_host::runner::tracker::Tracker;
 use runnel_host::runner::{Deployment, Node};
@@ -171,23 +171,6 @@ fn count_spec(input: &str, output: &str, workers: usize) -> runnel_host::config:
     s
 }
 
-/// runnel's keyed count until `expect` outputs: time between the first
-/// and the last, CPU seconds.
-fn runnel_count(
-    kafka: &KafkaOptions,
-    spec: runnel_host::config::DeploymentSpec,
-    expect: usize,
-) -> (Duration, f64) {
-    let output = spec.output.clone();
-    let d = Deployment::load(&runnel_tests::engine(None), spec).expect("loads");
-    let cpu0 = cpu_seconds(None);
-    let node = Node::start(kafka, vec![d]).expect("starts");
-    let (first, last) = wait_for(kafka, &output, expect);
-    let cpu = cpu_seconds(None) - cpu0;
-    node.stop();
-    (last - first, cpu)
-}
-
 /// A reader of `topic` from its end now on.
 fn reader_at_end(kafka: &KafkaOptions, topic: &str, partitions: i32) -> BaseConsumer {
     let c: BaseConsumer = kafka
@@ -227,8 +210,8 @@ fn main() {
     println!("Part 1: a keyed count of {N} records over {KEYS} keys, {PARTITIONS} partitions");
     println!();
     let native = native_count(&kafka, &input, &outputs[0], &outputs[1]);
-    let one = runnel_count(&kafka, count_spec(&input, &outputs[2], 1), N);
-    let two = runnel_count(&kafka, count_spec(&input, &outputs[3], 2), N);
+    let one = node_run(&kafka, count_spec(&input, &outputs[2], 1), N);
+    let two = node_run(&kafka, count_spec(&input, &outputs[3], 2), N);
     println!("| keyed count | records/s | CPU µs/record | runnel / native |");
     println!("|---|---:|---:|---:|");
     let rate = |d: Duration| N as f64 / d.as_secs_f64();
@@ -261,7 +244,7 @@ fn main() {
     );
     let spec = count_spec(&input, &output, 1);
     let name = spec.name.clone();
-    let (d, _) = runnel_count(&kafka, spec.clone(), N);
+    let (d, _) = node_run(&kafka, spec.clone(), N);
     println!(
         "Part 2: {N} distinct keys in one partition, counted at {:.0} records/s",
         rate(d)

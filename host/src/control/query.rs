@@ -82,6 +82,13 @@ fn retry(message: impl Into<String>) -> Answer {
     )
 }
 
+fn store_failed(e: crate::state::StoreError) -> Answer {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the state store failed: {e}"),
+    )
+}
+
 /// `bytes` as JSON: UTF-8 text (or `null`) and hex.
 fn bytes_json(bytes: &[u8]) -> (Value, String) {
     (
@@ -290,12 +297,9 @@ impl Target<'_> {
 
     async fn get(&self, partition: i32, key: &[u8]) -> Result<Answer, Answer> {
         let lookup = match self.state.node.served(self.name) {
-            Some(served) => served.get(self.store, partition, key).map_err(|e| {
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the state store failed: {e}"),
-                )
-            })?,
+            Some(served) => served
+                .get(self.store, partition, key)
+                .map_err(store_failed)?,
             None => Lookup::NotHere,
         };
         match lookup {
@@ -385,12 +389,7 @@ impl Target<'_> {
         let lookup = match self.state.node.served(self.name) {
             Some(served) => served
                 .scan(self.store, partition, after, limit, PAGE_BYTES)
-                .map_err(|e| {
-                    error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the state store failed: {e}"),
-                    )
-                })?,
+                .map_err(store_failed)?,
             None => Lookup::NotHere,
         };
         match lookup {

@@ -69,3 +69,47 @@ async fn a_fetch_from_inside_a_batch_returns_the_rest_of_that_batch() {
         assert_eq!(seen, want, "fetching from offset {start}");
     }
 }
+
+/// The end of a partition (what `ListOffsets` answers for "latest", and so
+/// librdkafka's watermarks) is one past its last record. Tansu 0.6.0
+/// answered one past the base offset of the newest batch: with a batch of
+/// 23 records, 1 (see host/vendor/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_partition_is_one_past_its_last_record() {
+    let (_broker, kafka) = broker().await;
+    let topic = unique("batched");
+    topics(&kafka, &[&topic], 1).await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "200")
+        .create()
+        .unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", unique("reader"))
+        .create()
+        .unwrap();
+    let end = || {
+        consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .unwrap()
+    };
+    assert_eq!(end(), (0, 0), "empty");
+    let mut sent = 0;
+    for batch in [23, 1, 7] {
+        for i in 0..batch {
+            let value = format!("v{i}");
+            producer
+                .send(
+                    BaseRecord::<(), str>::to(&topic)
+                        .partition(0)
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        sent += batch;
+        assert_eq!(end(), (0, sent), "after a batch of {batch}");
+    }
+}

@@ -1199,6 +1199,27 @@ impl Storage for DynoStore {
         let mut responses = vec![];
 
         for (topition, offset_request) in offsets {
+            // runnel: the end of the log is its high watermark (the last
+            // stable offset when reading committed), not one past the base
+            // offset of its newest batch, which is short by the rest of
+            // that batch.
+            if offset_request == &ListOffset::Latest {
+                let stage = self.offset_stage(topition).await?;
+                responses.push((
+                    topition.to_owned(),
+                    ListOffsetResponse {
+                        error_code: ErrorCode::None,
+                        offset: Some(if isolation_level == IsolationLevel::ReadCommitted {
+                            stage.last_stable
+                        } else {
+                            stage.high_watermark
+                        }),
+                        ..Default::default()
+                    },
+                ));
+                continue;
+            }
+
             let location = Path::from(format!(
                 "clusters/{}/topics/{}/partitions/{:0>10}/records",
                 self.cluster, topition.topic, topition.partition,

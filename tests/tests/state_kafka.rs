@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use runnel_host::config::DeploymentSpec;
-use runnel_host::runner::{Deployment, Node};
+use runnel_host::runner::{Deployment, Node, RestoreSource};
 use runnel_host::state::changelog;
 use runnel_tests::kafka::{Rec, broker, key, produce, read, spec, topics, unique, value};
 use runnel_tests::{engine, guests};
@@ -267,5 +267,112 @@ async fn a_value_too_large_for_the_changelog_fails_its_record_not_the_deployment
     );
     let status = node.status();
     assert_eq!(status[0].failures, 0, "{status:?}");
+    node.stop();
+}
+
+/// Starts `spec` on a node keeping its stores under `dir` (in memory when
+/// `None`).
+fn node_at(
+    kafka: &runnel_host::kafka::KafkaOptions,
+    dir: Option<&std::path::Path>,
+    spec: &DeploymentSpec,
+) -> Node {
+    let node = Node::new(kafka).with_state_dir(dir.map(std::path::Path::to_owned));
+    node.add(Deployment::load(&engine(None), spec.clone()).unwrap())
+        .unwrap();
+    node
+}
+
+/// The local checkpoints under a node's state folder.
+fn checkpoints(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "checkpoint") {
+                found.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A node stopped cleanly leaves a checkpoint per partition; restarted on
+/// the same state folder it keeps its stores and reads no changelog. Once
+/// another owner has run a partition meanwhile, its checkpoint no longer
+/// holds, and the restore reads the changelog: counts stay exact either
+/// way (trusting a stale checkpoint would leave every key 20 short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_local_state_while_its_checkpoint_holds() {
+    let (_broker, kafka) = broker().await;
+    let (input, output) = (unique("in"), unique("counts"));
+    topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 3).await;
+    let spec = counter(&input, &output);
+    let dir = tempfile::tempdir().unwrap();
+    const KEYS: usize = 30;
+
+    produce(&kafka, &input, &keyed(0, 600, KEYS)).await;
+    let node = node_at(&kafka, Some(dir.path()), &spec);
+    until_counts(&kafka, &output, KEYS, 20).await;
+    node.stop();
+    assert_eq!(
+        checkpoints(dir.path()),
+        [
+            "partition-0.checkpoint",
+            "partition-1.checkpoint",
+            "partition-2.checkpoint"
+        ]
+    );
+
+    // Restarted on the same folder: every partition kept, none read.
+    produce(&kafka, &input, &keyed(600, 600, KEYS)).await;
+    let node = node_at(&kafka, Some(dir.path()), &spec);
+    until_counts(&kafka, &output, KEYS, 40).await;
+    let status = node.status();
+    assert_eq!(status[0].restores, 3, "{status:?}");
+    assert_eq!(status[0].restores_from_checkpoint, 3, "{status:?}");
+    let last = status[0].last_restore.clone().unwrap();
+    assert_eq!(last.source, RestoreSource::Checkpoint, "{last:?}");
+    assert_eq!(last.counts.records, 0, "nothing read: {last:?}");
+    assert!(last.keys > 0, "{last:?}");
+
+    // A second node joins and takes a partition (cooperative-sticky: the
+    // others stay), runs it, and leaves. The partition comes back with a
+    // changelog moved past its checkpoint: it is read, not kept.
+    let joined = node_at(&kafka, None, &spec);
+    let deadline = Instant::now() + WAIT;
+    while joined.status()[0].restores == 0 {
+        assert!(Instant::now() < deadline, "{:?}", joined.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    produce(&kafka, &input, &keyed(1200, 600, KEYS)).await;
+    until_counts(&kafka, &output, KEYS, 60).await;
+    joined.stop();
+    produce(&kafka, &input, &keyed(1800, 600, KEYS)).await;
+    until_counts(&kafka, &output, KEYS, 80).await;
+    let status = node.status();
+    assert!(status[0].restores > 3, "{status:?}");
+    assert_eq!(status[0].restores_from_checkpoint, 3, "{status:?}");
+    node.stop();
+    assert_eq!(checkpoints(dir.path()).len(), 3);
+
+    // Another node, without that folder, runs the partitions meanwhile.
+    produce(&kafka, &input, &keyed(2400, 600, KEYS)).await;
+    let other = node_at(&kafka, None, &spec);
+    until_counts(&kafka, &output, KEYS, 100).await;
+    other.stop();
+
+    // The first node's checkpoints are stale now: it reads the changelog.
+    produce(&kafka, &input, &keyed(3000, 600, KEYS)).await;
+    let node = node_at(&kafka, Some(dir.path()), &spec);
+    until_counts(&kafka, &output, KEYS, 120).await;
+    let status = node.status();
+    assert_eq!(status[0].restores_from_checkpoint, 0, "{status:?}");
+    let last = status[0].last_restore.clone().unwrap();
+    assert_eq!(last.source, RestoreSource::Changelog, "{last:?}");
     node.stop();
 }

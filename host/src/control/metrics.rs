@@ -53,7 +53,7 @@ pub fn state_name(state: &DeploymentState) -> &'static str {
 pub fn render(statuses: &[DeploymentStatus]) -> String {
     let mut out = String::new();
     type Counter = fn(&DeploymentStatus) -> u64;
-    let counters: [(&str, &str, Counter); 11] = [
+    let counters: [(&str, &str, Counter); 12] = [
         (
             "runnel_records_in_total",
             "Records read from the input topics and run.",
@@ -106,8 +106,13 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
         ),
         (
             "runnel_state_restores_total",
-            "Partitions whose state this node rebuilt from the changelog.",
+            "Partitions whose state this node restored (from the changelog or a local checkpoint).",
             |s| s.restores,
+        ),
+        (
+            "runnel_state_restores_from_checkpoint_total",
+            "Of those restores, the ones that kept the local store, its checkpoint holding: nothing read.",
+            |s| s.restores_from_checkpoint,
         ),
     ];
     for (name, help, get) in counters {

@@ -17,7 +17,7 @@ use super::Deployment;
 use super::delivery::{FLUSH_TIMEOUT, flush};
 use super::deployment::Shared;
 use super::lock;
-use super::queue::{Job, Rejected, TrySend};
+use super::queue::{GivenUp, Job, Rejected, TrySend};
 use super::status::{DeploymentStatus, PartitionStatus};
 use crate::kafka::{BadHeaderName, push_message};
 
@@ -107,7 +107,8 @@ impl RebalanceContext {
         self.shared.served.revoked(revoked.iter().map(|k| k.1));
         self.shared.bump_epochs(&revoked);
         self.shared.wait_idle(&revoked);
-        commit_final(&self.shared, consumer, &revoked);
+        let given_up = commit_final(&self.shared, consumer, &revoked);
+        close_stores(&self.shared, given_up);
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -140,13 +141,34 @@ pub(super) fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Tells a processor's workers that these partitions are given up, so that
+/// they close their stores (with local checkpoints where they hold).
+pub(super) fn close_stores(shared: &Shared, given_up: Vec<((String, i32), GivenUp)>) {
+    if !shared.processor {
+        return;
+    }
+    let senders = lock(&shared.workers).clone();
+    if senders.is_empty() {
+        return;
+    }
+    for ((topic, partition), given_up) in given_up {
+        let tx = &senders[partition.unsigned_abs() as usize % senders.len()];
+        // Without bytes: never waits for room.
+        let _ = tx.try_send(Job::Checkpoint {
+            topic,
+            partition,
+            given_up,
+        });
+    }
+}
+
 /// Flushes the producer, then commits what may be committed for `partitions`
-/// synchronously and forgets them.
+/// synchronously and forgets them. Says how each was given up.
 pub(super) fn commit_final(
     shared: &Shared,
     consumer: &BaseConsumer<RebalanceContext>,
     partitions: &[(String, i32)],
-) {
+) -> Vec<((String, i32), GivenUp)> {
     let producer = lock(&shared.producer).clone();
     if let Some(p) = producer
         && !flush(&p, FLUSH_TIMEOUT)
@@ -157,14 +179,26 @@ pub(super) fn commit_final(
         );
     }
     let mut tpl = TopicPartitionList::new();
+    let mut given_up = Vec::with_capacity(partitions.len());
     {
         let mut tracker = lock(&shared.tracker);
         for (topic, partition) in partitions {
-            if let Some(next) = tracker.remove(topic, *partition) {
-                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(next));
-            }
+            let how = match tracker.remove(topic, *partition) {
+                Some(next) => {
+                    let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(next));
+                    GivenUp::Committed(next)
+                }
+                None => GivenUp::Untouched,
+            };
+            given_up.push(((topic.clone(), *partition), how));
         }
     }
+    let unsure = |mut given_up: Vec<((String, i32), GivenUp)>| {
+        for (_, how) in &mut given_up {
+            *how = GivenUp::Unsure;
+        }
+        given_up
+    };
     // Lost, not revoked: the group moved on without this consumer (its
     // session timed out), another may own these partitions and have
     // committed past this offset. Committing would move it back.
@@ -183,7 +217,7 @@ pub(super) fn commit_final(
         if let Err(e) = consumer.store_offsets(&forget) {
             tracing::warn!(deployment = shared.name, error = %e, "cannot forget the stored offsets of lost partitions");
         }
-        return;
+        return unsure(given_up);
     }
     // Stored too: librdkafka's own commit of a revoked partition (automatic
     // commits are on) then writes this offset, not an older stored one.
@@ -192,7 +226,9 @@ pub(super) fn commit_final(
         && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
     {
         tracing::warn!(deployment = shared.name, error = %e, "final commit failed; records after the last commit will be read again");
+        return unsure(given_up);
     }
+    given_up
 }
 
 /// Stores the offsets whose outputs are all acknowledged; the periodic commit

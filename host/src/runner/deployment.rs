@@ -16,7 +16,8 @@ use rdkafka::producer::ThreadedProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::consumer::{
-    Buffers, Poller, RebalanceContext, commit_final, partitions, report_partitions, store_moved,
+    Buffers, Poller, RebalanceContext, close_stores, commit_final, partitions, report_partitions,
+    store_moved,
 };
 use super::delivery::{DeliveryContext, FLUSH_TIMEOUT, Retry, check_topics, flush, resend_failed};
 use super::exec::Exec;
@@ -476,16 +477,20 @@ fn run_inner(
     lock(&shared.buffers).clear();
     lock(&shared.held).clear();
     sync_workers(&shared);
-    lock(&shared.workers).clear();
-    for t in threads {
-        let _ = t.join();
-    }
     resend_failed(&shared, &producer);
     let assigned = consumer
         .assignment()
         .map(|a| partitions(&a))
         .unwrap_or_default();
-    commit_final(&shared, &consumer, &assigned);
+    let given_up = commit_final(&shared, &consumer, &assigned);
+    // The workers close their stores, with local checkpoints where they
+    // hold, before they end; queries let go of them first.
+    shared.served.clear();
+    close_stores(&shared, given_up);
+    lock(&shared.workers).clear();
+    for t in threads {
+        let _ = t.join();
+    }
     consumer.unsubscribe();
     drop(consumer);
     *current = lock(&shared.current).clone();

@@ -14,9 +14,11 @@ use runnel_abi::{BatchBuilder, RecordRef};
 
 use super::delivery::{Ack, DeliveryContext, Outgoing, Sent, dead_letter_headers, send};
 use super::deployment::Shared;
-use super::queue::{Job, Queued, Rejected};
-use super::restore::Changelog;
-use super::status::{DeploymentState, DeploymentStatus, Isolating, RestoreReport, Restoring};
+use super::queue::{GivenUp, Job, Queued, Rejected};
+use super::restore::{Changelog, Checkpoint, CheckpointLog};
+use super::status::{
+    DeploymentState, DeploymentStatus, Isolating, RestoreReport, RestoreSource, Restoring,
+};
 use super::{Deployment, headers, lock};
 use crate::engine::{Outcome, Worker};
 use crate::state::{State, Write, changelog};
@@ -53,9 +55,15 @@ pub(super) struct Exec {
 /// This worker's ownership of a partition's state.
 pub(super) struct Owner {
     assignment: u64,
-    epoch: String,
+    /// The owner epoch its changelog records carry, and as their header.
+    epoch: u64,
+    epoch_header: String,
+    /// Where its epoch marker landed in each store's changelog.
+    markers: Vec<i64>,
     /// The input offset the state was restored to.
     committed: i64,
+    /// The offset after the last input whose writes are in the store.
+    next: i64,
     /// Whether a record of the assignment has run on it since.
     ran: bool,
 }
@@ -106,6 +114,11 @@ impl Exec {
                     self.restored(&key, epoch, committed);
                 }
             }
+            Job::Checkpoint {
+                topic,
+                partition,
+                given_up,
+            } => self.checkpoint(&topic, partition, given_up),
             // Ending, or made before its partition was revoked: not run, so
             // not committed, and read again by the next owner. A partition's
             // jobs run in order, so once one is dropped for its epoch, every
@@ -122,7 +135,9 @@ impl Exec {
                     && self.restored(&key, epoch, record.offset)
                 {
                     self.ran(key.1);
+                    let next = record.offset + 1;
                     self.reject(&key.0, key.1, *record);
+                    self.advanced(key.1, next);
                 }
             }
             Job::Batch {
@@ -267,6 +282,27 @@ impl Exec {
         let status = self.status.clone();
         let go_on = || shared.is_current(key, assignment);
         let mut delay = Duration::from_millis(500);
+        // A local checkpoint is tried once: it is gone as it is taken.
+        let mut local = match self.state_mut().map(|s| s.take_checkpoint(partition)) {
+            Some(Ok(Some(bytes))) => {
+                let checkpoint = Checkpoint::from_bytes(&bytes);
+                if checkpoint.is_none() {
+                    tracing::warn!(
+                        deployment = self.d.spec.name,
+                        topic = key.0,
+                        partition,
+                        "the local state's checkpoint cannot be read: restoring from the changelog"
+                    );
+                }
+                checkpoint
+            }
+            Some(Err(e)) => {
+                tracing::warn!(deployment = self.d.spec.name, topic = key.0, partition, error = %e,
+                    "cannot take the local state's checkpoint: restoring from the changelog");
+                None
+            }
+            _ => None,
+        };
         loop {
             if !go_on() {
                 return false;
@@ -288,27 +324,42 @@ impl Exec {
                     r.records_read = records;
                 }
             };
-            let result = changelog.restore(partition, committed, &go_on, &progress);
+            let result = changelog.restore(
+                partition,
+                committed,
+                local.take().as_ref(),
+                &go_on,
+                &progress,
+            );
             lock(&status)
                 .restoring
                 .retain(|r| !(r.topic == key.0 && r.partition == partition));
             let error = match result {
                 Ok(None) => return false,
                 Ok(Some(restored)) => {
-                    let replaced = match self.state_mut() {
-                        Some(state) => state.replace(partition, restored.stores),
-                        None => Err(crate::state::StoreError(
+                    let source = if restored.stores.is_some() {
+                        RestoreSource::Changelog
+                    } else {
+                        RestoreSource::Checkpoint
+                    };
+                    let replaced = match (self.state_mut(), restored.stores) {
+                        (Some(state), Some(stores)) => {
+                            state.replace(partition, stores).map(|()| restored.keys)
+                        }
+                        (Some(state), None) => state.resume(partition),
+                        (None, _) => Err(crate::state::StoreError(
                             "the processor has no state to restore into".to_owned(),
                         )),
                     };
                     match replaced {
-                        Ok(()) => {
+                        Ok(keys) => {
                             let report = RestoreReport {
                                 topic: key.0.clone(),
                                 partition,
+                                source,
                                 committed,
                                 epoch: restored.epoch,
-                                keys: restored.keys,
+                                keys,
                                 write_backs: restored.write_backs as u64,
                                 counts: restored.counts,
                                 ms: started.elapsed().as_secs_f64() * 1e3,
@@ -317,9 +368,10 @@ impl Exec {
                                 deployment = self.d.spec.name,
                                 topic = key.0,
                                 partition,
+                                from = ?source,
                                 committed,
                                 epoch = restored.epoch,
-                                keys = restored.keys,
+                                keys,
                                 records = restored.counts.records,
                                 skipped_uncommitted = restored.counts.uncommitted,
                                 late = restored.counts.late,
@@ -329,14 +381,20 @@ impl Exec {
                             );
                             let mut s = lock(&status);
                             s.restores += 1;
+                            if source == RestoreSource::Checkpoint {
+                                s.restores_from_checkpoint += 1;
+                            }
                             s.last_restore = Some(report);
                             drop(s);
                             self.owners.insert(
                                 partition,
                                 Owner {
                                     assignment,
-                                    epoch: restored.epoch.to_string(),
+                                    epoch: restored.epoch,
+                                    epoch_header: restored.epoch.to_string(),
+                                    markers: restored.markers,
                                     committed,
+                                    next: committed,
                                     ran: false,
                                 },
                             );
@@ -376,6 +434,80 @@ impl Exec {
         }
     }
 
+    /// The inputs of `partition` before `next` have run on its store.
+    fn advanced(&mut self, partition: i32, next: i64) {
+        if let Some(o) = self.owners.get_mut(&partition) {
+            o.next = next;
+        }
+    }
+
+    /// `partition` was given up: closes its store, keeping it with a local
+    /// checkpoint when the store holds exactly the inputs before the
+    /// offset the group has committed (see [`super::restore::Checkpoint`]).
+    fn checkpoint(&mut self, topic: &str, partition: i32, given_up: GivenUp) {
+        let owner = self.owners.remove(&partition);
+        let Some(changelog) = self.changelog.clone() else {
+            return;
+        };
+        let name = self.d.spec.name.clone();
+        let Some(state) = self.state_mut() else {
+            return;
+        };
+        let current = owner.and_then(|o| {
+            let committed = match given_up {
+                GivenUp::Committed(c) => c,
+                GivenUp::Untouched => o.committed,
+                GivenUp::Unsure => return None,
+            };
+            (o.next == committed).then_some((o, committed))
+        });
+        let Some((owner, committed)) = current else {
+            state.close(partition);
+            return;
+        };
+        let ends = match changelog.ends(partition) {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::warn!(deployment = name, topic, partition, error = %format!("{e:#}"),
+                    "no local checkpoint: the changelog's end cannot be read");
+                state.close(partition);
+                return;
+            }
+        };
+        let checkpoint = Checkpoint {
+            committed,
+            epoch: owner.epoch,
+            logs: changelog
+                .topics
+                .iter()
+                .zip(owner.markers)
+                .zip(ends)
+                .map(|(((_, topic), marker), end)| CheckpointLog {
+                    topic: topic.clone(),
+                    marker,
+                    end,
+                })
+                .collect(),
+        };
+        match state.checkpoint(partition, &checkpoint.to_bytes()) {
+            Ok(true) => tracing::debug!(
+                deployment = name,
+                topic,
+                partition,
+                committed,
+                "the partition's state is closed with a local checkpoint"
+            ),
+            Ok(false) => tracing::debug!(
+                deployment = name,
+                topic,
+                partition,
+                "no local checkpoint: a query held the store"
+            ),
+            Err(e) => tracing::warn!(deployment = name, topic, partition, error = %e,
+                "no local checkpoint: it cannot be written"),
+        }
+    }
+
     /// Produces a call's state writes to their stores' changelogs, each
     /// acknowledged for the input record that made it.
     fn send_writes(&self, writes: Vec<Write>) {
@@ -389,7 +521,7 @@ impl Exec {
             let epoch = self
                 .owners
                 .get(&w.cause.partition)
-                .map_or("0", |o| o.epoch.as_str());
+                .map_or("0", |o| o.epoch_header.as_str());
             let cause = w.cause.offset.to_string();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
@@ -487,6 +619,9 @@ impl Exec {
             .take(processed.outcomes.len())
             .map_while(Result::ok)
             .collect();
+        if let Some(last) = inputs.last() {
+            self.advanced(partition, last.offset() + 1);
+        }
         // A processor's state writes: each is acknowledged for its input,
         // as its outputs are, so that an input's offset is committed only
         // once its outputs and its changelog writes are all in.

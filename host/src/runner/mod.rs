@@ -94,8 +94,8 @@ use crate::engine::{Engine, Limits, Module, World};
 use crate::kafka::KafkaOptions;
 
 pub use status::{
-    DeploymentState, DeploymentStatus, Isolating, PartitionStatus, RestoreReport, Restoring,
-    SwapReport,
+    DeploymentState, DeploymentStatus, Isolating, PartitionStatus, RestoreReport, RestoreSource,
+    Restoring, SwapReport,
 };
 
 /// Refuses what this node cannot run on Kafka: a processor reads exactly

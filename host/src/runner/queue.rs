@@ -123,8 +123,29 @@ pub(super) enum Job {
         epoch: u64,
         committed: i64,
     },
+    /// The partition was given up: close its state's store, with a local
+    /// checkpoint if the store is current to exactly the offset the group
+    /// has committed (see [`super::restore::Checkpoint`]). Never waits for
+    /// room.
+    Checkpoint {
+        topic: String,
+        partition: i32,
+        given_up: GivenUp,
+    },
     /// Answer once every job sent before this one is done.
     Sync(SyncSender<()>),
+}
+
+/// How a partition was given up, as far as its committed offset goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GivenUp {
+    /// Its input was committed at this offset.
+    Committed(i64),
+    /// Nothing was run since it was assigned, so nothing was committed:
+    /// the group's offset is the one its state was restored to.
+    Untouched,
+    /// Its commit failed, or it was lost: the committed offset is unknown.
+    Unsure,
 }
 
 /// A consumed record that cannot be given to the function (a header name
@@ -149,7 +170,7 @@ impl Job {
             Job::Reject { record, .. } => {
                 record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)
             }
-            Job::Restore { .. } | Job::Sync(_) => 0,
+            Job::Restore { .. } | Job::Checkpoint { .. } | Job::Sync(_) => 0,
         }
     }
 }

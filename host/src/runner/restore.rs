@@ -2,6 +2,30 @@
 //! runs before the first batch of a partition it was given. The rules of
 //! what a restore keeps are [`crate::state::changelog`]'s; this is the
 //! reading and writing.
+//!
+//! # Local checkpoints
+//!
+//! A worker that gives a partition up cleanly (a revoke, or the node's
+//! stop), having committed exactly the offset its store is current to,
+//! closes the store with a [`Checkpoint`]: that offset, its owner epoch,
+//! and per store the offset of its epoch marker and the changelog's end.
+//! When the partition comes back to this node (the same process after a
+//! rebalance, or a restarted one with the same `--state-dir`), the restore
+//! takes the checkpoint (removing it, so that a crash from then on falls
+//! back to the changelog) and keeps the local store, reading nothing,
+//! when all of these hold:
+//!
+//! - the group's committed offset is still the checkpoint's: no other owner
+//!   committed since;
+//! - every changelog topic is the same and ends where it ended: no other
+//!   owner wrote to it (each owner writes a marker before anything else);
+//! - the record at the checkpoint's marker offset is this owner's marker:
+//!   the topic was not deleted and made again.
+//!
+//! It then writes its new marker, and falls back to reading the changelog
+//! if that marker did not land exactly at the old end. Otherwise the store
+//! is what a full restore would have rebuilt: the state after every input
+//! before the committed offset, and no write of one from it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,23 +45,71 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// The changelog topics of one processor deployment, one per store, in the
 /// order the stores are declared.
-#[derive(Debug, Clone)]
 pub(super) struct Changelog {
     pub(super) kafka: KafkaOptions,
     pub(super) deployment: String,
     /// (store, topic)
     pub(super) topics: Vec<(Arc<str>, String)>,
+    /// A client kept for [`Changelog::ends`], made at its first use.
+    watermarks: Mutex<Option<BaseConsumer>>,
 }
+
+impl std::fmt::Debug for Changelog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changelog")
+            .field("deployment", &self.deployment)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+/// One store's entries: (key, value).
+pub(super) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// What a restore rebuilt.
 pub(super) struct Restored {
     /// The epoch this owner writes with.
     pub(super) epoch: u64,
-    /// Each store's entries, in declaration order.
-    pub(super) stores: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Where this owner's marker landed in each store's changelog.
+    pub(super) markers: Vec<i64>,
+    /// Each store's entries, in declaration order; `None` when the local
+    /// store is current (a [`Checkpoint`] held), and is kept as it is.
+    pub(super) stores: Option<Vec<Entries>>,
     pub(super) counts: Counts,
     pub(super) write_backs: usize,
     pub(super) keys: u64,
+}
+
+/// What a closed local store is current to: see "Local checkpoints" above.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Checkpoint {
+    /// The group's committed offset when the store was closed: the store
+    /// holds the writes of every input before it, and of none from it.
+    pub(super) committed: i64,
+    /// The owner epoch the store's writes were made with.
+    pub(super) epoch: u64,
+    /// Per store, in declaration order.
+    pub(super) logs: Vec<CheckpointLog>,
+}
+
+/// One changelog topic as a checkpoint saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct CheckpointLog {
+    pub(super) topic: String,
+    /// The offset of the owner's epoch marker.
+    pub(super) marker: i64,
+    /// The changelog partition's end (its high watermark).
+    pub(super) end: i64,
+}
+
+impl Checkpoint {
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub(super) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 /// Where a restore is: records read so far.
@@ -62,6 +134,7 @@ impl Changelog {
                     )
                 })
                 .collect(),
+            watermarks: Mutex::default(),
         }
     }
 
@@ -160,14 +233,30 @@ impl Changelog {
     /// owner's epoch marker and the write-backs, and waits until the broker
     /// has them. `None` when `go_on` turns false (the partition was taken
     /// away, or the deployment stops).
+    ///
+    /// With a `local` checkpoint that still holds (see "Local checkpoints"
+    /// above), reads nothing and keeps the local store instead.
     pub(super) fn restore(
         &self,
         partition: i32,
         committed: i64,
+        local: Option<&Checkpoint>,
         go_on: &dyn Fn() -> bool,
         progress: Progress<'_>,
     ) -> anyhow::Result<Option<Restored>> {
         let reader = self.reader()?;
+        if let Some(checkpoint) = local {
+            match self.resume(&reader, partition, committed, checkpoint, go_on)? {
+                Resumed::Yes(restored) => return Ok(Some(restored)),
+                Resumed::Stopped => return Ok(None),
+                Resumed::No(why) => tracing::info!(
+                    deployment = self.deployment,
+                    partition,
+                    why,
+                    "the local state's checkpoint does not hold: restoring from the changelog"
+                ),
+            }
+        }
         let mut restores: Vec<Restore> = Vec::with_capacity(self.topics.len());
         let mut read_to = Vec::with_capacity(self.topics.len());
         let mut records = 0u64;
@@ -249,6 +338,16 @@ impl Changelog {
             }
         }
 
+        let markers = markers
+            .iter()
+            .map(|id| {
+                marked
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, offset)| *offset)
+                    .unwrap_or(-1)
+            })
+            .collect();
         let mut counts = Counts::default();
         let mut stores = Vec::with_capacity(restores.len());
         let mut sent = 0usize;
@@ -275,11 +374,182 @@ impl Changelog {
         }
         Ok(Some(Restored {
             epoch,
-            stores,
+            markers,
+            stores: Some(stores),
             counts,
             write_backs: sent,
             keys,
         }))
+    }
+
+    /// Where each store's changelog partition ends now (its high
+    /// watermark), in declaration order.
+    pub(super) fn ends(&self, partition: i32) -> anyhow::Result<Vec<i64>> {
+        let mut cached = self
+            .watermarks
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a changelog reader panicked"))?;
+        if cached.is_none() {
+            *cached = Some(self.reader()?);
+        }
+        let reader = cached.as_ref().expect("set above");
+        self.topics
+            .iter()
+            .map(|(_, topic)| {
+                reader
+                    .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                    .map(|(_, high)| high)
+                    .with_context(|| format!("cannot read where {topic}/{partition} ends"))
+            })
+            .collect()
+    }
+
+    /// The fast path of [`Changelog::restore`]: keeps the local store if
+    /// `checkpoint` holds.
+    fn resume(
+        &self,
+        reader: &BaseConsumer,
+        partition: i32,
+        committed: i64,
+        checkpoint: &Checkpoint,
+        go_on: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Resumed> {
+        if checkpoint.committed != committed {
+            return Ok(Resumed::No(format!(
+                "it is current to input offset {}, the group's committed offset is {committed}",
+                checkpoint.committed
+            )));
+        }
+        let topics: Vec<&str> = self.topics.iter().map(|(_, t)| t.as_str()).collect();
+        let was: Vec<&str> = checkpoint.logs.iter().map(|l| l.topic.as_str()).collect();
+        if topics != was {
+            return Ok(Resumed::No(format!(
+                "it was made for the changelogs {was:?}, the stores' are now {topics:?}"
+            )));
+        }
+        let ends = self.ends(partition)?;
+        for (log, end) in checkpoint.logs.iter().zip(&ends) {
+            if log.end != *end {
+                return Ok(Resumed::No(format!(
+                    "{}/{partition} ended at {} and ends at {end} now",
+                    log.topic, log.end
+                )));
+            }
+            match record_at(reader, &log.topic, partition, log.marker, go_on)? {
+                None => return Ok(Resumed::Stopped),
+                Some(Some(epoch)) if epoch == checkpoint.epoch => {}
+                Some(_) => {
+                    return Ok(Resumed::No(format!(
+                        "{}/{partition}@{} is not the marker of epoch {}",
+                        log.topic, log.marker, checkpoint.epoch
+                    )));
+                }
+            }
+        }
+        // This owner's marker, which must land at the old end: then
+        // nothing came between.
+        let epoch = checkpoint.epoch.saturating_add(1);
+        let epoch_s = epoch.to_string();
+        let writer = Writer::new(&self.kafka)?;
+        let ids: Vec<usize> = self
+            .topics
+            .iter()
+            .map(|(_, topic)| {
+                writer.send(
+                    topic,
+                    partition,
+                    changelog::KEY_MARKER,
+                    Some(b""),
+                    &epoch_s,
+                    None,
+                )
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let Some(marked) = writer.wait(ids.len(), go_on)? else {
+            return Ok(Resumed::Stopped);
+        };
+        let mut markers = Vec::with_capacity(ids.len());
+        for (id, log) in ids.iter().zip(&checkpoint.logs) {
+            let at = marked
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, offset)| *offset)
+                .context("no delivery report for an epoch marker")?;
+            if at != log.end {
+                return Ok(Resumed::No(format!(
+                    "a record came into {}/{partition} at {} before this owner's marker",
+                    log.topic, log.end
+                )));
+            }
+            markers.push(at);
+        }
+        Ok(Resumed::Yes(Restored {
+            epoch,
+            markers,
+            stores: None,
+            counts: Counts::default(),
+            write_backs: 0,
+            keys: 0,
+        }))
+    }
+}
+
+/// Whether a restore could keep the local store.
+enum Resumed {
+    Yes(Restored),
+    /// Why not.
+    No(String),
+    /// `go_on` turned false.
+    Stopped,
+}
+
+/// The owner epoch of the record at `topic/partition@offset`, if it is a
+/// marker: `Some(None)` when it is not (or is gone), `None` when `go_on`
+/// turned false.
+fn record_at(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    go_on: &dyn Fn() -> bool,
+) -> anyhow::Result<Option<Option<u64>>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .context("assigning a changelog partition")?;
+    reader
+        .assign(&tpl)
+        .with_context(|| format!("cannot read {topic}/{partition}"))?;
+    let started = Instant::now();
+    loop {
+        if !go_on() {
+            return Ok(None);
+        }
+        if started.elapsed() > STALL {
+            anyhow::bail!("reading {topic}/{partition}@{offset} took over {STALL:?}");
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if m.offset() != offset || m.key() != Some(changelog::KEY_MARKER) {
+                    return Ok(Some(None));
+                }
+                let mut tags = changelog::Tags::default();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        if let Some(header) = h.try_get(i) {
+                            tags.take(header.key, header.value);
+                        }
+                    }
+                }
+                return Ok(Some(match changelog::decode(m.key(), m.payload(), tags) {
+                    Ok(changelog::Entry::Marker { epoch }) => Some(epoch),
+                    _ => None,
+                }));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(topic, partition, error = %e, "reading a changelog's marker");
+            }
+            None => {}
+        }
     }
 }
 

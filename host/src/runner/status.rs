@@ -98,6 +98,8 @@ pub struct DeploymentStatus {
     pub restoring: Vec<Restoring>,
     /// State restores finished on this node.
     pub restores: u64,
+    /// Of those, the ones that kept a local store its checkpoint held for.
+    pub restores_from_checkpoint: u64,
     /// How the last one went.
     pub last_restore: Option<RestoreReport>,
 }
@@ -118,6 +120,7 @@ pub struct Restoring {
 pub struct RestoreReport {
     pub topic: String,
     pub partition: i32,
+    pub source: RestoreSource,
     /// The input offset the owner started at: writes of inputs from there
     /// on were skipped (those inputs run again).
     pub committed: i64,
@@ -129,6 +132,16 @@ pub struct RestoreReport {
     pub write_backs: u64,
     pub counts: crate::state::changelog::Counts,
     pub ms: f64,
+}
+
+/// Where a restore took a partition's state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreSource {
+    /// Read from the changelog.
+    Changelog,
+    /// The local store, kept: its checkpoint held.
+    Checkpoint,
 }
 
 /// Now, in ms since the Unix epoch.
@@ -190,6 +203,7 @@ impl DeploymentStatus {
             state_writes: 0,
             restoring: Vec::new(),
             restores: 0,
+            restores_from_checkpoint: 0,
             last_restore: None,
         }
     }

@@ -59,20 +59,82 @@ impl DiskBackend {
     }
 }
 
+impl DiskBackend {
+    fn store_path(&self, partition: i32) -> PathBuf {
+        self.dir.join(format!("partition-{partition}.redb"))
+    }
+
+    fn checkpoint_path(&self, partition: i32) -> PathBuf {
+        self.dir.join(format!("partition-{partition}.checkpoint"))
+    }
+
+    /// Makes the folder's entries (a rename, a removal) durable.
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError(format!("cannot sync {}: {e}", self.dir.display())))
+    }
+}
+
+/// Removes `path`; gone already is fine.
+fn remove(path: &Path) -> Result<bool, StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError(format!("cannot remove {}: {e}", path.display()))),
+    }
+}
+
 impl Backend for DiskBackend {
     fn open(&mut self, partition: i32) -> Result<Box<dyn Store>, StoreError> {
-        Ok(Box::new(DiskStore::open(
-            &self.dir.join(format!("partition-{partition}.redb")),
-        )?))
+        Ok(Box::new(DiskStore::open(&self.store_path(partition))?))
     }
 
     fn wipe(&mut self, partition: i32) -> Result<(), StoreError> {
-        let path = self.dir.join(format!("partition-{partition}.redb"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError(format!("cannot remove {}: {e}", path.display()))),
+        // The checkpoint first: a checkpoint never outlives its store.
+        if remove(&self.checkpoint_path(partition))? {
+            self.sync_dir()?;
         }
+        remove(&self.store_path(partition))?;
+        Ok(())
+    }
+
+    /// Flushes the store (an fsync), closes it, then writes the checkpoint
+    /// beside it, durably (written aside, synced, renamed, the folder
+    /// synced): a checkpoint on disk always describes a store on disk.
+    fn checkpoint(
+        &mut self,
+        partition: i32,
+        store: Box<dyn Store>,
+        checkpoint: &[u8],
+    ) -> Result<(), StoreError> {
+        store.flush()?;
+        drop(store);
+        let path = self.checkpoint_path(partition);
+        let aside = path.with_extension("checkpoint.tmp");
+        let fail = |e: std::io::Error| StoreError(format!("cannot write {}: {e}", aside.display()));
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&aside).map_err(fail)?;
+            f.write_all(checkpoint).map_err(fail)?;
+            f.sync_all().map_err(fail)?;
+        }
+        std::fs::rename(&aside, &path).map_err(fail)?;
+        self.sync_dir()
+    }
+
+    /// Reads the checkpoint and removes it (durably) before the store is
+    /// written again: after a crash from here on, the store is not trusted.
+    fn take_checkpoint(&mut self, partition: i32) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.checkpoint_path(partition);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError(format!("cannot read {}: {e}", path.display()))),
+        };
+        remove(&path)?;
+        self.sync_dir()?;
+        Ok(Some(bytes))
     }
 }
 
@@ -207,6 +269,16 @@ impl Store for DiskStore {
     fn bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
+
+    fn keys(&self, store: &str) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata as _;
+        let n = self.with_table(store, |t| t.len().map_err(err))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        DiskStore::flush(self)
+    }
 }
 
 #[cfg(test)]
@@ -258,5 +330,30 @@ mod tests {
         drop(disk);
         let reopened = DiskStore::open(&dir.path().join("p.redb")).unwrap();
         assert_eq!(reopened.get("b", b"k1").unwrap(), Some(b"other".to_vec()));
+    }
+
+    /// A checkpoint is kept with its closed store, taken once, and never
+    /// outlives the store: a wipe removes both.
+    #[test]
+    fn a_checkpoint_is_kept_with_its_store_and_taken_once() {
+        use crate::state::Backend;
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = DiskBackend::for_deployment(dir.path(), "d", "in").unwrap();
+        assert_eq!(backend.take_checkpoint(2).unwrap(), None);
+        let mut store = backend.open(2).unwrap();
+        store.apply(&[put("a", "k", Some("v"))]).unwrap();
+        backend.checkpoint(2, store, b"at 7").unwrap();
+        assert_eq!(
+            backend.take_checkpoint(2).unwrap().as_deref(),
+            Some(&b"at 7"[..])
+        );
+        assert_eq!(backend.take_checkpoint(2).unwrap(), None, "taken once");
+        let store = backend.open(2).unwrap();
+        assert_eq!(store.get("a", b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.keys("a").unwrap(), 1);
+        backend.checkpoint(2, store, b"at 8").unwrap();
+        backend.wipe(2).unwrap();
+        assert_eq!(backend.take_checkpoint(2).unwrap(), None);
+        assert_eq!(backend.open(2).unwrap().get("a", b"k").unwrap(), None);
     }
 }

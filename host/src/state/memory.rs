@@ -9,7 +9,9 @@ use super::{Backend, Scanned, Store, StoreError, Write};
 /// partition's quota (the map's node, the two vectors' headers).
 pub const ENTRY_OVERHEAD: u64 = 64;
 
-/// A fresh, empty [`MemoryStore`] per partition.
+/// A fresh, empty [`MemoryStore`] per partition. A closed store is gone:
+/// nothing is kept with a checkpoint (see [`Backend::checkpoint`]), so a
+/// partition given up frees its memory at once.
 #[derive(Debug, Default)]
 pub struct MemoryBackend;
 
@@ -88,5 +90,9 @@ impl Store for MemoryStore {
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn keys(&self, store: &str) -> Result<u64, StoreError> {
+        Ok(self.stores.get(store).map_or(0, |s| s.len() as u64))
     }
 }

@@ -92,6 +92,14 @@ pub trait Store: Send + fmt::Debug {
     /// About how many bytes the store takes (keys, values and overhead),
     /// for the quota of state per partition.
     fn bytes(&self) -> u64;
+
+    /// How many keys store `store` holds.
+    fn keys(&self, store: &str) -> Result<u64, StoreError>;
+
+    /// Makes every applied write durable. Nothing to do in memory.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One partition's store, shared by the worker that writes it and the
@@ -103,8 +111,32 @@ pub trait Backend: Send + fmt::Debug {
     fn open(&mut self, partition: i32) -> Result<Box<dyn Store>, StoreError>;
 
     /// Deletes what a partition's store keeps (it is not open), so that the
-    /// next [`Backend::open`] starts empty: before a restore.
+    /// next [`Backend::open`] starts empty: before a restore. A checkpoint
+    /// of the partition goes too.
     fn wipe(&mut self, partition: i32) -> Result<(), StoreError>;
+
+    /// Closes a partition's store, keeping it with `checkpoint` (the
+    /// runner's record of what the store is current to), so that a later
+    /// [`Backend::take_checkpoint`] and [`Backend::open`] find it as it is.
+    /// By default nothing is kept: the store is dropped.
+    fn checkpoint(
+        &mut self,
+        partition: i32,
+        store: Box<dyn Store>,
+        checkpoint: &[u8],
+    ) -> Result<(), StoreError> {
+        let _ = (partition, checkpoint);
+        store.flush()?;
+        Ok(())
+    }
+
+    /// The checkpoint kept with a closed store, removed as it is taken: the
+    /// store is written again from here on, so the checkpoint no longer
+    /// holds, whatever happens next.
+    fn take_checkpoint(&mut self, partition: i32) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = partition;
+        Ok(None)
+    }
 }
 
 /// Why a state call failed; the engine turns it into the WIT `state-error`.
@@ -313,6 +345,48 @@ impl State {
         // further work.
         drop(self.store(partition)?);
         Ok(())
+    }
+
+    /// Closes `partition`'s store and keeps it with `checkpoint` (see
+    /// [`Backend::checkpoint`]). False, with the store closed and nothing
+    /// kept, when a query still holds it.
+    pub fn checkpoint(&mut self, partition: i32, checkpoint: &[u8]) -> Result<bool, StoreError> {
+        let Some(shared) = self.open.remove(&partition) else {
+            return Ok(false);
+        };
+        let Ok(store) = Arc::try_unwrap(shared) else {
+            return Ok(false);
+        };
+        let store = store.into_inner().unwrap_or_else(PoisonError::into_inner);
+        self.backend.checkpoint(partition, store, checkpoint)?;
+        Ok(true)
+    }
+
+    /// Takes the checkpoint kept with `partition`'s closed store, if any:
+    /// see [`Backend::take_checkpoint`].
+    pub fn take_checkpoint(&mut self, partition: i32) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.open.contains_key(&partition) {
+            return Ok(None);
+        }
+        self.backend.take_checkpoint(partition)
+    }
+
+    /// Opens `partition`'s store as it was kept (a restore from a local
+    /// checkpoint); returns how many keys it holds.
+    pub fn resume(&mut self, partition: i32) -> Result<u64, StoreError> {
+        let declared = self.declared.clone();
+        let store = self.store(partition)?;
+        let mut keys = 0;
+        for name in &declared {
+            keys += store.keys(name)?;
+        }
+        Ok(keys)
+    }
+
+    /// Closes `partition`'s store, which is no longer this worker's; its
+    /// next owner here restores it.
+    pub fn close(&mut self, partition: i32) {
+        self.open.remove(&partition);
     }
 
     /// Ends the call and forgets its writes.
@@ -677,6 +751,9 @@ mod tests {
         }
         fn bytes(&self) -> u64 {
             self.0.bytes()
+        }
+        fn keys(&self, store: &str) -> Result<u64, StoreError> {
+            self.0.keys(store)
         }
     }
 

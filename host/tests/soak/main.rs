@@ -17,16 +17,19 @@
 //! broker's advertised address: it cuts or slows one node's connections,
 //! told apart by client id (`runnel-<node id>`).
 //!
-//! Faults: SIGKILL a node and start it again; SIGSTOP a node past its
-//! session timeout, then SIGCONT; restart the broker; cut or delay a node's
-//! connections; add and remove nodes; swap, roll back, pause and resume
-//! deployments. Several can be under way at once.
+//! Faults: SIGKILL a node and start it again; stop a node cleanly (SIGTERM)
+//! and start it again; SIGSTOP a node past its session timeout, then
+//! SIGCONT; restart the broker; cut or delay a node's connections; add and
+//! remove nodes; swap, roll back, pause and resume deployments. Several can
+//! be under way at once.
 //!
 //! A fourth deployment, `running-count` (a processor: keyed state in
 //! changelogs), counts the same input per key; it takes every fault but
-//! the swaps, rollbacks and pauses. Its nodes keep state in memory, so
-//! every node restart starts with an empty state folder. Every key's last
-//! count must be exactly its number of records.
+//! the swaps, rollbacks and pauses. Each node keeps its stores in a state
+//! folder of its own (`--state-dir`), which a restarted node finds again:
+//! after a kill its stores are not trusted and are read again from the
+//! changelogs; after a clean stop their local checkpoints may hold. Every
+//! key's last count must be exactly its number of records.
 //!
 //! It fails (exit 1) on a key counted short or over, a lost record, an
 //! output without an input, a record
@@ -208,6 +211,7 @@ impl Rng {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
     Kill,
+    Restart,
     Sigstop,
     BrokerRestart,
     Cut,
@@ -220,8 +224,9 @@ pub enum Fault {
 }
 
 impl Fault {
-    const ALL: [(Fault, usize); 10] = [
+    const ALL: [(Fault, usize); 11] = [
         (Fault::Kill, 3),
+        (Fault::Restart, 2),
         (Fault::Sigstop, 2),
         (Fault::BrokerRestart, 1),
         (Fault::Cut, 2),
@@ -248,6 +253,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill -9 + restart",
+            Fault::Restart => "clean stop + restart",
             Fault::Sigstop => "SIGSTOP past session",
             Fault::BrokerRestart => "broker restart",
             Fault::Cut => "connections cut",
@@ -296,6 +302,8 @@ impl Cluster {
             // Rebalances wait at most 30 s for a member that never comes
             // back.
             .args(["--kafka", "max.poll.interval.ms=30000"])
+            .arg("--state-dir")
+            .arg(self.dir.join("state").join(id))
             .env("RUNNEL_LOG", "warn,runnel_host::runner=info")
             .env("NO_COLOR", "1")
             .env("RUNNEL_CACHE_DIR", self.dir.join("cache"))
@@ -532,6 +540,30 @@ impl Soak {
         *self.broker_process.lock().unwrap() = child;
     }
 
+    /// Stops node `i` with SIGTERM and waits for it to end (SIGKILL past
+    /// 50 s: a clean stop takes at most 45 s, `STOP_BOUND`).
+    async fn stop_node(&self, i: usize, id: &str, pid: u32) {
+        signal(pid, "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(50);
+        loop {
+            let done = self.cluster.lock().unwrap().nodes[i]
+                .child
+                .try_wait()
+                .unwrap();
+            if let Some(status) = done {
+                if !status.success() {
+                    self.log(format_args!("  {id} stopped with {status}"));
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                self.log(format_args!("  {id} did not stop within 50 s"));
+                signal(pid, "-KILL");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn inject(self: Arc<Self>, fault: Fault) {
         match fault {
             Fault::Kill => {
@@ -543,6 +575,18 @@ impl Soak {
                 tokio::time::sleep(self.rng(|r| r.between(500, 3000))).await;
                 let mut c = self.cluster.lock().unwrap();
                 let _ = c.nodes[i].child.wait();
+                let (child, admin) = c.spawn(&id);
+                let node = &mut c.nodes[i];
+                (node.child, node.admin, node.busy) = (child, admin, false);
+            }
+            Fault::Restart => {
+                let Some((i, id, pid)) = self.take() else {
+                    return;
+                };
+                self.injected(fault, &id);
+                self.stop_node(i, &id, pid).await;
+                tokio::time::sleep(self.rng(|r| r.between(500, 3000))).await;
+                let mut c = self.cluster.lock().unwrap();
                 let (child, admin) = c.spawn(&id);
                 let node = &mut c.nodes[i];
                 (node.child, node.admin, node.busy) = (child, admin, false);
@@ -597,27 +641,8 @@ impl Soak {
                     }
                 };
                 let Some((i, id, pid)) = taken else { return };
-                signal(pid, "-TERM");
                 self.injected(fault, &id);
-                // A clean stop takes at most 45 s (STOP_BOUND).
-                let deadline = Instant::now() + Duration::from_secs(50);
-                loop {
-                    let done = self.cluster.lock().unwrap().nodes[i]
-                        .child
-                        .try_wait()
-                        .unwrap();
-                    if let Some(status) = done {
-                        if !status.success() {
-                            self.log(format_args!("  {id} stopped with {status}"));
-                        }
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        self.log(format_args!("  {id} did not stop within 50 s"));
-                        signal(pid, "-KILL");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                self.stop_node(i, &id, pid).await;
                 self.cluster.lock().unwrap().nodes[i].removed = true;
             }
             Fault::Swap | Fault::Rollback | Fault::PauseResume => {
@@ -1023,6 +1048,23 @@ async fn soak(args: Args) -> Vec<String> {
             ));
         }
     }
+    // Where the keyed count's restores took their state from, by the nodes'
+    // logs.
+    let (mut from_checkpoint, mut from_changelog) = (0, 0);
+    for n in &c.nodes {
+        let log = std::fs::read_to_string(c.dir.join(format!("{}.log", n.id))).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("state restored")) {
+            if line.contains("from=Checkpoint") {
+                from_checkpoint += 1;
+            } else {
+                from_changelog += 1;
+            }
+        }
+    }
+    println!(
+        "keyed count's restores: {from_checkpoint} kept a local store (checkpoint held), \
+         {from_changelog} read the changelog"
+    );
     println!(
         "control requests refused while faults were under way: {}",
         soak.refused.load(Ordering::Relaxed)

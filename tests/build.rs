@@ -31,6 +31,7 @@ const WORKSPACES: &[(&str, &[&str])] = &[
             "contract-breaker",
             "big-data",
             "state-probe",
+            "router",
         ],
     ),
 ];

@@ -127,7 +127,7 @@ pub fn node_run(
 ) -> (Duration, f64) {
     spec.batch_size = 256;
     spec.linger_ms = 5;
-    let output = spec.output.clone();
+    let output = spec.output.first().to_owned();
     let d = runnel_host::runner::Deployment::load(&runnel_tests::engine(None), spec)
         .expect("the deployment loads");
     let cpu0 = cpu_seconds(None);

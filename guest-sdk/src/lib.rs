@@ -57,7 +57,7 @@ pub use runnel_sdk_macros::{filter, map, processor, scorer};
 pub mod alloc;
 mod record;
 pub mod state;
-pub use record::{Config, Output, Record};
+pub use record::{Config, OUTPUT_HEADER, Output, Record};
 pub use state::{Key, ProcessorContext, Store};
 
 #[doc(hidden)]

@@ -181,6 +181,10 @@ fn utf8<'a>(bytes: Option<&'a [u8]>, what: &str) -> Result<&'a str> {
     std::str::from_utf8(bytes).map_err(|e| Error::msg(format!("the {what} is not UTF-8: {e}")))
 }
 
+/// The header an output picks its output topic with (see [`Output::to`]);
+/// the host reads it and does not write it.
+pub const OUTPUT_HEADER: &str = "runnel-output";
+
 /// A record to write to the output topic.
 ///
 /// Its key defaults to none (a map that wants to keep the input's key says so
@@ -229,6 +233,26 @@ impl Output {
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), Some(value.into())));
+        self
+    }
+
+    /// Sends this output to the deployment's output topic named `topic`
+    /// instead of its first one (a deployment may name up to 8). A name
+    /// that is not one of them fails the record as a whole, none of its
+    /// outputs produced: a dead letter, not a trap.
+    pub fn to(self, topic: &str) -> Self {
+        self.route(topic.as_bytes().to_vec())
+    }
+
+    /// Sends this output to the deployment's output topic at `index` (`0`
+    /// is the first, the default): see [`Output::to`].
+    pub fn to_index(self, index: usize) -> Self {
+        self.route(index.to_string().into_bytes())
+    }
+
+    fn route(mut self, choice: Vec<u8>) -> Self {
+        self.headers.retain(|(n, _)| n != OUTPUT_HEADER);
+        self.headers.push((OUTPUT_HEADER.to_owned(), Some(choice)));
         self
     }
 

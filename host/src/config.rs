@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -38,9 +38,10 @@ pub struct DeploymentSpec {
     pub model: Option<PathBuf>,
     /// Topics to read.
     pub input: Vec<String>,
-    /// Topic to write outputs to.
-    pub output: String,
-    /// Topic for records that failed; default `<output>.dlq`.
+    /// Topic to write outputs to, or up to 8 of them (`["ok", "slow"]`):
+    /// an output record picks one by name or index, the first by default.
+    pub output: Outputs,
+    /// Topic for records that failed; default `<first output>.dlq`.
     #[serde(default)]
     pub dead_letter: Option<String>,
     /// Key/value config given to the function's `init`.
@@ -76,6 +77,89 @@ pub struct DeploymentSpec {
     pub stores: Vec<String>,
 }
 
+/// The topics a deployment writes to, in order: the first is where an
+/// output goes unless it picks another (see `docs/node.md`, "Several
+/// outputs"). Written as one topic name when there is one, as a list
+/// otherwise; read from either, so that a record stored with a single
+/// `output` is a list of one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outputs(Vec<String>);
+
+impl Outputs {
+    pub fn new(topics: Vec<String>) -> Self {
+        Self(topics)
+    }
+
+    /// The default output (empty when there is none, which the checks
+    /// refuse).
+    pub fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
+    pub fn topics(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Outputs {
+    fn from(topic: &str) -> Self {
+        Self(vec![topic.to_owned()])
+    }
+}
+
+impl From<String> for Outputs {
+    fn from(topic: String) -> Self {
+        Self(vec![topic])
+    }
+}
+
+impl From<Vec<String>> for Outputs {
+    fn from(topics: Vec<String>) -> Self {
+        Self(topics)
+    }
+}
+
+impl std::fmt::Display for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl Serialize for Outputs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Outputs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::One(t)) => Ok(Self(vec![t])),
+            Ok(Either::Many(ts)) => Ok(Self(ts)),
+            Err(_) => Err(serde::de::Error::custom(
+                "an output is a topic name or a list of 1 to 8 topic names",
+            )),
+        }
+    }
+}
+
 pub mod defaults {
     pub fn memory_mib() -> u64 {
         128
@@ -105,7 +189,7 @@ impl DeploymentSpec {
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter
             .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.output))
+            .unwrap_or_else(|| format!("{}.dlq", self.output.first()))
     }
 
     /// The consumer group of this deployment.
@@ -166,7 +250,7 @@ impl NodeConfig {
                 return Err(format!("two deployments are named {:?}", d.name));
             }
             let at = |e: String| format!("deployment {:?}: {e}", d.name);
-            crate::rules::check_topics(&d.input, &d.output, d.dead_letter.as_deref(), &[])
+            crate::rules::check_topics(&d.input, d.output.topics(), d.dead_letter.as_deref(), &[])
                 .map_err(at)?;
             d.settings().check().map_err(at)?;
             crate::rules::check_config(&d.config).map_err(at)?;
@@ -179,8 +263,13 @@ impl NodeConfig {
     /// Refuses a deployment bound to one of runnel's own topics.
     pub fn check_reserved(&self, reserved: &[&str]) -> Result<(), String> {
         for d in &self.deployments {
-            crate::rules::check_topics(&d.input, &d.output, d.dead_letter.as_deref(), reserved)
-                .map_err(|e| format!("deployment {:?}: {e}", d.name))?;
+            crate::rules::check_topics(
+                &d.input,
+                d.output.topics(),
+                d.dead_letter.as_deref(),
+                reserved,
+            )
+            .map_err(|e| format!("deployment {:?}: {e}", d.name))?;
         }
         Ok(())
     }
@@ -249,5 +338,67 @@ mod tests {
                 .unwrap_err()
                 .contains("registry")
         );
+    }
+
+    #[test]
+    fn outputs_are_one_topic_or_a_list_and_each_is_checked() {
+        let parse = |output: &str| {
+            NodeConfig::parse(&format!(
+                "[[deployment]]\nname = \"d\"\nmodule = \"f\"\ninput = [\"in\"]\noutput = {output}\n"
+            ))
+        };
+        let one = parse("\"a\"").unwrap();
+        assert_eq!(one.deployments[0].output, Outputs::from("a"));
+        let many = parse("[\"a\", \"b\", \"c\"]").unwrap();
+        let d = &many.deployments[0];
+        assert_eq!(d.output.topics(), ["a", "b", "c"]);
+        assert_eq!(d.dead_letter_topic(), "a.dlq", "the first output's");
+        assert!(many.check().is_ok());
+        for (bad, why) in [
+            ("[]", "no output topic"),
+            ("[\"a\", \"a\"]", "named twice"),
+            ("[\"a\", \"in\"]", "also an input"),
+            (
+                "[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]",
+                "1 to 8",
+            ),
+        ] {
+            let e = parse(bad).unwrap().check().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(
+            many.check_reserved(&["b"])
+                .unwrap_err()
+                .contains("registry")
+        );
+        assert!(parse("3").unwrap_err().contains("a topic name or a list"));
+        // Stored as before when there is one; a list otherwise.
+        assert_eq!(serde_json::to_string(&Outputs::from("a")).unwrap(), "\"a\"");
+        assert_eq!(
+            serde_json::to_string(&d.output).unwrap(),
+            "[\"a\",\"b\",\"c\"]"
+        );
+    }
+
+    #[test]
+    fn an_output_is_picked_by_name_or_index() {
+        use crate::engine::pick_output;
+        let outputs = ["ok".to_owned(), "slow".to_owned(), "7".to_owned()];
+        for (choice, want) in [
+            ("ok", Some(0)),
+            ("slow", Some(1)),
+            ("1", Some(1)),
+            ("7", Some(2)),
+            ("2", Some(2)),
+            ("3", None),
+            ("+1", None),
+            ("-1", None),
+            ("", None),
+            ("OK", None),
+            ("18446744073709551616", None),
+        ] {
+            assert_eq!(pick_output(&outputs, choice.as_bytes()), want, "{choice:?}");
+        }
+        assert_eq!(pick_output(&outputs, b"\xff"), None);
     }
 }

@@ -112,7 +112,9 @@ pub struct Version {
 pub struct DeploymentRecord {
     pub name: String,
     pub input: Vec<String>,
-    pub output: String,
+    /// One topic name, or a list (a record stored with one reads as a
+    /// list of one).
+    pub output: crate::config::Outputs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<String>,
     pub batch_size: usize,
@@ -653,7 +655,12 @@ pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result
         topics.deployments.as_str(),
         topics.nodes.as_str(),
     ];
-    crate::rules::check_topics(&r.input, &r.output, r.dead_letter.as_deref(), &reserved)?;
+    crate::rules::check_topics(
+        &r.input,
+        r.output.topics(),
+        r.dead_letter.as_deref(),
+        &reserved,
+    )?;
     crate::state::check_store_names(&r.stores)?;
     crate::state::changelog::check_topic_names_at(&r.name, &r.stores, r.state_generation)?;
     if r.versions.is_empty() || r.versions.len() > KEPT_VERSIONS {

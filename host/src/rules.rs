@@ -84,6 +84,12 @@ pub const INPUTS: Range = Range {
     min: 1,
     max: 100,
 };
+/// Output topics of one deployment (Redpanda's transforms take 8 too).
+pub const OUTPUTS: Range = Range {
+    setting: "the number of output topics",
+    min: 1,
+    max: 8,
+};
 /// Entries of a function's config.
 pub const CONFIG_ENTRIES: usize = 1000;
 /// Bytes of a function's config, keys and values together. The registry
@@ -165,13 +171,13 @@ pub fn check_topic(role: &str, topic: &str) -> Result<(), String> {
 }
 
 /// The topics a deployment binds, checked together: legal names, at least
-/// one input and no more than [`INPUTS`], no input twice, an output and a
-/// dead-letter topic that are not inputs (a function would read its own
-/// outputs forever), and none of runnel's own topics (`reserved`: the
-/// registry's) in any role.
+/// one input and no more than [`INPUTS`], no input twice, 1 to [`OUTPUTS`]
+/// outputs, none twice, outputs and a dead-letter topic that are not
+/// inputs (a function would read its own outputs forever), and none of
+/// runnel's own topics (`reserved`: the registry's) in any role.
 pub fn check_topics(
     input: &[String],
-    output: &str,
+    outputs: &[String],
     dead_letter: Option<&str>,
     reserved: &[&str],
 ) -> Result<(), String> {
@@ -182,23 +188,32 @@ pub fn check_topics(
             return Err(format!("input topic {t:?} is named twice"));
         }
     }
-    check_topic("output", output)?;
+    if outputs.is_empty() {
+        return Err("no output topic is named: name 1 to 8".to_owned());
+    }
+    OUTPUTS.check(outputs.len() as u64)?;
+    for (i, t) in outputs.iter().enumerate() {
+        check_topic("output", t)?;
+        if outputs[..i].contains(t) {
+            return Err(format!("output topic {t:?} is named twice"));
+        }
+    }
     if let Some(d) = dead_letter {
         check_topic("dead-letter", d)?;
     }
-    let dead_letter = dead_letter.map_or_else(|| format!("{output}.dlq"), str::to_owned);
-    for (role, t) in [("output", output), ("dead-letter", dead_letter.as_str())] {
+    let dead_letter = dead_letter.map_or_else(|| format!("{}.dlq", outputs[0]), str::to_owned);
+    let written = outputs
+        .iter()
+        .map(|t| ("output", t.as_str()))
+        .chain([("dead-letter", dead_letter.as_str())]);
+    for (role, t) in written.clone() {
         if input.iter().any(|i| i == t) {
             return Err(format!(
                 "the {role} topic {t:?} is also an input: the function would read what it writes"
             ));
         }
     }
-    for (role, t) in input
-        .iter()
-        .map(|t| ("input", t.as_str()))
-        .chain([("output", output), ("dead-letter", dead_letter.as_str())])
-    {
+    for (role, t) in input.iter().map(|t| ("input", t.as_str())).chain(written) {
         if reserved.contains(&t) {
             return Err(format!(
                 "the {role} topic {t:?} is one of runnel's own registry topics: functions cannot be bound to it"
@@ -264,7 +279,7 @@ mod tests {
         let input: Vec<String> = input.iter().map(|s| (*s).to_owned()).collect();
         check_topics(
             &input,
-            output,
+            &[output.to_owned()],
             dlq,
             &["runnel.artifacts", "runnel.deployments"],
         )

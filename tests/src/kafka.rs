@@ -195,7 +195,7 @@ pub fn spec(
         module: module.into(),
         model: None,
         input: vec![input.to_owned()],
-        output: output.to_owned(),
+        output: output.into(),
         dead_letter: None,
         config: config
             .iter()

@@ -429,7 +429,7 @@ fn deploy(
         module: module.into(),
         name: name.to_owned(),
         input: vec![input.to_owned()],
-        output: output.to_owned(),
+        output: vec![output.to_owned()],
         dead_letter: None,
         model,
         config: config

@@ -139,9 +139,11 @@ pub struct DeployArgs {
     /// An input topic; repeat for more.
     #[arg(long = "input", required = true)]
     pub input: Vec<String>,
-    #[arg(long)]
-    pub output: String,
-    /// Where failed records go; default `<output>.dlq`.
+    /// An output topic; repeat for more (up to 8). The first is where an
+    /// output goes unless it picks another (`Output::to`).
+    #[arg(long = "output", required = true)]
+    pub output: Vec<String>,
+    /// Where failed records go; default `<first output>.dlq`.
     #[arg(long)]
     pub dead_letter: Option<String>,
     /// The model file, for a scorer.
@@ -385,7 +387,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             let mut body = json!({
                 "module": module["digest"],
                 "input": a.input,
-                "output": a.output,
+                "output": crate::config::Outputs::new(a.output.clone()),
                 "config": config,
             });
             if !a.stores.is_empty() {

@@ -251,7 +251,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let mut topics: Vec<String> = Vec::new();
     for d in &config.deployments {
         topics.extend(d.input.iter().cloned());
-        topics.push(d.output.clone());
+        topics.extend(d.output.topics().iter().cloned());
         topics.push(d.dead_letter_topic());
     }
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -381,7 +381,8 @@ pub struct DeploymentRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub input: Vec<String>,
-    pub output: String,
+    /// One topic, or a list of up to 8 (the first is the default).
+    pub output: crate::config::Outputs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<String>,
     #[serde(default)]
@@ -486,7 +487,7 @@ async fn put_deployment(
     let topics = state.registry.topics();
     crate::rules::check_topics(
         &req.input,
-        &req.output,
+        req.output.topics(),
         req.dead_letter.as_deref(),
         &[&topics.artifacts, &topics.deployments, &topics.nodes],
     )
@@ -503,11 +504,11 @@ async fn put_deployment(
     }
     keeps_topics(state.registry.deployment(&name).as_ref(), &name, &req)?;
     let mut topics: Vec<&str> = req.input.iter().map(String::as_str).collect();
-    topics.push(&req.output);
+    topics.extend(req.output.topics().iter().map(String::as_str));
     let dlq = req
         .dead_letter
         .clone()
-        .unwrap_or_else(|| format!("{}.dlq", req.output));
+        .unwrap_or_else(|| format!("{}.dlq", req.output.first()));
     topics.push(&dlq);
     let missing = missing_topics(&state.kafka, &topics).await?;
     if !missing.is_empty() && state.create_topics.is_none() {
@@ -715,7 +716,8 @@ fn keeps_topics(
                 StatusCode::CONFLICT,
                 format!(
                     "deployment {name:?} reads {:?} and writes {:?}: a new version keeps its topics; delete it and deploy again to change them",
-                    old.input, old.output
+                    old.input,
+                    old.output.topics()
                 ),
             ))
         }

@@ -61,7 +61,7 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
         ),
         (
             "runnel_records_out_total",
-            "Records written to the output topic.",
+            "Records written to the output topics.",
             |s| s.records_out,
         ),
         (
@@ -191,6 +191,22 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
                     p.partition
                 );
             }
+        }
+    }
+    family(
+        &mut out,
+        "runnel_output_records_total",
+        "counter",
+        "Records written to each output topic.",
+    );
+    for s in statuses {
+        for (topic, n) in &s.records_out_by_topic {
+            let _ = writeln!(
+                out,
+                "runnel_output_records_total{{deployment=\"{}\",topic=\"{}\"}} {n}",
+                label(&s.name),
+                label(topic),
+            );
         }
     }
     family(

@@ -50,7 +50,7 @@ impl Reconciled {
 /// restarts the deployment instead.
 type Topics = (
     Vec<String>,
-    String,
+    crate::config::Outputs,
     Option<String>,
     usize,
     u64,

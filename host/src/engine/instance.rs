@@ -75,6 +75,10 @@ pub enum CallError {
     Trap { function: Arc<str>, trap: String },
     #[error("function `{function}` returned a malformed result: {reason}")]
     BadOutput { function: Arc<str>, reason: String },
+    /// An output of a record of a processor's batch picks no output topic:
+    /// the batch runs again one record at a time (not a trap).
+    #[error("function `{function}` made an output that picks no output topic")]
+    Unroutable { function: Arc<str> },
     #[error("function `{function}` refused to start: {message}")]
     InitFailed { function: Arc<str>, message: String },
     #[error("function `{function}`'s state could not be saved: {reason}")]

@@ -35,7 +35,7 @@ pub use instance::{
     CallError, HOSTCALL_FUEL, Instance, MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLE_ELEMENTS,
 };
 pub use worker::MAX_FAILURE_MESSAGE;
-pub use worker::{Outcome, Processed, Worker};
+pub use worker::{OUTPUT_HEADER, Outcome, Processed, Worker, pick_output};
 
 use deadline::Ticks;
 use guest_log::LogBudget;

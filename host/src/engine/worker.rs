@@ -70,6 +70,9 @@ pub struct Worker {
     instance: Option<Instance>,
     /// A processor's state: lent to the instance for each call.
     state: Option<State>,
+    /// The deployment's output topics, when its outputs are routed (see
+    /// [`Worker::with_routes`]).
+    routes: Option<Arc<[String]>>,
     stats: WorkerStats,
 }
 
@@ -89,6 +92,7 @@ impl Worker {
             model,
             instance: None,
             state: None,
+            routes: None,
             stats: WorkerStats::default(),
         };
         worker.instance()?;
@@ -99,6 +103,15 @@ impl Worker {
     /// call succeeds and dropped when it traps (see [`crate::state`]).
     pub fn with_state(mut self, state: State) -> Self {
         self.state = Some(state);
+        self
+    }
+
+    /// Checks each output's choice of topic (the header
+    /// [`OUTPUT_HEADER`]: a name of `outputs`, or an index into them): a
+    /// record with an output that picks none of them fails as a whole,
+    /// none of its outputs produced and none of its state writes kept.
+    pub fn with_routes(mut self, outputs: Arc<[String]>) -> Self {
+        self.routes = Some(outputs);
         self
     }
 
@@ -169,6 +182,14 @@ impl Worker {
                 outcomes: vec![failed(&trap)],
                 ..Processed::default()
             }),
+            Err(CallError::Unroutable { .. }) => {
+                tracing::debug!(
+                    function = self.module.name(),
+                    records = batch.len(),
+                    "an output picks no output topic; running the batch one record at a time, so that the other records' state does not depend on the failed one's"
+                );
+                self.isolate(batch, give_up)
+            }
             Err(trap) => {
                 tracing::warn!(function = self.module.name(), error = %trap, records = batch.len(),
                     "the function trapped; retrying the batch one record at a time");
@@ -216,7 +237,28 @@ impl Worker {
             if let Some(state) = &mut self.state {
                 state.abort();
             }
-        } else if let Some(state) = &mut self.state {
+        } else if let (Ok(p), Some(routes)) = (&mut checked, &self.routes) {
+            let unroutable = unroutable(p, routes);
+            if !unroutable.is_empty() {
+                if let Some(state) = &mut self.state {
+                    // Its writes are dropped, and a later record of the
+                    // batch may have read them: each record runs alone.
+                    state.abort();
+                    if n > 1 {
+                        return Ok(Err(CallError::Unroutable { function }));
+                    }
+                }
+                for (i, message) in unroutable {
+                    p.outcomes[i] = Outcome::Failed {
+                        message: cut_message(message),
+                        trapped: false,
+                    };
+                }
+            }
+        }
+        if checked.is_ok()
+            && let Some(state) = &mut self.state
+        {
             // Not the function's fault: the batch is not done, and the
             // caller retries or stops as for a failed instantiation.
             let writes = state.commit().map_err(|e| CallError::State {
@@ -292,6 +334,63 @@ impl Worker {
         }
         Ok(out)
     }
+}
+
+/// The header an output record picks its topic with: a name of the
+/// deployment's outputs, or an index into them (`0` is the first, the
+/// default). The host reads it and does not produce it.
+pub const OUTPUT_HEADER: &str = "runnel-output";
+
+/// The output `choice` (a [`OUTPUT_HEADER`] value) picks among `outputs`.
+pub fn pick_output(outputs: &[String], choice: &[u8]) -> Option<usize> {
+    let choice = std::str::from_utf8(choice).ok()?;
+    if let Some(i) = outputs.iter().position(|t| t == choice) {
+        return Some(i);
+    }
+    if choice.is_empty() || !choice.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    choice.parse::<usize>().ok().filter(|&i| i < outputs.len())
+}
+
+/// The records whose outputs pick a topic that is not one of `outputs`,
+/// with why.
+fn unroutable(p: &Processed, outputs: &[String]) -> Vec<(usize, String)> {
+    let frames = BatchRef::new(p.outputs.data(), p.outputs.index());
+    let mut bad = Vec::new();
+    for (i, outcome) in p.outcomes.iter().enumerate() {
+        let Outcome::Emit { first, count } = *outcome else {
+            continue;
+        };
+        for j in first..first + count {
+            let Ok(frame) = frames.get(j as usize) else {
+                continue; // checked already
+            };
+            let choice = frame
+                .headers()
+                .map_while(Result::ok)
+                .find(|(k, _)| *k == OUTPUT_HEADER)
+                .map(|(_, v)| v.unwrap_or_default());
+            if let Some(choice) = choice
+                && pick_output(outputs, choice).is_none()
+            {
+                bad.push((
+                    i,
+                    format!(
+                        "output {} of the record picks {:?} ({OUTPUT_HEADER}), which is not one of \
+                         this deployment's outputs: {} (a name, or an index from 0 to {}); \
+                         none of its outputs was produced",
+                        j - first,
+                        String::from_utf8_lossy(choice),
+                        outputs.join(", "),
+                        outputs.len().saturating_sub(1)
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    bad
 }
 
 fn failed(trap: &CallError) -> Outcome {

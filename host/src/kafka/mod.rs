@@ -422,6 +422,8 @@ pub struct BadHeaderName {
 /// Appends a consumed record to a packed batch: the one copy out of
 /// librdkafka's buffers. Refuses, and appends nothing, when a header name is
 /// not UTF-8.
+///
+/// The header [`crate::engine::OUTPUT_HEADER`] is left out.
 pub fn push_message(
     batch: &mut runnel_abi::BatchBuilder,
     m: &BorrowedMessage<'_>,
@@ -433,7 +435,12 @@ pub fn push_message(
                 index,
                 name: String::from_utf8_lossy(name).into_owned(),
             })?;
-            headers.push((name, value));
+            // An output's choice of topic is the function's, never the
+            // input's: a function that copies its input's headers would
+            // otherwise let whoever writes the input pick the topic.
+            if name != crate::engine::OUTPUT_HEADER {
+                headers.push((name, value));
+            }
         }
     }
     push_with(batch, m, &headers);

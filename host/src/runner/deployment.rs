@@ -355,12 +355,15 @@ fn run_inner(
             .map_err(|e| anyhow::anyhow!("cannot create the producer: {e}"))?,
     );
     *lock(&shared.producer) = Some(producer.clone());
-    check_topics(
-        &producer,
-        &[&spec.output, &spec.dead_letter_topic()],
-        &spec.name,
-        status,
-    );
+    let dead_letter = spec.dead_letter_topic();
+    let written: Vec<&str> = spec
+        .output
+        .topics()
+        .iter()
+        .map(String::as_str)
+        .chain([dead_letter.as_str()])
+        .collect();
+    check_topics(&producer, &written, &spec.name, status);
 
     // The pool: each partition always goes to the same worker, so its
     // records stay in order; partitions on different workers run in parallel.

@@ -223,6 +223,7 @@ impl Exec {
             let config: Vec<(String, String)> = d.spec.config.clone().into_iter().collect();
             match Worker::new(d.module.clone(), d.limits(), config, d.model.clone()) {
                 Ok(w) => {
+                    let w = w.with_routes(Arc::from(d.spec.output.topics()));
                     self.worker = Some(match self.state.take() {
                         Some(state) => w.with_state(state),
                         None => w,
@@ -648,6 +649,7 @@ impl Exec {
         self.send_writes(writes);
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut counts = (0u64, 0u64, 0u64); // out, filtered, dead-lettered
+        let mut by_output = [0u64; crate::rules::OUTPUTS.max as usize];
         let mut last_failure = None;
         for (i, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
             let ack = || {
@@ -660,13 +662,19 @@ impl Exec {
             };
             match outcome {
                 Outcome::Keep => {
-                    self.send_output(input, input.timestamp_ms(), ack());
+                    let o = self.send_output(input, input.timestamp_ms(), ack());
+                    if let Some(n) = by_output.get_mut(o) {
+                        *n += 1;
+                    }
                     counts.0 += 1;
                 }
                 Outcome::Drop => counts.1 += 1,
                 Outcome::Emit { .. } => {
                     for record in processed.outputs_of(i) {
-                        self.send_output(&record, input.timestamp_ms(), ack());
+                        let o = self.send_output(&record, input.timestamp_ms(), ack());
+                        if let Some(n) = by_output.get_mut(o) {
+                            *n += 1;
+                        }
                         counts.0 += 1;
                     }
                 }
@@ -687,6 +695,11 @@ impl Exec {
         s.records_in += inputs.len() as u64;
         s.state_writes += state_writes;
         s.records_out += counts.0;
+        for (topic, n) in self.d.spec.output.topics().iter().zip(by_output) {
+            if n > 0 {
+                *s.records_out_by_topic.entry(topic.clone()).or_default() += n;
+            }
+        }
         s.filtered += counts.1;
         s.dead_lettered += counts.2;
         let new_traps = worker_traps.saturating_sub(self.traps_seen);
@@ -705,12 +718,27 @@ impl Exec {
         true
     }
 
-    pub(super) fn send_output(&self, record: &RecordRef<'_>, input_ts: Option<i64>, ack: Box<Ack>) {
+    /// Produces one output to the output topic it picks; returns that
+    /// topic's index among the deployment's outputs.
+    pub(super) fn send_output(
+        &self,
+        record: &RecordRef<'_>,
+        input_ts: Option<i64>,
+        ack: Box<Ack>,
+    ) -> usize {
+        let outputs = self.d.spec.output.topics();
+        let mut picked = 0;
         let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 4);
         for (k, v) in record.headers().map_while(Result::ok) {
             // runnel's own, written below: never the input's or the function's.
             if !k.starts_with(headers::PREFIX) {
                 h = h.insert(Header { key: k, value: v });
+            } else if k == crate::engine::OUTPUT_HEADER
+                && let Some(i) = crate::engine::pick_output(outputs, v.unwrap_or_default())
+            {
+                // Checked by the engine: a record whose output picks none
+                // failed as a whole.
+                picked = i;
             }
         }
         h = h
@@ -736,7 +764,7 @@ impl Exec {
         send(
             &self.producer,
             Outgoing {
-                topic: &self.d.spec.output,
+                topic: outputs.get(picked).map_or("", String::as_str),
                 partition: None,
                 key: record.key(),
                 value: record.value(),
@@ -745,6 +773,7 @@ impl Exec {
             },
             ack,
         );
+        picked
     }
 
     pub(super) fn send_dead_letter(

@@ -61,6 +61,8 @@ pub struct DeploymentStatus {
     pub state: DeploymentState,
     pub records_in: u64,
     pub records_out: u64,
+    /// Records written to each output topic (they add up to `records_out`).
+    pub records_out_by_topic: std::collections::BTreeMap<String, u64>,
     pub filtered: u64,
     pub dead_lettered: u64,
     pub traps: u64,
@@ -186,6 +188,7 @@ impl DeploymentStatus {
             state: DeploymentState::Starting,
             records_in: 0,
             records_out: 0,
+            records_out_by_topic: Default::default(),
             filtered: 0,
             dead_lettered: 0,
             traps: 0,

@@ -1121,3 +1121,57 @@ async fn racing_changes_to_a_deployment_lose_no_version_and_leave_every_node_run
             .unwrap();
     }
 }
+
+/// Several outputs through the CLI and the API: every output is checked
+/// at deploy (a missing one is named), the record keeps the list, `ls`
+/// shows it, and outputs with no pick go to the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_with_several_outputs_is_checked_stored_and_shown() {
+    let (_broker, kafka) = broker().await;
+    let input = unique("in");
+    let (first, second) = (unique("first"), unique("second"));
+    topics(&kafka, &[&input, &first, &format!("{first}.dlq")], 1).await;
+    let cp = node(&kafka, &unique("reg"), None, 32 << 20).await;
+    let two = |name: &str| {
+        let ControlCommand::Deploy(mut args) =
+            deploy(guests::IDENTITY_MAP, name, (&input, &first), None, &[])
+        else {
+            unreachable!()
+        };
+        args.output.push(second.clone());
+        ControlCommand::Deploy(args)
+    };
+    let refused = run(&api(&cp), &two("split"), &mut String::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&second) && refused.contains("does not exist"),
+        "{refused}"
+    );
+    topics(&kafka, &[&second], 1).await;
+    cli(&api(&cp), two("split")).await;
+    let (s, v) = call(
+        reqwest::Method::GET,
+        format!("{}/v1/deployments/split", cp.url()),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["output"], json!([first, second]), "{v}");
+    let ls = cli(&api(&cp), ControlCommand::Ls).await;
+    assert!(ls.contains(&format!("{first},{second}")), "{ls}");
+    produce(
+        &kafka,
+        &input,
+        &[(Some("k".to_owned()), "v".to_owned(), vec![])],
+    )
+    .await;
+    let out = read(&kafka, &first, 1, WAIT).await;
+    assert_eq!(out.len(), 1);
+    tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .unwrap();
+}

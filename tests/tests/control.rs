@@ -442,6 +442,7 @@ fn deploy(
         linger_ms: Some(5),
         workers: Some(1),
         stores: Vec::new(),
+        from: None,
     })
 }
 
@@ -1171,6 +1172,196 @@ async fn a_deployment_with_several_outputs_is_checked_stored_and_shown() {
     .await;
     let out = read(&kafka, &first, 1, WAIT).await;
     assert_eq!(out.len(), 1);
+    tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .unwrap();
+}
+
+/// Replay: a deployment reset to a time in the middle of its input runs
+/// every record from there again, exactly once more (and none before it);
+/// the reset waited for the group to empty, shows in the history, and
+/// leaves the deployment running. A new deployment `--from` that time
+/// starts there, and a time past the end starts at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_to_a_time_runs_every_record_from_there_once_more() {
+    let (_broker, kafka) = broker().await;
+    let input = unique("in");
+    let (output, late) = (unique("out"), unique("late"));
+    topics(
+        &kafka,
+        &[
+            &input,
+            &output,
+            &format!("{output}.dlq"),
+            &late,
+            &format!("{late}.dlq"),
+        ],
+        2,
+    )
+    .await;
+    let cp = node(&kafka, &unique("reg"), None, 32 << 20).await;
+    let records = |from: usize| -> Vec<Rec> {
+        (from..from + 40)
+            .map(|i| (Some(format!("k{i}")), format!("r{i}"), vec![]))
+            .collect()
+    };
+    produce(&kafka, &input, &records(0)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let middle = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    produce(&kafka, &input, &records(40)).await;
+
+    cli(
+        &api(&cp),
+        deploy(guests::IDENTITY_MAP, "replay", (&input, &output), None, &[]),
+    )
+    .await;
+    let counts = |out: &[rdkafka::message::OwnedMessage]| {
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for m in out {
+            *n.entry(value(m)).or_default() += 1;
+        }
+        n
+    };
+    assert_eq!(counts(&read(&kafka, &output, 80, WAIT).await).len(), 80);
+
+    let said = cli(
+        &api(&cp),
+        ControlCommand::Reset {
+            name: "replay".to_owned(),
+            to: format!("@{middle}"),
+        },
+    )
+    .await;
+    assert!(said.starts_with("reset replay to "), "{said}");
+    assert!(said.contains("PARTITION") && said.contains("WAS"), "{said}");
+    let out = read(&kafka, &output, 120, WAIT).await;
+    // Nothing more comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = if out.len() == 120 {
+        read(&kafka, &output, 121, Duration::from_secs(3)).await
+    } else {
+        out
+    };
+    let n = counts(&out);
+    for i in 0..80 {
+        let want = if i < 40 { 1 } else { 2 };
+        assert_eq!(n.get(&format!("r{i}")).copied(), Some(want), "r{i}: {n:?}");
+    }
+    assert_eq!(out.len(), 120);
+    let (s, v) = call(
+        reqwest::Method::GET,
+        format!("{}/v1/deployments/replay", cp.url()),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["paused"], false, "resumed: {v}");
+    let reasons: Vec<&str> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("reset to ")),
+        "{reasons:?}"
+    );
+
+    // A new deployment from that time reads from there; a bad position is
+    // named; an existing deployment cannot take `from`.
+    let mut from = deploy(guests::IDENTITY_MAP, "late", (&input, &late), None, &[]);
+    if let ControlCommand::Deploy(a) = &mut from {
+        a.from = Some(format!("@{middle}"));
+    }
+    let said = cli(&api(&cp), from.clone()).await;
+    assert!(said.contains("starting from "), "{said}");
+    let got = counts(&read(&kafka, &late, 41, Duration::from_secs(15)).await);
+    assert_eq!(got.len(), 40, "{got:?}");
+    assert!(got.keys().all(|r| r[1..].parse::<usize>().unwrap() >= 40));
+    let again = run(&api(&cp), &from, &mut String::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("runnel reset"), "{again}");
+    let bad = run(
+        &api(&cp),
+        &ControlCommand::Reset {
+            name: "late".to_owned(),
+            to: "yesterday".to_owned(),
+        },
+        &mut String::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("is not a position"), "{bad}");
+    // While anything else is in the group, nothing moves: the reset waits,
+    // and gives up saying so.
+    use rdkafka::consumer::Consumer as _;
+    let member: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", "runnel.late")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .unwrap();
+    member.subscribe(&[&input]).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while member.assignment().unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the extra member never joined");
+        let _ = member.poll(Duration::from_millis(100));
+    }
+    let polling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = std::thread::spawn({
+        let polling = polling.clone();
+        move || {
+            while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = member.poll(Duration::from_millis(100));
+            }
+        }
+    });
+    let (s, v) = call(
+        reqwest::Method::POST,
+        format!("{}/v1/deployments/late/reset", cp.url()),
+        None,
+        None,
+        Some(json!({ "to": "earliest", "wait_ms": 3000 })),
+    )
+    .await;
+    assert_eq!(s, 504, "{v}");
+    assert!(
+        error(&v).contains("member(s)") && error(&v).contains("nothing was moved"),
+        "{v}"
+    );
+    polling.store(false, std::sync::atomic::Ordering::Relaxed);
+    poller.join().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        read(&kafka, &late, 41, Duration::from_secs(3)).await.len(),
+        40,
+        "nothing was read again"
+    );
+
+    // Past the end: nothing is read again.
+    let future = middle + 3_600_000;
+    cli(
+        &api(&cp),
+        ControlCommand::Reset {
+            name: "late".to_owned(),
+            to: format!("@{future}"),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        read(&kafka, &late, 41, Duration::from_secs(3)).await.len(),
+        40
+    );
     tokio::task::spawn_blocking(move || cp.stop())
         .await
         .unwrap();

@@ -62,6 +62,17 @@ pub enum ControlCommand {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Move where a deployment reads its inputs from, to process records
+    /// again (or skip them): pauses it, waits until no node is in its
+    /// consumer group, moves the group's committed offsets, and resumes it.
+    Reset {
+        name: String,
+        /// earliest, latest, a time (2026-12-01T10:00:00Z, or @<ms since
+        /// 1970>: the first record written at or after it), or
+        /// PARTITION:OFFSET[,PARTITION:OFFSET...] (other partitions stay).
+        #[arg(long, value_name = "POSITION")]
+        to: String,
+    },
     /// Stop processing a deployment (its offsets stay committed).
     Pause { name: String },
     /// Start processing a paused deployment again.
@@ -165,6 +176,11 @@ pub struct DeployArgs {
     /// A store a processor keeps state in; repeat for more.
     #[arg(long = "store", value_name = "NAME")]
     pub stores: Vec<String>,
+    /// Where a new deployment starts reading: earliest (the default),
+    /// latest, an offset, or a time (2026-12-01T10:00:00Z, or @<ms>). An
+    /// existing one moves with `runnel reset`.
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -401,6 +417,7 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 ("batch_size", a.batch_size.map(Value::from)),
                 ("linger_ms", a.linger_ms.map(Value::from)),
                 ("workers", a.workers.map(Value::from)),
+                ("from", a.from.clone().map(Value::from)),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {
@@ -425,6 +442,10 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 r["world"].as_str().unwrap_or("?"),
                 short(module["digest"].as_str())
             );
+            if !r["from"].is_null() {
+                let _ = writeln!(lines, "starting from {}:", text(&r["from"]));
+                lines.push_str(&moved_table(&r["placed"]));
+            }
             (r, lines)
         }
         ControlCommand::Ls => {
@@ -535,6 +556,23 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 r["to"], r["version"]
             );
             (r, line)
+        }
+        ControlCommand::Reset { name, to } => {
+            let r = client
+                .post_json(&["v1", "deployments", name, "reset"], &json!({ "to": to }))
+                .await?;
+            let mut out = format!(
+                "reset {name} to {} (version {}{}):\n",
+                text(&r["to"]),
+                r["version"],
+                if r["paused"] == true {
+                    ", still paused"
+                } else {
+                    ""
+                }
+            );
+            out.push_str(&moved_table(&r["partitions"]));
+            (r, out)
         }
         ControlCommand::Pause { name } => {
             let r = client
@@ -786,6 +824,25 @@ fn ls_table(v: &Value) -> String {
         ],
         &rows,
     )
+}
+
+/// Per partition, where a group was and where it starts now.
+fn moved_table(partitions: &Value) -> String {
+    let rows: Vec<Vec<String>> = partitions
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            vec![
+                text(&p["topic"]),
+                text(&p["partition"]),
+                text(&p["was"]),
+                text(&p["now"]),
+            ]
+        })
+        .collect();
+    table(&["TOPIC", "PARTITION", "WAS", "NOW"], &rows)
 }
 
 fn status_table(v: &Value) -> String {

@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use super::reconcile::Reconciled;
 use crate::engine::{Engine, Limits, Worker, World};
 use crate::kafka::KafkaOptions;
+use crate::kafka::offsets::{self, Moved, Position};
 use crate::registry::{ArtifactKind, DeploymentRecord, Registry, Version, now_ms};
 use crate::runner::Node;
 
@@ -91,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/deployments/{name}/pause", post(pause))
         .route("/v1/deployments/{name}/resume", post(resume))
         .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route("/v1/deployments/{name}/reset", post(reset))
         .route(
             "/v1/deployments/{name}/state/{store}",
             get(super::query::get_state),
@@ -409,6 +411,12 @@ pub struct DeploymentRequest {
     /// once every node runs the new version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset_state: bool,
+    /// Where a new deployment starts reading its inputs: `earliest`
+    /// (the default), `latest`, an offset, or a time (see
+    /// [`crate::kafka::offsets::Position`]). An existing one moves with
+    /// `POST .../reset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl DeploymentRequest {
@@ -548,11 +556,34 @@ async fn put_deployment(
         ))
     })?;
 
+    let from = match req.from.as_deref() {
+        Some(f) => Some(
+            f.parse::<Position>()
+                .map_err(|e| unprocessable(format!("from: {e}")))?,
+        ),
+        None => None,
+    };
+    if matches!(from, Some(Position::Partitions(_))) {
+        return Err(unprocessable(
+            "from: a new deployment starts at earliest, latest, an offset or a time; \
+             PARTITION:OFFSET is for `runnel reset`",
+        ));
+    }
+
     // Validation took a while; what to build on is read again now, under
     // the lock, so that racing changes each get their own version.
     let writes = state.registry.deployment_writes().await;
     let existing = state.registry.deployment(&name);
     keeps_topics(existing.as_ref(), &name, &req)?;
+    if from.is_some() && existing.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "deployment {name:?} exists: `from` only places a new one; move an existing one \
+                 with `runnel reset {name} --to ...`"
+            ),
+        ));
+    }
     if req.reset_state && req.stores.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -620,6 +651,11 @@ async fn put_deployment(
     let v = record.push_version(version);
     // What every node will check when it reads the record.
     crate::registry::check_deployment(&record, state.registry.topics()).map_err(unprocessable)?;
+    // A new deployment's group is placed before any node runs it.
+    let placed = match &from {
+        Some(position) => Some(place_group(&state, &name, &record.input, position).await?),
+        None => None,
+    };
     let written_at = now_ms();
     state
         .registry
@@ -628,6 +664,10 @@ async fn put_deployment(
         .map_err(internal)?;
     drop(writes);
     let mut body = json!({ "name": name, "version": v, "world": world.to_string() });
+    if let (Some(position), Some(moved)) = (&from, placed) {
+        body["from"] = json!(position.to_string());
+        body["placed"] = json!(moved);
+    }
     if !missing.is_empty() {
         body["created_topics"] = json!(missing);
         body["partitions"] = json!(state.create_topics);
@@ -918,6 +958,176 @@ async fn delete(
         Json(json!({ "deleted": name, "dropped_topics": dropped })),
     )
         .into_response())
+}
+
+/// Commits `position` for deployment `name`'s group, which must have no
+/// member (a group left behind by a deployment of the same name that was
+/// deleted may still have one, for a session's time).
+async fn place_group(
+    state: &AppState,
+    name: &str,
+    inputs: &[String],
+    position: &Position,
+) -> Result<Vec<Moved>> {
+    let (kafka, group) = (state.kafka.clone(), format!("runnel.{name}"));
+    let (inputs, position) = (inputs.to_vec(), position.clone());
+    tokio::task::spawn_blocking(move || {
+        let members = offsets::members(&kafka, &group)?;
+        if members > 0 {
+            anyhow::bail!(
+                "its consumer group {group} still has {members} member(s): wait for them to \
+                 leave, or deploy without `from`"
+            );
+        }
+        offsets::move_group(&kafka, &group, &inputs, &position)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// `earliest`, `latest`, a time, or `PARTITION:OFFSET[,...]` (see
+    /// [`crate::kafka::offsets::Position`]).
+    pub to: String,
+    /// How long to wait for the group to empty, in ms (default 60,000, at
+    /// most 600,000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// How long a reset waits for every node to leave the deployment's group,
+/// unless told otherwise.
+const RESET_WAIT: Duration = Duration::from_secs(60);
+
+/// Moves an existing deployment's committed offsets: pauses it, waits until
+/// its group has no member on any node (Kafka refuses commits for a group
+/// with members; the embedded broker accepts them, and a member's next
+/// commit would undo the move), commits the new offsets, and resumes it
+/// (unless it was paused), recording a version `reset to ...`.
+async fn reset(
+    State(state): S,
+    Path(name): Path<String>,
+    request: std::result::Result<Json<ResetRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>> {
+    let Json(req) = request.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let position: Position = req
+        .to
+        .parse()
+        .map_err(|e| unprocessable(format!("to: {e}")))?;
+    let wait = match req.wait_ms {
+        None => RESET_WAIT,
+        Some(ms) if (1..=600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => return Err(unprocessable(format!("wait_ms {ms} is not 1 to 600000"))),
+    };
+    let r = record_of(&state, &name)?;
+    let behind: Vec<String> = state
+        .registry
+        .nodes(super::REPORT_STALE)
+        .iter()
+        .filter_map(|report| {
+            let d = report["deployments"]
+                .as_array()?
+                .iter()
+                .find(|d| d["name"] == name.as_str())?;
+            (d["version"].as_u64() != Some(r.current))
+                .then(|| report["node"].as_str().unwrap_or("?").to_owned())
+        })
+        .collect();
+    if !behind.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "a swap of {name:?} is in progress: node(s) {} do not run version {} yet; reset \
+                 once every node runs it",
+                behind.join(", "),
+                r.current
+            ),
+        ));
+    }
+    let was_paused = r.paused;
+    if !was_paused {
+        let _ = set_paused(&state, &name, true).await?;
+    }
+    let resume = |state: Arc<AppState>, name: String| async move {
+        if !was_paused {
+            let _ = set_paused(&state, &name, false).await;
+        }
+    };
+    let group = format!("runnel.{name}");
+    let started = std::time::Instant::now();
+    loop {
+        let (kafka, g) = (state.kafka.clone(), group.clone());
+        let members = tokio::task::spawn_blocking(move || offsets::members(&kafka, &g))
+            .await
+            .map_err(internal)?;
+        match members {
+            Ok(0) => break,
+            Ok(n) if started.elapsed() > wait => {
+                resume(state.clone(), name.clone()).await;
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "{name}'s group {group} still had {n} member(s) {:.1} s after it was \
+                         paused (a node that did not stop it, or another client in the group): \
+                         nothing was moved",
+                        wait.as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                resume(state.clone(), name.clone()).await;
+                return Err(internal(format!("{e:#}")));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let waited_ms = started.elapsed().as_millis() as u64;
+    let (kafka, g, inputs, p) = (
+        state.kafka.clone(),
+        group.clone(),
+        r.input.clone(),
+        position.clone(),
+    );
+    let moved = tokio::task::spawn_blocking(move || offsets::move_group(&kafka, &g, &inputs, &p))
+        .await
+        .map_err(internal)?;
+    let moved = match moved {
+        Ok(m) => m,
+        Err(e) => {
+            resume(state.clone(), name.clone()).await;
+            return Err(unprocessable(format!("{e:#}")));
+        }
+    };
+    // In the history, and resumed, in one write.
+    let version = {
+        let _writes = state.registry.deployment_writes().await;
+        let mut r = record_of(&state, &name)?;
+        let mut v = r
+            .current_version()
+            .cloned()
+            .ok_or_else(|| internal(format!("deployment {name:?} has no current version")))?;
+        v.reason = format!("reset to {position}");
+        v.created_ms = now_ms();
+        let version = r.push_version(v);
+        r.paused = was_paused;
+        state.registry.put_deployment(&r).await.map_err(internal)?;
+        version
+    };
+    tracing::info!(deployment = name, to = %position, version, waited_ms,
+        partitions = ?moved.iter().map(|m| (m.partition, m.was, m.now)).collect::<Vec<_>>(),
+        "reset: the group's offsets moved");
+    Ok(Json(json!({
+        "name": name,
+        "to": position.to_string(),
+        "version": version,
+        "paused": was_paused,
+        "waited_ms": waited_ms,
+        "partitions": moved,
+    })))
 }
 
 async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<Value>> {

@@ -4,6 +4,7 @@
 //! names need not be UTF-8 ([`headers`]).
 
 pub mod headers;
+pub mod offsets;
 pub mod partitioner;
 
 use std::time::Duration;

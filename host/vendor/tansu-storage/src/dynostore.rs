@@ -1317,7 +1317,13 @@ impl Storage for DynoStore {
                     topition.to_owned(),
                     ListOffsetResponse {
                         error_code: ErrorCode::None,
-                        offset: Some(0),
+                        // runnel: no batch stored after the time asked is
+                        // "none" (-1), as Kafka answers, not the log's
+                        // start, which a reset to that time would reread.
+                        offset: Some(match offset_request {
+                            ListOffset::Timestamp(_) => -1,
+                            _ => 0,
+                        }),
                         ..Default::default()
                     },
                 ))

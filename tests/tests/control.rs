@@ -1199,7 +1199,8 @@ async fn a_reset_to_a_time_runs_every_record_from_there_once_more() {
         2,
     )
     .await;
-    let cp = node(&kafka, &unique("reg"), None, 32 << 20).await;
+    let registry = unique("reg");
+    let cp = node(&kafka, &registry, None, 32 << 20).await;
     let records = |from: usize| -> Vec<Rec> {
         (from..from + 40)
             .map(|i| (Some(format!("k{i}")), format!("r{i}"), vec![]))
@@ -1361,6 +1362,52 @@ async fn a_reset_to_a_time_runs_every_record_from_there_once_more() {
     assert_eq!(
         read(&kafka, &late, 41, Duration::from_secs(3)).await.len(),
         40
+    );
+
+    // While a node runs an older version (a swap under way: here a node's
+    // report, as written to the registry's nodes topic), a reset is refused.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()
+        .unwrap();
+    let report = json!({
+        "node": "behind",
+        "at_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        "deployments": [{ "name": "late", "version": 1 }],
+    })
+    .to_string();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&format!("{registry}.nodes"))
+                .key("behind")
+                .payload(&report),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/deployments/late/reset", cp.url()),
+            None,
+            None,
+            Some(json!({ "to": "latest" })),
+        )
+        .await;
+        if s == 409 {
+            break v;
+        }
+        assert_eq!(s, 200, "{v}");
+        assert!(Instant::now() < deadline, "the report was never seen: {v}");
+    };
+    assert!(
+        error(&refused).contains("swap") && error(&refused).contains("behind"),
+        "{refused}"
     );
     tokio::task::spawn_blocking(move || cp.stop())
         .await

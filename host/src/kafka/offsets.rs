@@ -62,7 +62,13 @@ impl FromStr for Position {
         if s.bytes().all(|b| b.is_ascii_digit()) {
             return s.parse().map(Self::Offset).map_err(|_| bad());
         }
-        if s.contains(':') && !s.contains('T') {
+        let pair = |p: &str| {
+            p.trim().split_once(':').is_some_and(|(a, b)| {
+                let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+                digits(a.trim()) || digits(b.trim())
+            })
+        };
+        if s.split(',').all(pair) {
             let mut pairs = Vec::new();
             for pair in s.split(',') {
                 let (p, o) = pair.trim().split_once(':').ok_or_else(bad)?;
@@ -254,6 +260,11 @@ mod tests {
         assert_eq!(
             "0:5, 2:7".parse(),
             Ok(Position::Partitions(vec![(0, 5), (2, 7)]))
+        );
+        assert_eq!(
+            "2023-11-14 22:13:20Z".parse(),
+            Ok(Position::Time(1_700_000_000_000)),
+            "a space for the T"
         );
         for bad in [
             "",

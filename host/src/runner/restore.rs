@@ -297,30 +297,11 @@ impl Changelog {
         let writer = Writer::new(&self.kafka)?;
         let epoch_s = epoch.to_string();
         let upto_s = committed.to_string();
-        let markers: Vec<_> = self
-            .topics
-            .iter()
-            .map(|(_, topic)| {
-                writer.send(
-                    topic,
-                    partition,
-                    changelog::KEY_MARKER,
-                    Some(b""),
-                    &epoch_s,
-                    None,
-                )
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let marked = writer.wait(markers.len(), go_on)?;
-        let Some(marked) = marked else {
+        let Some(markers) = self.mark(&writer, partition, &epoch_s, go_on)? else {
             return Ok(None);
         };
         for (i, (_, topic)) in self.topics.iter().enumerate() {
-            let marker = marked
-                .iter()
-                .find(|(id, _)| *id == markers[i])
-                .map(|(_, offset)| *offset)
-                .context("no delivery report for an epoch marker")?;
+            let marker = markers[i];
             if !read(
                 &reader,
                 topic,
@@ -338,16 +319,6 @@ impl Changelog {
             }
         }
 
-        let markers = markers
-            .iter()
-            .map(|id| {
-                marked
-                    .iter()
-                    .find(|(i, _)| i == id)
-                    .map(|(_, offset)| *offset)
-                    .unwrap_or(-1)
-            })
-            .collect();
         let mut counts = Counts::default();
         let mut stores = Vec::with_capacity(restores.len());
         let mut sent = 0usize;
@@ -380,6 +351,45 @@ impl Changelog {
             write_backs: sent,
             keys,
         }))
+    }
+
+    /// Writes this owner's epoch marker to every store's changelog
+    /// partition and waits for them; where each landed, in declaration
+    /// order. `None` when `go_on` turned false.
+    fn mark(
+        &self,
+        writer: &Writer,
+        partition: i32,
+        epoch: &str,
+        go_on: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Option<Vec<i64>>> {
+        let ids: Vec<usize> = self
+            .topics
+            .iter()
+            .map(|(_, topic)| {
+                writer.send(
+                    topic,
+                    partition,
+                    changelog::KEY_MARKER,
+                    Some(b""),
+                    epoch,
+                    None,
+                )
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let Some(marked) = writer.wait(ids.len(), go_on)? else {
+            return Ok(None);
+        };
+        ids.iter()
+            .map(|id| {
+                marked
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, offset)| *offset)
+                    .context("no delivery report for an epoch marker")
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Some)
     }
 
     /// Where each store's changelog partition ends now (its high
@@ -449,39 +459,17 @@ impl Changelog {
         // This owner's marker, which must land at the old end: then
         // nothing came between.
         let epoch = checkpoint.epoch.saturating_add(1);
-        let epoch_s = epoch.to_string();
         let writer = Writer::new(&self.kafka)?;
-        let ids: Vec<usize> = self
-            .topics
-            .iter()
-            .map(|(_, topic)| {
-                writer.send(
-                    topic,
-                    partition,
-                    changelog::KEY_MARKER,
-                    Some(b""),
-                    &epoch_s,
-                    None,
-                )
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let Some(marked) = writer.wait(ids.len(), go_on)? else {
+        let Some(markers) = self.mark(&writer, partition, &epoch.to_string(), go_on)? else {
             return Ok(Resumed::Stopped);
         };
-        let mut markers = Vec::with_capacity(ids.len());
-        for (id, log) in ids.iter().zip(&checkpoint.logs) {
-            let at = marked
-                .iter()
-                .find(|(i, _)| i == id)
-                .map(|(_, offset)| *offset)
-                .context("no delivery report for an epoch marker")?;
-            if at != log.end {
+        for (at, log) in markers.iter().zip(&checkpoint.logs) {
+            if *at != log.end {
                 return Ok(Resumed::No(format!(
                     "a record came into {}/{partition} at {} before this owner's marker",
                     log.topic, log.end
                 )));
             }
-            markers.push(at);
         }
         Ok(Resumed::Yes(Restored {
             epoch,

@@ -300,5 +300,16 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
             &s.call_seconds,
         );
     }
+    family(
+        &mut out,
+        "runnel_process_freezes_total",
+        "counter",
+        "Times this process was frozen (stopped, paused or starved) for over 2 s; outputs waited after each.",
+    );
+    let _ = writeln!(
+        out,
+        "runnel_process_freezes_total {}",
+        crate::runner::freeze::freezes()
+    );
     out
 }

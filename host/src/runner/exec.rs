@@ -623,6 +623,19 @@ impl Exec {
         if let Some(last) = inputs.last() {
             self.advanced(partition, last.offset() + 1);
         }
+        if super::freeze::holding() && !self.wait_out_freeze(&key, epoch) {
+            // Its store holds the batch, which no changelog will: `advanced`
+            // above keeps it from a local checkpoint.
+            tracing::warn!(
+                deployment = self.d.spec.name,
+                topic,
+                partition,
+                records = inputs.len(),
+                "the process froze with this batch in hand and its partition went to \
+                 another node meanwhile: its outputs are dropped, the next owner runs it"
+            );
+            return true;
+        }
         // A processor's state writes: each is acknowledged for its input,
         // as its outputs are, so that an input's offset is committed only
         // once its outputs and its changelog writes are all in.
@@ -716,6 +729,18 @@ impl Exec {
         }
         self.traps_seen = worker_traps;
         true
+    }
+
+    /// After a freeze (see [`super::freeze`]): waits until the hold is
+    /// over; whether the batch's partition is still this node's then.
+    fn wait_out_freeze(&self, key: &(String, i32), epoch: u64) -> bool {
+        while super::freeze::holding() {
+            if !self.shared.is_current(key, epoch) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shared.is_current(key, epoch)
     }
 
     /// Produces one output to the output topic it picks; returns that

@@ -73,6 +73,7 @@ mod delivery;
 mod deployment;
 mod exec;
 pub mod fault;
+pub mod freeze;
 pub mod headers;
 pub mod histogram;
 pub mod query;
@@ -240,6 +241,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 impl Node {
     /// A node with no deployment yet.
     pub fn new(kafka: &KafkaOptions) -> Self {
+        freeze::watch();
         Self {
             kafka: kafka.clone(),
             state_dir: None,

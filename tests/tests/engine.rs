@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runnel_host::engine::{CallError, Limits, LoadError, Outcome, Worker, World};
+use runnel_host::engine::{CallError, Limits, LoadError, Outcome, WIT_PACKAGE, Worker, World};
 use runnel_tests::{batch_of, engine, guest, guests};
 
 fn worker(path: &str, limits: Limits) -> Worker {
@@ -168,7 +168,7 @@ fn bad_uploads_are_refused_and_nothing_is_cached() {
     let err = engine.load("big", &big).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "the module is 1048577 bytes, over the limit of 1048576 bytes"
+        "the module is 1048577 bytes, over the limit of 1048576 bytes (a node's --max-module-mib)"
     );
 
     assert!(
@@ -391,4 +391,59 @@ fn the_identity_map_forwards_records_of_every_size_over_many_calls() {
     // Memory reaches its high-water mark in the first calls (1.2 MiB here)
     // and stays there: freed blocks are reused, not leaked.
     assert_eq!(memory_after[40], memory_after[59], "{memory_after:?}");
+}
+
+/// A component built against another version of the contract is refused
+/// with both versions named, whatever it exports (a newer SDK may export
+/// what this host would take for one of its worlds).
+#[test]
+fn a_component_of_another_contract_version_is_refused_naming_both() {
+    let engine = engine(None);
+    for (import, built) in [
+        ("runnel:stream/types@0.2.0", "runnel:stream@0.2.0"),
+        ("runnel:stream/state@0.0.9", "runnel:stream@0.0.9"),
+        ("runnel:stream/types", "runnel:stream without a version"),
+    ] {
+        let wasm =
+            wat::parse_str(format!(r#"(component (import "{import}" (instance)))"#)).unwrap();
+        let err = engine.load("other-version", &wasm).unwrap_err();
+        assert!(matches!(err, LoadError::Version { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the component was built against {built}, and this runnel speaks \
+                 runnel:stream@0.1.0: rebuild it with an SDK made for runnel:stream@0.1.0"
+            )
+        );
+    }
+    // The version the host names is the one of the WIT it was built from.
+    let wit = include_str!("../../wit/runnel.wit");
+    assert!(
+        wit.contains(&format!(
+            "package {};",
+            WIT_PACKAGE.replace(":stream", ":%stream")
+        )),
+        "wit/runnel.wit is not {WIT_PACKAGE}"
+    );
+    // A real guest imports the types interface with its version: the same
+    // guest with the version's bytes changed is refused.
+    let ours = b"runnel:stream/types@0.1.0";
+    let mut other = guest(guests::IDENTITY_FILTER);
+    let mut changed = 0;
+    for at in 0..other.len().saturating_sub(ours.len()) {
+        if other[at..].starts_with(ours) {
+            other[at + ours.len() - 1] = b'2';
+            changed += 1;
+        }
+    }
+    assert!(
+        changed > 0,
+        "the identity filter names runnel:stream/types@0.1.0"
+    );
+    let err = engine.load("filter-0.1.2", &other).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the component was built against runnel:stream@0.1.2,"),
+        "{err}"
+    );
 }

@@ -87,7 +87,16 @@ pub struct NodeArgs {
     /// node gets the partition.
     #[arg(long, env = "RUNNEL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The largest module the node takes, uploaded or in the config file,
+    /// in MiB. A Python function (componentize-py embeds CPython) is about
+    /// 18 MiB; a Rust one well under 1.
+    #[arg(long, env = "RUNNEL_MAX_MODULE_MIB", value_name = "MIB", default_value_t = MAX_MODULE_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_module_mib: u64,
 }
+
+/// The default of `--max-module-mib`.
+pub const MAX_MODULE_MIB: u64 = 32;
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -156,6 +165,7 @@ fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)
         })?;
     let engine = Engine::new(EngineConfig {
         cache_dir: default_cache_dir(),
+        max_module_bytes: usize::try_from(node.max_module_mib << 20).unwrap_or(usize::MAX),
         ..EngineConfig::default()
     })?;
     let deployments = config

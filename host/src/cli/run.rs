@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// Neither read nor write the compiled-module cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// The largest module to take, in MiB (as a node's `--max-module-mib`).
+    #[arg(long, value_name = "MIB", default_value_t = super::node::MAX_MODULE_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_module_mib: u64,
     /// Compare the outputs and errors with this file instead of printing
     /// them, and exit 5 with a diff when they differ. The file holds, in
     /// input order, each output as `runnel run` prints it and each failed
@@ -270,6 +274,7 @@ fn run_inner(
     let engine = Engine::new(EngineConfig {
         cache_dir: (!args.no_cache).then(default_cache_dir).flatten(),
         max_instances: 16,
+        max_module_bytes: usize::try_from(args.max_module_mib << 20).unwrap_or(usize::MAX),
         ..EngineConfig::default()
     })
     .map_err(|e| (EXIT_FAILURE, e.to_string()))?;

@@ -254,7 +254,14 @@ fn body(
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the {what} is over the limit of {limit} bytes"),
+            format!(
+                "the {what} is over the limit of {limit} bytes{}",
+                if what == "module" {
+                    " (the node's --max-module-mib)"
+                } else {
+                    ""
+                }
+            ),
         )
     };
     let bytes = body.map_err(|e| {

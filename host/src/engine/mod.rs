@@ -41,6 +41,14 @@ use deadline::Ticks;
 use guest_log::LogBudget;
 use instance::StoreState;
 
+/// The WIT package (`wit/runnel.wit`) this host speaks. A component built
+/// against another version is refused, naming both ([`LoadError::Version`]).
+pub const WIT_PACKAGE: &str = "runnel:stream@0.1.0";
+
+/// The most core module instances one component may make: a Python
+/// component makes 14 (see `Engine::new`).
+pub const MAX_CORE_INSTANCES: u32 = 32;
+
 /// How often the epoch ticks: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -62,7 +70,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
-            max_module_bytes: 32 << 20,
+            max_module_bytes: usize::try_from(crate::cli::node::MAX_MODULE_MIB << 20)
+                .unwrap_or(usize::MAX),
             max_instances: 256,
             max_memory_bytes: 1 << 30,
         }
@@ -137,7 +146,9 @@ impl fmt::Display for World {
 /// Why a module was refused. Nothing is cached for a refused module.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the module is {size} bytes, over the limit of {limit} bytes")]
+    #[error(
+        "the module is {size} bytes, over the limit of {limit} bytes (a node's --max-module-mib)"
+    )]
     TooLarge { size: usize, limit: usize },
     #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic number)")]
     NotWasm,
@@ -163,6 +174,11 @@ pub enum LoadError {
         "the component exports the functions of more than one world ({0}); a function is exactly one kind"
     )]
     AmbiguousWorld(String),
+    #[error(
+        "the component was built against {built}, and this runnel speaks {WIT_PACKAGE}: rebuild \
+         it with an SDK made for {WIT_PACKAGE}"
+    )]
+    Version { built: String },
     #[error("the component's `{world}` exports do not match runnel:stream@0.1.0: {reason}")]
     Signature { world: World, reason: String },
     #[error("the component needs imports that runnel does not give functions: {0}")]
@@ -284,14 +300,19 @@ impl Engine {
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         let n = config.max_instances;
         pool.total_component_instances(n)
-            // A Rust wasm32-wasip2 component has a few core instances (the
-            // program and wit-component's shims), one memory and a table or two.
-            .total_core_instances(n.saturating_mul(8))
+            // A Rust wasm32-wasip2 component has 3 core modules (the program
+            // and wit-component's shims), one memory and 2 tables. A Python
+            // one (componentize-py 0.25.1) links CPython from 14 core
+            // modules (libc, libpython, the runtime, adapters...) into one
+            // memory and 2 tables; native extensions add modules. Slots for
+            // core instances are small (a vmctx each), so there is room for
+            // every instance to be a Python one.
+            .total_core_instances(n.saturating_mul(16))
             .total_memories(n)
             .total_tables(n.saturating_mul(4))
             .max_memories_per_component(2)
             .max_tables_per_component(8)
-            .max_core_instances_per_component(16)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
             .table_elements(MAX_TABLE_ELEMENTS)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             // Memories and tables stay mapped between instances of a module.
@@ -380,6 +401,7 @@ impl Engine {
             None => Component::new(self.wasmtime(), bytes)
                 .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
         };
+        check_version(self.wasmtime(), &component)?;
         let world = detect_world(self.wasmtime(), &component)?;
         let instance_pre = self
             .inner
@@ -431,6 +453,35 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         [0x01, 0x00, 0x00, 0x00] => Err(LoadError::CoreModule),
         other => Err(LoadError::UnknownVersion(other)),
     }
+}
+
+/// Refuses a component that imports or exports an interface of another
+/// version of `runnel:stream` than [`WIT_PACKAGE`]. Every function
+/// component imports `runnel:stream/types@VERSION` (its worlds use its
+/// types), whatever language made it; a component that names no
+/// `runnel:stream` interface at all is judged by its exports instead.
+fn check_version(engine: &wasmtime::Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let (package, ours) = WIT_PACKAGE.split_once('@').unwrap_or((WIT_PACKAGE, ""));
+    let names = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .chain(ty.exports(engine).map(|(name, _)| name));
+    for name in names {
+        let Some(rest) = name.strip_prefix(package).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        let version = rest.split_once('@').map(|(_, v)| v);
+        if version != Some(ours) {
+            return Err(LoadError::Version {
+                built: match version {
+                    Some(v) => format!("{package}@{v}"),
+                    None => format!("{package} without a version"),
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 fn detect_world(engine: &wasmtime::Engine, component: &Component) -> Result<World, LoadError> {

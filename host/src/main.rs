@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use runnel_host::cli::build::BuildArgs;
 use runnel_host::cli::control::{ApiArgs, ControlCommand};
 use runnel_host::cli::new::NewArgs;
 use runnel_host::cli::node::{BrokerArgs, DevArgs, ServeArgs};
@@ -27,9 +28,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a new function's crate: the function, a unit test, golden test
-    /// data and a README.
+    /// Write a new function (Rust, or Python with --lang python): the
+    /// function, a unit test, golden test data and a README.
     New(NewArgs),
+    /// Build the function in a folder (Rust or Python) into a component.
+    Build(BuildArgs),
     /// Run a function over records from a file or stdin, without Kafka, and
     /// print its outputs as JSON lines (the author's test harness).
     Run(RunArgs),
@@ -89,6 +92,10 @@ fn main() -> ExitCode {
         Command::New(args) => {
             report(runnel_host::cli::new::new(&args).map(|said| print!("{said}")))
         }
+        Command::Build(args) => report(
+            runnel_host::cli::build::build(&args)
+                .map(|built| eprint!("{}", runnel_host::cli::build::said(&built))),
+        ),
         Command::Broker(args) => block_on(runnel_host::cli::node::broker(args)),
         Command::Serve(args) => block_on(runnel_host::cli::node::serve(args)),
         Command::Dev(args) => block_on(runnel_host::cli::node::dev(args)),

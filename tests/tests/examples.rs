@@ -18,6 +18,12 @@ struct Cli {
 }
 
 fn golden(example: &str, module: &str, input: &str, expected_code: u8) {
+    golden_with(example, module, input, expected_code, &[]);
+}
+
+/// `golden`, with arguments the `args` file cannot hold (paths, which
+/// resolve from the test's folder).
+fn golden_with(example: &str, module: &str, input: &str, expected_code: u8, more: &[String]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let data: PathBuf = root.join("examples").join(example).join("testdata");
     let extra = std::fs::read_to_string(data.join("args")).unwrap_or_default();
@@ -29,6 +35,7 @@ fn golden(example: &str, module: &str, input: &str, expected_code: u8) {
     ];
     argv.extend(["--input".to_owned(), input_path.display().to_string()]);
     argv.extend(extra.split_whitespace().map(str::to_owned));
+    argv.extend(more.iter().cloned());
     let cli = Cli::try_parse_from(&argv).expect("valid arguments");
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = run(&cli.args, &mut std::io::empty(), &mut out, &mut err);
@@ -76,4 +83,20 @@ fn running_count() {
 #[test]
 fn dedupe() {
     golden("dedupe", guests::DEDUPE, "input.jsonl", 4);
+}
+
+/// The flight-delay scorer with model v1 over flights in CSV lines (and a
+/// JSON one), the header line and malformed lines among them. Its Python
+/// twin passes the same files (`tests/tests/python.rs`).
+#[test]
+fn flight_delay() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/flight-delay/model/flight-delay-v1.json");
+    golden_with(
+        "flight-delay",
+        guests::FLIGHT_DELAY,
+        "input.csv",
+        4,
+        &["--model".to_owned(), model.display().to_string()],
+    );
 }

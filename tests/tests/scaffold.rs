@@ -193,3 +193,80 @@ fn the_golden_check_fails_with_a_diff_and_bless_writes_it() {
         "{err}"
     );
 }
+
+/// `runnel new KIND NAME --lang python`: a Python function of each kind
+/// passes its unit tests under CPython, builds with `runnel build`
+/// (componentize-py), and passes the same golden check as its Rust twin.
+#[test]
+fn a_new_python_function_of_each_kind_builds_and_passes_its_golden_check() {
+    use runnel_host::cli::build::{BuildArgs, Lang, build};
+
+    let root = tempfile::tempdir().unwrap();
+    for kind in ["filter", "map", "scorer"] {
+        let name = format!("my-{kind}");
+        let dir = root.path().join(&name);
+        let cli = NewCli::try_parse_from([
+            "runnel-new",
+            kind,
+            &name,
+            "--lang",
+            "python",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap();
+        let said = new(&cli.args).unwrap();
+        assert!(
+            said.contains("python3 -m unittest && runnel build"),
+            "{said}"
+        );
+        for file in [
+            "app.py",
+            "test_app.py",
+            "README.md",
+            "testdata/expected.jsonl",
+        ] {
+            assert!(dir.join(file).exists(), "{kind}: no {file}");
+        }
+        let tests = Command::new("python3")
+            .args(["-m", "unittest", "-q"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            tests.status.success(),
+            "{kind}: python3 -m unittest: {}",
+            String::from_utf8_lossy(&tests.stderr)
+        );
+
+        let built = build(&BuildArgs {
+            dir: dir.clone(),
+            lang: None,
+            out: None,
+            sdk: None,
+        })
+        .unwrap();
+        assert_eq!(built.lang, Lang::Python);
+        assert_eq!(built.component, dir.join(format!("target/{name}.wasm")));
+        let expected = dir.join("testdata/expected.jsonl");
+        let mut args = vec![
+            built.component.display().to_string(),
+            "--input".into(),
+            dir.join("testdata/input.jsonl").display().to_string(),
+            "--expect".into(),
+            expected.display().to_string(),
+        ];
+        if kind == "scorer" {
+            args.extend([
+                "--model".into(),
+                dir.join("testdata/model.txt").display().to_string(),
+            ]);
+        }
+        let (code, _, err) = runnel_run(&args);
+        assert_eq!(code, EXIT_OK, "{kind}: {err}");
+        assert!(
+            err.ends_with(&format!("the results match {}\n", expected.display())),
+            "{kind}: {err}"
+        );
+    }
+}

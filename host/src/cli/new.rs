@@ -1,15 +1,17 @@
-//! `runnel new filter|map|scorer NAME`: a crate for a new function that
-//! builds as it is written (`cargo build --release --target wasm32-wasip2`),
-//! with a unit test, golden test data that `runnel run --expect` checks, and
-//! a README saying how to run, test and deploy it.
+//! `runnel new filter|map|scorer NAME [--lang python]`: a new function that
+//! builds as it is written (`runnel build`), with a unit test, golden test
+//! data that `runnel run --expect` checks, and a README saying how to run,
+//! test and deploy it. Rust is written here; Python in `new_python`.
 //!
-//! `runnel-sdk` is not published, so the crate depends on it by path: the
+//! The SDK is not published, so the function depends on it by path: the
 //! SDK of the checkout this binary was built from, or `--sdk PATH`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+use super::build::Lang;
 
 /// The SDK of the checkout this binary was built from: `guest-sdk` beside
 /// the `host` crate.
@@ -43,6 +45,9 @@ pub struct NewArgs {
     /// The folder to write the crate to; default: `./NAME`.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The language to write the function in.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub lang: Lang,
 }
 
 /// Writes the crate; returns what to tell the author.
@@ -63,7 +68,11 @@ pub fn new(args: &NewArgs) -> anyhow::Result<String> {
             dir.display()
         );
     }
-    for (file, text) in files(args.kind, &args.name, &sdk) {
+    let files = match args.lang {
+        Lang::Rust => files(args.kind, &args.name, &sdk),
+        Lang::Python => super::new_python::files(args.kind, &args.name, &sdk),
+    };
+    for (file, text) in files {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -72,22 +81,30 @@ pub fn new(args: &NewArgs) -> anyhow::Result<String> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mut said = format!(
-        "created the {} {} in {} (runnel-sdk from {})\n",
+        "created the {} {} in {} (runnel SDK from {})\n",
         kind_name(args.kind),
         args.name,
         dir.display(),
         sdk.display()
     );
-    let _ = writeln!(
-        said,
-        "next: cd {} && cargo build --release --target wasm32-wasip2 && {}",
-        dir.display(),
-        golden_command(args.kind, &args.name)
-    );
+    let _ = match args.lang {
+        Lang::Rust => writeln!(
+            said,
+            "next: cd {} && runnel build && {}",
+            dir.display(),
+            golden_command(args.kind, &wasm(&args.name))
+        ),
+        Lang::Python => writeln!(
+            said,
+            "next: cd {} && python3 -m unittest && runnel build && {}",
+            dir.display(),
+            golden_command(args.kind, &super::new_python::wasm(&args.name))
+        ),
+    };
     Ok(said)
 }
 
-fn kind_name(kind: Kind) -> &'static str {
+pub(super) fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Filter => "filter",
         Kind::Map => "map",
@@ -136,15 +153,14 @@ fn wasm(name: &str) -> String {
     )
 }
 
-/// The golden check of the crate, from its folder.
-fn golden_command(kind: Kind, name: &str) -> String {
+/// The golden check of the function whose component is `wasm`, from its folder.
+pub(super) fn golden_command(kind: Kind, wasm: &str) -> String {
     let model = match kind {
         Kind::Scorer => " --model testdata/model.txt",
         _ => "",
     };
     format!(
-        "runnel run {}{model} --input testdata/input.jsonl --expect testdata/expected.jsonl",
-        wasm(name)
+        "runnel run {wasm}{model} --input testdata/input.jsonl --expect testdata/expected.jsonl"
     )
 }
 
@@ -203,7 +219,7 @@ strip = "debuginfo"
 
 fn readme(kind: Kind, name: &str) -> String {
     let wasm = wasm(name);
-    let golden = golden_command(kind, name);
+    let golden = golden_command(kind, &wasm);
     let (what, model, config) = match kind {
         Kind::Filter => (
             "a filter: it keeps the records whose value contains a word (`error` unless `--config word=...` says otherwise)",
@@ -308,13 +324,13 @@ mod tests {
 }
 "##;
 
-const FILTER_INPUT: &str = r##"{"key": "a", "value": "disk error on sda"}
+pub(super) const FILTER_INPUT: &str = r##"{"key": "a", "value": "disk error on sda"}
 {"key": "b", "value": "all good"}
 {"key": "c"}
 {"key": "d", "value": "error: out of paper"}
 "##;
 
-const FILTER_EXPECTED: &str = r##"{"line":1,"key":"a","value":"disk error on sda"}
+pub(super) const FILTER_EXPECTED: &str = r##"{"line":1,"key":"a","value":"disk error on sda"}
 {"line":3,"error":"the record has no value"}
 {"line":4,"key":"d","value":"error: out of paper"}
 "##;
@@ -352,13 +368,13 @@ mod tests {
 }
 "##;
 
-const MAP_INPUT: &str = r##"{"key": "q1", "value": "to be or not"}
+pub(super) const MAP_INPUT: &str = r##"{"key": "q1", "value": "to be or not"}
 {"key": "q2"}
 {"key": "q3", "value": "   "}
 {"key": "q4", "value": "done"}
 "##;
 
-const MAP_EXPECTED: &str = r##"{"line":1,"key":"q1","value":"to"}
+pub(super) const MAP_EXPECTED: &str = r##"{"line":1,"key":"q1","value":"to"}
 {"line":1,"key":"q1","value":"be"}
 {"line":1,"key":"q1","value":"or"}
 {"line":1,"key":"q1","value":"not"}
@@ -440,20 +456,21 @@ mod tests {
 }
 "##;
 
-const SCORER_MODEL: &str = "# WORD WEIGHT: a record's score is the sum of the weights of its words.
+pub(super) const SCORER_MODEL: &str =
+    "# WORD WEIGHT: a record's score is the sum of the weights of its words.
 late 2
 storm 1.5
 snow 1
 on-time -1
 ";
 
-const SCORER_INPUT: &str = r##"{"key": "f1", "value": "late after the storm"}
+pub(super) const SCORER_INPUT: &str = r##"{"key": "f1", "value": "late after the storm"}
 {"key": "f2", "value": "on-time"}
 {"key": "f3"}
 {"key": "f4", "value": "clear skies"}
 "##;
 
-const SCORER_EXPECTED: &str = r##"{"line":1,"key":"f1","value":"{\"score\":3.5,\"words\":4}"}
+pub(super) const SCORER_EXPECTED: &str = r##"{"line":1,"key":"f1","value":"{\"score\":3.5,\"words\":4}"}
 {"line":2,"key":"f2","value":"{\"score\":-1.0,\"words\":1}"}
 {"line":3,"error":"the record has no value"}
 {"line":4,"key":"f4","value":"{\"score\":0.0,\"words\":2}"}

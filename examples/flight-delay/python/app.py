@@ -28,11 +28,7 @@ WebAssembly. Where it cannot do the same:
   Unicode tables; here they are approximated with ``unicodedata``;
 - JSON nested deeper than 512 is refused (``recursion limit exceeded``):
   Python's parser would overflow the component's stack, where serde skips an
-  unknown field's value however deep;
-- a JSON flight whose ``carrier``, ``origin`` or ``dest`` is written with an
-  escape (``"U\\u0041"``) is scored here; the Rust scorer refuses it
-  (``expected a borrowed string``: it borrows the text, and cannot borrow an
-  unescaped copy).
+  unknown field's value however deep.
 
 Build it and run a file of flights through it::
 
@@ -1034,7 +1030,7 @@ def _json_number(value):
 
 
 def _json_text(value):
-    return None if value is None else _json_string_field(value, "a borrowed string")
+    return None if value is None else _json_string_field(value, "a string")
 
 
 _FLIGHT_FIELDS = {

@@ -8,6 +8,7 @@
 mod forest;
 pub mod gbdt;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -158,9 +159,9 @@ impl FlightModel {
             flight.month,
             flight.day_of_week,
             flight.dep_hour,
-            code(&self.carriers, flight.carrier),
-            code(&self.origins, flight.origin),
-            code(&self.dests, flight.dest),
+            code(&self.carriers, flight.carrier.as_deref()),
+            code(&self.origins, flight.origin.as_deref()),
+            code(&self.dests, flight.dest.as_deref()),
             flight.distance,
         ]
     }
@@ -222,14 +223,16 @@ impl ModelError {
 }
 
 /// The model's view of a flight. `NaN` and `None` are missing values.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Categories borrow from the record, but for a JSON string written with an
+/// escape (`"U\u0041"`), which is unescaped into a copy.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Flight<'a> {
     pub month: f64,
     pub day_of_week: f64,
     pub dep_hour: f64,
-    pub carrier: Option<&'a str>,
-    pub origin: Option<&'a str>,
-    pub dest: Option<&'a str>,
+    pub carrier: Option<Cow<'a, str>>,
+    pub origin: Option<Cow<'a, str>>,
+    pub dest: Option<Cow<'a, str>>,
     pub distance: f64,
 }
 
@@ -346,7 +349,7 @@ pub fn parse_csv(line: &str) -> Result<Flight<'_>, InputError> {
     };
     let text = |i: usize| match field(i) {
         "NA" | "" => None,
-        s => Some(s),
+        s => Some(Cow::Borrowed(s)),
     };
     Ok(Flight {
         month: number(MONTH)?,
@@ -383,11 +386,11 @@ pub fn parse_json(text: &str) -> Result<Flight<'_>, InputError> {
         #[serde(default, deserialize_with = "nullable")]
         crs_dep_time: Option<Option<f64>>,
         #[serde(borrow, default, deserialize_with = "nullable")]
-        carrier: Option<Option<&'a str>>,
+        carrier: Option<Option<Cow<'a, str>>>,
         #[serde(borrow, default, deserialize_with = "nullable")]
-        origin: Option<Option<&'a str>>,
+        origin: Option<Option<Cow<'a, str>>>,
         #[serde(borrow, default, deserialize_with = "nullable")]
-        dest: Option<Option<&'a str>>,
+        dest: Option<Option<Cow<'a, str>>>,
         #[serde(default, deserialize_with = "nullable")]
         distance: Option<Option<f64>>,
     }
@@ -433,7 +436,7 @@ mod tests {
             (10.0, 3.0, 7.0, 447.0)
         );
         assert_eq!(
-            (f.carrier, f.origin, f.dest),
+            (f.carrier.as_deref(), f.origin.as_deref(), f.dest.as_deref()),
             (Some("PS"), Some("SAN"), Some("SFO"))
         );
         let short: Vec<&str> = DEMO.split(',').take(29).collect();
@@ -445,11 +448,18 @@ mod tests {
     fn reads_json_and_missing_values() {
         let f = parse_flight(r#"{"month":1,"day_of_week":2,"dep_hour":6,"carrier":"UA","origin":"EWR","dest":"IAH","distance":1400}"#).unwrap();
         assert_eq!(
-            (f.dep_hour, f.carrier, f.distance),
+            (f.dep_hour, f.carrier.as_deref(), f.distance),
             (6.0, Some("UA"), 1400.0)
         );
         let g = parse_flight(r#"{"month":1,"day_of_week":2,"crs_dep_time":659,"carrier":null,"origin":"EWR","dest":"IAH","distance":null,"year":2013}"#).unwrap();
         assert_eq!((g.dep_hour, g.carrier), (6.0, None));
+        // A string written with an escape is unescaped, not refused (it
+        // was: "expected a borrowed string").
+        let e = parse_flight(r#"{"month":1,"day_of_week":2,"dep_hour":6,"carrier":"U\u0041","origin":"E\/WR","dest":"IAH","distance":1400}"#).unwrap();
+        assert_eq!(
+            (e.carrier.as_deref(), e.origin.as_deref()),
+            (Some("UA"), Some("E/WR"))
+        );
         assert!(g.distance.is_nan());
         let line = DEMO.replacen(",447,", ",NA,", 1);
         let na = parse_flight(&line).unwrap();

@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use runnel_bench::kafka::{Out, PROVENANCE, Setup, native_loop, node_run, produce, setup};
+use runnel_host::config::Provenance::{self, Compact, Headers};
 use runnel_host::kafka::KafkaOptions;
 use runnel_tests::guests;
 use runnel_tests::kafka::spec;
@@ -49,11 +50,12 @@ fn runnel(
     module: &str,
     config: &[(&str, &str)],
     expect: usize,
-    workers: usize,
+    (workers, provenance): (usize, Provenance),
 ) -> (Duration, f64) {
     let mut spec = spec("bench", module, input, output, config);
     spec.timeout_ms = 5000;
     spec.workers = workers;
+    spec.provenance = provenance;
     node_run(kafka, spec, expect)
 }
 
@@ -65,7 +67,7 @@ fn main() {
         kafka,
         input,
         outputs: outs,
-    } = setup(PARTITIONS, 8);
+    } = setup(PARTITIONS, 12);
     let t = Instant::now();
     produce(&kafka, &input, (0..N).map(value));
     println!(
@@ -89,12 +91,28 @@ fn main() {
         ),
         (
             "identity, runnel, 1 worker",
-            runnel(&kafka, &input, &outs[1], guests::IDENTITY_MAP, &[], N, 1),
+            runnel(
+                &kafka,
+                &input,
+                &outs[1],
+                guests::IDENTITY_MAP,
+                &[],
+                N,
+                (1, Headers),
+            ),
             Some((0, 3)),
         ),
         (
             "identity, runnel, 2 workers",
-            runnel(&kafka, &input, &outs[2], guests::IDENTITY_MAP, &[], N, 2),
+            runnel(
+                &kafka,
+                &input,
+                &outs[2],
+                guests::IDENTITY_MAP,
+                &[],
+                N,
+                (2, Headers),
+            ),
             Some((0, 3)),
         ),
         (
@@ -103,24 +121,68 @@ fn main() {
             None,
         ),
         (
+            "identity, runnel, 2 workers, provenance compact (1 header)",
+            runnel(
+                &kafka,
+                &input,
+                &outs[8],
+                guests::IDENTITY_MAP,
+                &[],
+                N,
+                (2, Compact),
+            ),
+            Some((0, 3)),
+        ),
+        (
+            "identity, runnel, 2 workers, provenance none",
+            runnel(
+                &kafka,
+                &input,
+                &outs[9],
+                guests::IDENTITY_MAP,
+                &[],
+                N,
+                (2, Provenance::None),
+            ),
+            Some((0, 3)),
+        ),
+        (
             "filter n >= 50, native loop, runnel's outputs (with its 3 headers)",
             native(&kafka, &input, &outs[4], keep_half, kept, true),
             None,
         ),
         (
             "filter n >= 50, runnel, 1 worker",
-            runnel(&kafka, &input, &outs[5], f, filter_cfg, kept, 1),
-            Some((4, 7)),
+            runnel(&kafka, &input, &outs[5], f, filter_cfg, kept, (1, Headers)),
+            Some((6, 9)),
         ),
         (
             "filter n >= 50, runnel, 2 workers",
-            runnel(&kafka, &input, &outs[6], f, filter_cfg, kept, 2),
-            Some((4, 7)),
+            runnel(&kafka, &input, &outs[6], f, filter_cfg, kept, (2, Headers)),
+            Some((6, 9)),
         ),
         (
             "filter n >= 50, native loop, no headers",
             native(&kafka, &input, &outs[7], keep_half, kept, false),
             None,
+        ),
+        (
+            "filter n >= 50, runnel, 2 workers, provenance compact (1 header)",
+            runnel(&kafka, &input, &outs[10], f, filter_cfg, kept, (2, Compact)),
+            Some((6, 9)),
+        ),
+        (
+            "filter n >= 50, runnel, 2 workers, provenance none",
+            runnel(
+                &kafka,
+                &input,
+                &outs[11],
+                f,
+                filter_cfg,
+                kept,
+                (2, Provenance::None),
+            ),
+            Some((6, 9)),
         ),
     ];
     println!(

@@ -75,6 +75,33 @@ pub struct DeploymentSpec {
     /// A processor's named stores (keyed state, see `docs/state.md`).
     #[serde(default)]
     pub stores: Vec<String>,
+    /// What each output says of where it came from (`headers`, `compact`
+    /// or `none`; see [`Provenance`]).
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// What each output record says of where it came from. Dead letters always
+/// carry the full headers, and `runnel-` headers that an input or a
+/// function brings are dropped in every mode: provenance cannot be spoofed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Provenance {
+    /// `runnel-deployment`, `runnel-version`, `runnel-module` and, for a
+    /// scorer, `runnel-model`: one header each.
+    #[default]
+    Headers,
+    /// One header, `runnel-provenance`:
+    /// `DEPLOYMENT/VERSION/sha256:MODULE[/sha256:MODEL]`.
+    Compact,
+    /// No runnel header at all.
+    None,
+}
+
+impl Provenance {
+    pub fn is_default(&self) -> bool {
+        *self == Provenance::default()
+    }
 }
 
 /// The topics a deployment writes to, in order: the first is where an
@@ -312,6 +339,29 @@ mod tests {
         assert_eq!(d.dead_letter_topic(), "out.dlq");
         assert_eq!(d.group(), "runnel.d");
         assert_eq!(d.config["field"], "x");
+        assert_eq!(d.provenance, Provenance::Headers);
+    }
+
+    #[test]
+    fn provenance_is_one_of_three_words() {
+        let with = |p: &str| {
+            NodeConfig::parse(&format!(
+                "[[deployment]]\nname = \"d\"\nmodule = \"f\"\ninput = [\"i\"]\noutput = \"o\"\nprovenance = \"{p}\"\n"
+            ))
+        };
+        assert_eq!(
+            with("compact").unwrap().deployments[0].provenance,
+            Provenance::Compact
+        );
+        assert_eq!(
+            with("none").unwrap().deployments[0].provenance,
+            Provenance::None
+        );
+        let e = with("all").unwrap_err();
+        assert!(
+            e.contains("unknown variant `all`, expected one of `headers`, `compact`, `none`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub struct Version {
     pub max_outputs_per_record: u32,
     #[serde(default = "crate::config::defaults::max_output_mib")]
     pub max_output_mib: u64,
+    /// What its outputs say of where they came from; records written
+    /// before this setting existed read as `headers`.
+    #[serde(default, skip_serializing_if = "crate::config::Provenance::is_default")]
+    pub provenance: crate::config::Provenance,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// Why this version exists: `deploy`, `swap`, `rollback to 2`, ...
@@ -1019,6 +1023,7 @@ mod tests {
             timeout_ms: 5000,
             max_outputs_per_record: 10_000,
             max_output_mib: 64,
+            provenance: crate::config::Provenance::Headers,
             created_ms: 0,
             reason: "deploy".into(),
         });

@@ -209,5 +209,6 @@ pub fn spec(
         linger_ms: 10,
         workers: 2,
         stores: Vec::new(),
+        provenance: runnel_host::config::Provenance::default(),
     }
 }

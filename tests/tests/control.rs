@@ -442,6 +442,7 @@ fn deploy(
         linger_ms: Some(5),
         workers: Some(1),
         stores: Vec::new(),
+        provenance: None,
         from: None,
     })
 }

@@ -176,6 +176,10 @@ pub struct DeployArgs {
     /// A store a processor keeps state in; repeat for more.
     #[arg(long = "store", value_name = "NAME")]
     pub stores: Vec<String>,
+    /// What each output says of where it came from: four `runnel-*`
+    /// headers (default), one compact `runnel-provenance` header, or none.
+    #[arg(long, value_enum)]
+    pub provenance: Option<crate::config::Provenance>,
     /// Where a new deployment starts reading: earliest (the default),
     /// latest, an offset, or a time (2026-12-01T10:00:00Z, or @<ms>). An
     /// existing one moves with `runnel reset`.
@@ -418,6 +422,11 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
                 ("linger_ms", a.linger_ms.map(Value::from)),
                 ("workers", a.workers.map(Value::from)),
                 ("from", a.from.clone().map(Value::from)),
+                (
+                    "provenance",
+                    a.provenance
+                        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null)),
+                ),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {

@@ -413,6 +413,11 @@ pub struct DeploymentRequest {
     /// A processor's named stores (keyed state).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stores: Vec<String>,
+    /// What its outputs say of where they came from: `headers` (the
+    /// default for a new deployment), `compact` or `none`. A new version
+    /// without it keeps the running version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::config::Provenance>,
     /// A new version of a processor that starts with empty stores: its
     /// state moves to new changelog topics, and the old ones are deleted
     /// once every node runs the new version.
@@ -608,6 +613,15 @@ async fn put_deployment(
         timeout_ms,
         max_outputs_per_record: settings.max_outputs_per_record as u32,
         max_output_mib: settings.max_output_mib,
+        provenance: req
+            .provenance
+            .or_else(|| {
+                existing
+                    .as_ref()
+                    .and_then(|r| r.current_version())
+                    .map(|v| v.provenance)
+            })
+            .unwrap_or_default(),
         created_ms: now_ms(),
         reason: match (&existing, req.reset_state) {
             (Some(_), true) => "swap, state reset",

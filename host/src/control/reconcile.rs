@@ -136,6 +136,7 @@ pub fn build(
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         stores: record.stores.clone(),
+        provenance: version.provenance,
     };
     let mut d = Deployment::new(spec, module, model);
     d.version = version.version;

@@ -406,6 +406,7 @@ fn run_inner(
             dead_letter: spec.dead_letter_topic(),
             module_header: format!("sha256:{}", d.module.digest()),
             version_header: d.version.to_string(),
+            compact_header: super::exec::compact_header(&d),
             backoff: None,
             state,
             changelog: changelog.clone(),
@@ -530,6 +531,7 @@ fn swap(
     spec.timeout_ms = next.spec.timeout_ms;
     spec.max_outputs_per_record = next.spec.max_outputs_per_record;
     spec.max_output_mib = next.spec.max_output_mib;
+    spec.provenance = next.spec.provenance;
     let running_version = lock(status).version;
     let version = next.version.max(running_version + 1);
     let next = Deployment {

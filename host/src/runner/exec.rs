@@ -20,6 +20,7 @@ use super::status::{
     DeploymentState, DeploymentStatus, Isolating, RestoreReport, RestoreSource, Restoring,
 };
 use super::{Deployment, headers, lock};
+use crate::config::Provenance;
 use crate::engine::{Outcome, Worker};
 use crate::state::{State, Write, changelog};
 
@@ -40,6 +41,8 @@ pub(super) struct Exec {
     pub(super) dead_letter: String,
     pub(super) module_header: String,
     pub(super) version_header: String,
+    /// `runnel-provenance`'s value, for `provenance = "compact"`.
+    pub(super) compact_header: String,
     pub(super) backoff: Option<(Instant, Duration)>,
     /// A processor's state while no instance holds it (before the first
     /// and between instances: a swap keeps it).
@@ -212,6 +215,7 @@ impl Exec {
         self.generation = generation;
         self.module_header = format!("sha256:{}", self.d.module.digest());
         self.version_header = self.d.version.to_string();
+        self.compact_header = compact_header(&self.d);
         self.drop_worker();
         self.traps_seen = 0;
         self.backoff = None;
@@ -766,24 +770,35 @@ impl Exec {
                 picked = i;
             }
         }
-        h = h
-            .insert(Header {
-                key: headers::DEPLOYMENT,
-                value: Some(self.d.spec.name.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::VERSION,
-                value: Some(self.version_header.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::MODULE,
-                value: Some(self.module_header.as_bytes()),
-            });
-        if let Some(model) = &self.d.model_digest {
-            h = h.insert(Header {
-                key: headers::MODEL,
-                value: Some(model.as_bytes()),
-            });
+        match self.d.spec.provenance {
+            Provenance::Headers => {
+                h = h
+                    .insert(Header {
+                        key: headers::DEPLOYMENT,
+                        value: Some(self.d.spec.name.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: headers::VERSION,
+                        value: Some(self.version_header.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: headers::MODULE,
+                        value: Some(self.module_header.as_bytes()),
+                    });
+                if let Some(model) = &self.d.model_digest {
+                    h = h.insert(Header {
+                        key: headers::MODEL,
+                        value: Some(model.as_bytes()),
+                    });
+                }
+            }
+            Provenance::Compact => {
+                h = h.insert(Header {
+                    key: headers::PROVENANCE,
+                    value: Some(self.compact_header.as_bytes()),
+                });
+            }
+            Provenance::None => {}
         }
         let timestamp = record.timestamp_ms().or(input_ts);
         send(
@@ -913,4 +928,15 @@ impl Exec {
             record.offset, record.error
         ));
     }
+}
+
+/// `DEPLOYMENT/VERSION/sha256:MODULE[/sha256:MODEL]`: the value of
+/// `runnel-provenance` (a deployment name has no `/`).
+pub(super) fn compact_header(d: &Deployment) -> String {
+    let mut value = format!("{}/{}/sha256:{}", d.spec.name, d.version, d.module.digest());
+    if let Some(model) = &d.model_digest {
+        value.push('/');
+        value.push_str(model);
+    }
+    value
 }

@@ -1,7 +1,9 @@
 //! The headers runnel adds to the records it writes.
 //!
 //! Every output carries [`DEPLOYMENT`], [`VERSION`] and [`MODULE`] (and
-//! [`MODEL`] for a scorer), so a swap point or a replay is visible in the data. A dead letter also carries why it failed and
+//! [`MODEL`] for a scorer), so a swap point or a replay is visible in the
+//! data; or, as the deployment's `provenance` says, all of them in one
+//! [`PROVENANCE`] header, or none. A dead letter always carries them, and why it failed and
 //! where it came from. Headers with runnel's [`PREFIX`] that an input or a
 //! function brings are dropped from outputs and dead letters alike (a
 //! record whose header names are not UTF-8 included): what runnel writes
@@ -21,6 +23,9 @@ pub const MODULE: &str = "runnel-module";
 pub const VERSION: &str = "runnel-version";
 /// `sha256:<hex>` of the model that produced the record (scorers).
 pub const MODEL: &str = "runnel-model";
+/// All of the above in one header, for `provenance = "compact"`:
+/// `DEPLOYMENT/VERSION/sha256:MODULE[/sha256:MODEL]`.
+pub const PROVENANCE: &str = "runnel-provenance";
 /// Why the record failed (dead letters).
 pub const ERROR: &str = "runnel-error";
 /// Why, in one word: `error` (the function rejected the record), `trap` (the

@@ -932,6 +932,30 @@ async fn metrics_count_the_records_sent_and_readyz_stays_ready_but_names_a_deplo
         Some(1.0),
         "{text}"
     );
+    // Each of the 200 outputs' latency, once acknowledged: from its poll,
+    // and from its input's timestamp (the producer stamped it). Dead
+    // letters are not outputs.
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = scrape().await;
+        if series(&text, "runnel_output_latency_seconds_count") == Some(200.0)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for metric in ["runnel_output_latency_seconds", "runnel_event_age_seconds"] {
+        assert_eq!(
+            series(&text, &format!("{metric}_count")),
+            Some(200.0),
+            "{metric}: {text}"
+        );
+        let sum = series(&text, &format!("{metric}_sum")).unwrap();
+        assert!(sum > 0.0 && sum.is_finite(), "{metric}_sum {sum}");
+        let inf = format!("{metric}_bucket{{deployment=\"{name}\",le=\"+Inf\"}} 200");
+        assert!(text.contains(&inf), "{inf}: {text}");
+    }
     let count = series(&text, "runnel_batch_duration_seconds_count").unwrap();
     assert!(count >= 10.0, "{text}");
     let inf =

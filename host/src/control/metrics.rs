@@ -302,6 +302,34 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
     }
     family(
         &mut out,
+        "runnel_output_latency_seconds",
+        "histogram",
+        "From the poll of an output's input (its batch's first record) to the broker's acknowledgement of the output.",
+    );
+    for s in statuses {
+        histogram(
+            &mut out,
+            "runnel_output_latency_seconds",
+            &label(&s.name),
+            &s.output_seconds,
+        );
+    }
+    family(
+        &mut out,
+        "runnel_event_age_seconds",
+        "histogram",
+        "From an output's input record timestamp to the broker's acknowledgement of the output (needs producers' clocks to agree; meaningless for replays).",
+    );
+    for s in statuses {
+        histogram(
+            &mut out,
+            "runnel_event_age_seconds",
+            &label(&s.name),
+            &s.event_age_seconds,
+        );
+    }
+    family(
+        &mut out,
         "runnel_process_freezes_total",
         "counter",
         "Times this process was frozen (stopped, paused or starved) for over 2 s; outputs waited after each.",

@@ -453,6 +453,7 @@ impl Poller<'_> {
             partition: key.1,
             epoch: self.shared.epoch(&key),
             batch: pending.batch,
+            polled: pending.since,
         };
         self.enqueue(key, job);
     }

@@ -79,6 +79,9 @@ pub(super) struct Ack {
     pub(super) partition: i32,
     pub(super) offset: i64,
     pub(super) sent: Sent,
+    /// For an output: when its batch's first record was polled, and its
+    /// input's timestamp (the latency histograms of the status).
+    pub(super) latency: Option<(Instant, Option<i64>)>,
 }
 
 /// A record to produce, owned: one the broker did not take, kept to be sent
@@ -125,6 +128,7 @@ pub(super) fn permanent(e: &KafkaError) -> Option<&'static str> {
 
 pub(super) struct DeliveryContext {
     pub(super) shared: Arc<Shared>,
+    pub(super) status: Arc<Mutex<DeploymentStatus>>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -153,7 +157,16 @@ impl DeliveryContext {
     fn report(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
         super::fault::point(&self.shared.name, super::fault::Site::Delivery);
         match result {
-            Ok(_) => lock(&self.shared.tracker).ack(&ack.topic, ack.partition, ack.offset),
+            Ok(_) => {
+                lock(&self.shared.tracker).ack(&ack.topic, ack.partition, ack.offset);
+                if let Some((polled, timestamp)) = ack.latency {
+                    let mut s = lock(&self.status);
+                    s.output_seconds.observe(polled.elapsed().as_secs_f64());
+                    if let Some(age) = timestamp.and_then(event_age) {
+                        s.event_age_seconds.observe(age);
+                    }
+                }
+            }
             Err((e, m)) => {
                 // Never `m.headers().iter()`: it panics on a name that is not
                 // UTF-8. `detach` copies them as they are.
@@ -172,6 +185,16 @@ impl DeliveryContext {
             }
         }
     }
+}
+
+/// Seconds from `timestamp_ms` to now, if it is not in the future.
+fn event_age(timestamp_ms: i64) -> Option<f64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    let age = i128::try_from(now).ok()? - i128::from(timestamp_ms);
+    (age >= 0).then(|| age as f64 / 1000.0)
 }
 
 /// Waits until every output was delivered and its delivery report handled,

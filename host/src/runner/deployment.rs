@@ -351,6 +351,7 @@ fn run_inner(
         producer_config
             .create_with_context(DeliveryContext {
                 shared: shared.clone(),
+                status: status.clone(),
             })
             .map_err(|e| anyhow::anyhow!("cannot create the producer: {e}"))?,
     );

@@ -148,6 +148,7 @@ impl Exec {
                 partition,
                 epoch,
                 mut batch,
+                polled,
             } => {
                 let shared = self.shared.clone();
                 let key = (topic, partition);
@@ -166,7 +167,7 @@ impl Exec {
                 // A function that cannot start keeps its batch and retries
                 // after the backoff; the queue fills and the consumer pauses
                 // the partitions of this worker.
-                while !self.run_batch(&key.0, key.1, epoch, &mut batch) {
+                while !self.run_batch(&key.0, key.1, epoch, &mut batch, polled) {
                     let until = self.backoff.map_or_else(Instant::now, |(until, _)| until);
                     while Instant::now() < until && shared.is_current(&key, epoch) {
                         if self.take_staged() {
@@ -552,6 +553,7 @@ impl Exec {
                     partition: w.cause.partition,
                     offset: w.cause.offset,
                     sent: Sent::Changelog,
+                    latency: None,
                 }),
             );
         }
@@ -581,6 +583,7 @@ impl Exec {
         partition: i32,
         epoch: u64,
         batch: &mut BatchBuilder,
+        polled: Instant,
     ) -> bool {
         let started = Instant::now();
         let shared = self.shared.clone();
@@ -675,6 +678,7 @@ impl Exec {
                     partition,
                     offset: input.offset(),
                     sent: Sent::Output,
+                    latency: Some((polled, input.timestamp_ms())),
                 })
             };
             match outcome {
@@ -698,6 +702,7 @@ impl Exec {
                 Outcome::Failed { message, trapped } => {
                     let mut ack = ack();
                     ack.sent = Sent::DeadLetter;
+                    ack.latency = None;
                     self.send_dead_letter(topic, partition, input, message, *trapped, ack);
                     counts.2 += 1;
                     last_failure = Some(format!(
@@ -878,6 +883,7 @@ impl Exec {
             partition,
             offset: record.offset,
             sent: Sent::DeadLetter,
+            latency: None,
         });
         tracing::warn!(
             deployment = self.d.spec.name,

@@ -3,7 +3,7 @@
 
 use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::OwnedHeaders;
 use runnel_abi::BatchBuilder;
@@ -104,6 +104,8 @@ pub(super) enum Job {
         partition: i32,
         epoch: u64,
         batch: BatchBuilder,
+        /// When its first record was polled.
+        polled: Instant,
     },
     /// Dead-letter a record that cannot be given to the function. It goes
     /// through the partition's worker, after the batch before it, so that
@@ -202,6 +204,7 @@ mod tests {
             partition: 0,
             epoch: 0,
             batch: BatchBuilder::of_values([vec![0u8; bytes].as_slice()]),
+            polled: Instant::now(),
         }
     }
 

@@ -83,6 +83,15 @@ pub struct DeploymentStatus {
     pub batch_seconds: super::histogram::Histogram,
     /// Seconds per call into the function (one batch).
     pub call_seconds: super::histogram::Histogram,
+    /// Seconds from the poll of an output's input (of its batch's first
+    /// record, so the linger is in it) to the output's acknowledgement by
+    /// the broker.
+    pub output_seconds: super::histogram::Histogram,
+    /// Seconds from an output's input record's timestamp to the output's
+    /// acknowledgement: end to end if producers' clocks agree with this
+    /// node's; meaningless for a replay of old records. Records without a
+    /// timestamp, or stamped in the future, are left out.
+    pub event_age_seconds: super::histogram::Histogram,
     /// Linear memory of the worker instances, in bytes, last seen.
     pub memory_bytes: u64,
     /// Bytes of the function's stdout and stderr dropped by the log caps
@@ -200,6 +209,8 @@ impl DeploymentStatus {
             restarts: 0,
             batch_seconds: super::histogram::Histogram::default(),
             call_seconds: super::histogram::Histogram::default(),
+            output_seconds: super::histogram::Histogram::default(),
+            event_age_seconds: super::histogram::Histogram::default(),
             memory_bytes: 0,
             log_dropped_bytes: 0,
             isolating: Vec::new(),

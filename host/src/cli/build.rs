@@ -416,25 +416,21 @@ mod tests {
     #[test]
     fn a_folder_of_no_function_says_what_it_looked_for() {
         let dir = tempfile::tempdir().unwrap();
-        let err = build(&BuildArgs {
-            dir: dir.path().to_owned(),
-            lang: None,
-            out: None,
-            sdk: None,
-        })
-        .unwrap_err()
-        .to_string();
+        let refused = || {
+            build(&BuildArgs {
+                dir: dir.path().to_owned(),
+                lang: None,
+                out: None,
+                sdk: None,
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        let err = refused();
         assert!(err.contains("neither a Cargo.toml"), "{err}");
         std::fs::write(dir.path().join("Cargo.toml"), "").unwrap();
         std::fs::write(dir.path().join("app.py"), "").unwrap();
-        let err = build(&BuildArgs {
-            dir: dir.path().to_owned(),
-            lang: None,
-            out: None,
-            sdk: None,
-        })
-        .unwrap_err()
-        .to_string();
+        let err = refused();
         assert!(err.contains("--lang rust or --lang python"), "{err}");
     }
 }

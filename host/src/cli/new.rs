@@ -217,10 +217,10 @@ strip = "debuginfo"
     files
 }
 
-fn readme(kind: Kind, name: &str) -> String {
-    let wasm = wasm(name);
-    let golden = golden_command(kind, &wasm);
-    let (what, model, config) = match kind {
+/// What the scaffolded function does (for its README), and the
+/// `--model` and `--config` arguments its deploy command needs.
+pub(super) fn describe(kind: Kind) -> (&'static str, &'static str, &'static str) {
+    match kind {
         Kind::Filter => (
             "a filter: it keeps the records whose value contains a word (`error` unless `--config word=...` says otherwise)",
             "",
@@ -236,7 +236,13 @@ fn readme(kind: Kind, name: &str) -> String {
             " --model testdata/model.txt",
             "",
         ),
-    };
+    }
+}
+
+fn readme(kind: Kind, name: &str) -> String {
+    let wasm = wasm(name);
+    let golden = golden_command(kind, &wasm);
+    let (what, model, config) = describe(kind);
     format!(
         r#"# {name}
 

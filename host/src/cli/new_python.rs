@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::new::{
     FILTER_EXPECTED, FILTER_INPUT, Kind, MAP_EXPECTED, MAP_INPUT, SCORER_EXPECTED, SCORER_INPUT,
-    SCORER_MODEL, golden_command,
+    SCORER_MODEL, describe, golden_command,
 };
 
 /// The component `runnel build` writes for the function `name`.
@@ -46,23 +46,7 @@ pub fn files(kind: Kind, name: &str, sdk: &Path) -> Vec<(&'static str, String)> 
 fn readme(kind: Kind, name: &str) -> String {
     let wasm = wasm(name);
     let golden = golden_command(kind, &wasm);
-    let (what, model, config) = match kind {
-        Kind::Filter => (
-            "a filter: it keeps the records whose value contains a word (`error` unless `--config word=...` says otherwise)",
-            "",
-            " --config word=error",
-        ),
-        Kind::Map => (
-            "a map: each record becomes one record per word of its value, keyed like it",
-            "",
-            "",
-        ),
-        Kind::Scorer => (
-            "a scorer: its model (`testdata/model.txt`) gives words a weight, and each record's score is the sum of the weights of its words",
-            " --model testdata/model.txt",
-            "",
-        ),
-    };
+    let (what, model, config) = describe(kind);
     format!(
         r##"# {name}
 

@@ -6,7 +6,10 @@
 //!   natively, in a hand-written rdkafka loop with runnel's client settings
 //!   and at-least-once bookkeeping, writing the same output and headers;
 //! - (c) a Python service, confluent-kafka + LightGBM, one `predict` per
-//!   record (bench/python/flight_service.py), in a child process.
+//!   record (bench/python/flight_service.py), in a child process;
+//! - (c′) the same service batched, as a Python engineer tuning it would
+//!   write it: `consume(num_messages=500)`, the batch parsed into one
+//!   feature matrix, one `predict` per batch (`--batch 500`).
 //!
 //! Then the scorer alone, in memory: ns per prediction (parse the CSV line,
 //! evaluate 100 trees, write the JSON), Wasm in runnel's engine vs native.
@@ -171,12 +174,16 @@ fn python() -> Option<PathBuf> {
     }
 }
 
+/// How many records the batched Python service (c′) consumes and scores at once.
+const PYTHON_BATCH: usize = 500;
+
 fn python_row(
     py: &Path,
     kafka: &KafkaOptions,
     input: &str,
     output: &str,
     n: usize,
+    batch: Option<usize>,
 ) -> (Duration, f64) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/flight_service.py");
     let cpu0 = cpu_seconds(None);
@@ -186,6 +193,12 @@ fn python_row(
     };
     let mut child = Command::new(py)
         .arg(script)
+        .args(
+            batch
+                .map(|b| ["--batch".to_owned(), b.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .args([&kafka.brokers, input, output])
         .arg(example(&format!("model/{MODEL}.json")))
         .arg(n.to_string())
@@ -222,7 +235,7 @@ fn main() {
         kafka,
         input,
         outputs: outs,
-    } = setup(partitions(), 4);
+    } = setup(partitions(), 5);
     let n = lines.len() * REPEAT;
     produce(&kafka, &input, (0..REPEAT).flat_map(|_| lines.iter()));
     println!(
@@ -260,21 +273,30 @@ fn main() {
     if let Some(py) = python() {
         rows.push((
             "(c) Python: confluent-kafka + LightGBM, predict per record",
-            python_row(&py, &kafka, &input, &outs[3], n),
+            python_row(&py, &kafka, &input, &outs[3], n, None),
+        ));
+        rows.push((
+            "(c′) Python batched: consume(500), one predict per batch",
+            python_row(&py, &kafka, &input, &outs[4], n, Some(PYTHON_BATCH)),
         ));
     }
     let rate = |d: &Duration| n as f64 / d.as_secs_f64();
     let native_rate = rate(&rows[0].1.0);
     let python_rate = rows.get(3).map(|r| rate(&r.1.0));
-    println!("| pipeline | flights/s | CPU µs/flight | vs (b) native | vs (c) Python |");
-    println!("|---|---:|---:|---:|---:|");
+    let batched_rate = rows.get(4).map(|r| rate(&r.1.0));
+    let versus = |p: Option<f64>, r: f64| p.map_or("–".to_owned(), |p| format!("{:.1}", r / p));
+    println!(
+        "| pipeline | flights/s | CPU µs/flight | vs (b) native | vs (c) Python | vs (c′) batched |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for (name, (wall, cpu)) in &rows {
         let r = rate(wall);
         println!(
-            "| {name} | {r:.0} | {:.1} | {:.2} | {} |",
+            "| {name} | {r:.0} | {:.1} | {:.2} | {} | {} |",
             cpu * 1e6 / n as f64,
             r / native_rate,
-            python_rate.map_or("–".to_owned(), |p| format!("{:.1}", r / p))
+            versus(python_rate, r),
+            versus(batched_rate, r),
         );
     }
     println!();

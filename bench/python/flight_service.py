@@ -5,7 +5,11 @@ confluent-kafka in, one Booster.predict per record, JSON out. Offsets are
 auto-committed (the client's default), so it does less bookkeeping than
 runnel, which commits an offset only once its output is acknowledged.
 
-    flight_service.py BROKERS INPUT OUTPUT MODEL.json COUNT [KEY=VALUE...]
+With `--batch N` it is the service a Python engineer tuning it would
+write: `consume(num_messages=N)`, the batch's lines parsed into one
+feature matrix, one `predict` for the whole batch, then the outputs.
+
+    flight_service.py [--batch N] BROKERS INPUT OUTPUT MODEL.json COUNT [KEY=VALUE...]
 
 KEY=VALUE pairs are added to the consumer's settings (the benchmark passes
 the `fetch.wait.max.ms` runnel's own clients use with the embedded broker).
@@ -22,11 +26,18 @@ from confluent_kafka import Consumer, Producer
 
 
 def main():
-    brokers, input_topic, output_topic, model_path, count = sys.argv[1:6]
-    bad = [arg for arg in sys.argv[6:] if "=" not in arg]
+    args = sys.argv[1:]
+    batch = 0
+    if args[:1] == ["--batch"]:
+        batch = int(args[1])
+        if batch < 1:
+            sys.exit(f"--batch takes a positive number of records, not {args[1]!r}")
+        args = args[2:]
+    brokers, input_topic, output_topic, model_path, count = args[:5]
+    bad = [arg for arg in args[5:] if "=" not in arg]
     if bad:
         sys.exit(f"consumer settings are KEY=VALUE, not {bad[0]!r}")
-    extra = dict(arg.split("=", 1) for arg in sys.argv[6:])
+    extra = dict(arg.split("=", 1) for arg in args[5:])
     count = int(count)
     with open(model_path, encoding="utf-8") as f:
         artifact = json.load(f)
@@ -50,14 +61,42 @@ def main():
 
     consumer = Consumer({
         "bootstrap.servers": brokers,
-        "group.id": "python-flight-service",
+        "group.id": f"python-flight-service-{output_topic}",
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
         **extra,
     })
     producer = Producer({"bootstrap.servers": brokers, "acks": "all", "linger.ms": 5})
     consumer.subscribe([input_topic])
+
+    def send(key, raw):
+        out = {"prediction": "YES" if raw >= logit else "NO",
+               "probability": 1.0 / (1.0 + math.exp(-raw)), "raw_score": raw,
+               "threshold": artifact["threshold"], "model": name}
+        while True:
+            try:
+                producer.produce(output_topic, json.dumps(out).encode(), key=key)
+                return
+            except BufferError:
+                producer.poll(0.01)
+
     seen = 0
+    while batch and seen < count:
+        keys, rows = [], []
+        for m in consumer.consume(num_messages=batch, timeout=0.1):
+            if m.error():
+                continue
+            seen += 1
+            try:
+                rows.append(features(m.value().decode()))
+            except ValueError:
+                continue
+            keys.append(m.key())
+        if rows:
+            raws = booster.predict(np.array(rows, dtype=np.float64), raw_score=True, num_threads=1)
+            for key, raw in zip(keys, raws.tolist()):
+                send(key, raw)
+        producer.poll(0)
     while seen < count:
         m = consumer.poll(0.1)
         if m is None or m.error():
@@ -67,16 +106,7 @@ def main():
             row = np.array([features(m.value().decode())], dtype=np.float64)
         except ValueError:
             continue
-        raw = float(booster.predict(row, raw_score=True, num_threads=1)[0])
-        out = {"prediction": "YES" if raw >= logit else "NO",
-               "probability": 1.0 / (1.0 + math.exp(-raw)), "raw_score": raw,
-               "threshold": artifact["threshold"], "model": name}
-        while True:
-            try:
-                producer.produce(output_topic, json.dumps(out).encode(), key=m.key())
-                break
-            except BufferError:
-                producer.poll(0.01)
+        send(m.key(), float(booster.predict(row, raw_score=True, num_threads=1)[0]))
         producer.poll(0)
     producer.flush(60)
     consumer.close()

@@ -127,6 +127,15 @@ pub fn node_run(
 ) -> (Duration, f64) {
     spec.batch_size = 256;
     spec.linger_ms = 5;
+    node_run_as(kafka, spec, expect)
+}
+
+/// [`node_run`] with the spec's own batch size and linger.
+pub fn node_run_as(
+    kafka: &KafkaOptions,
+    spec: runnel_host::config::DeploymentSpec,
+    expect: usize,
+) -> (Duration, f64) {
     let output = spec.output.first().to_owned();
     let d = runnel_host::runner::Deployment::load(&runnel_tests::engine(None), spec)
         .expect("the deployment loads");
@@ -232,4 +241,100 @@ pub fn native_loop(
     }
     let (first, last) = reader.join().expect("reader");
     (last - first, cpu_seconds(None) - cpu0)
+}
+
+/// End-to-end latency of a pipeline's outputs: from the moment each input
+/// was handed to the producer to the moment a reader of the output topic
+/// got its output.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    /// Outputs per second the reader saw, between the first and the last.
+    pub rate: f64,
+}
+
+/// Microseconds since the UNIX epoch: the clock the inputs' keys carry
+/// (the producer, the pipeline and the reader are in one process).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Produces `n` records of `value`, each keyed with the time it is handed
+/// to the producer (µs since the UNIX epoch, in decimal), `rate` records a
+/// second or, with `None`, as fast as the producer takes them. A pipeline
+/// that keeps its input's key (runnel and the native loop do) carries the
+/// time to its output, where [`read_latency`] reads it.
+pub fn produce_timed(kafka: &KafkaOptions, topic: &str, n: usize, value: &[u8], rate: Option<u32>) {
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        kafka.producer().create().expect("producer");
+    let start = Instant::now();
+    for i in 0..n {
+        if let Some(rate) = rate
+            && i % 64 == 0
+        {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let key = now_micros().to_string();
+        let mut r = BaseRecord::to(topic).key(key.as_bytes()).payload(value);
+        while let Err((_, back)) = p.send(r) {
+            r = back;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flushed");
+}
+
+/// Reads outputs on `topic` until `expect` arrived, and the latency of those
+/// whose key is a time from [`produce_timed`] (others, such as warm-up
+/// records, only count). `seen` says how many arrived so far.
+pub fn read_latency(
+    kafka: &KafkaOptions,
+    topic: &str,
+    expect: usize,
+    seen: &std::sync::atomic::AtomicUsize,
+) -> Latency {
+    let c: BaseConsumer = kafka
+        .consumer(&unique("latency"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut micros = Vec::with_capacity(expect);
+    let (mut n, mut first) = (0, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < expect && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let now = now_micros();
+            first.get_or_insert_with(Instant::now);
+            n += 1;
+            seen.store(n, std::sync::atomic::Ordering::Relaxed);
+            if let Some(sent) = m
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| k.parse::<u64>().ok())
+            {
+                micros.push(now.saturating_sub(sent));
+            }
+        }
+    }
+    assert_eq!(n, expect, "outputs on {topic}");
+    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    micros.sort_unstable();
+    let at = |q: f64| {
+        let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len().max(1)) - 1;
+        Duration::from_micros(micros.get(i).copied().unwrap_or(0))
+    };
+    Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: at(1.0),
+        rate: n as f64 / elapsed.as_secs_f64().max(1e-9),
+    }
 }

@@ -1,0 +1,198 @@
+//! End-to-end latency, runnel against the native loop, in one run, on the
+//! same embedded broker: from the moment an input is handed to the
+//! producer to the moment a reader of the output topic has its output, at
+//! p50, p99 and max.
+//!
+//! Each row gets fresh topics (2 partitions) and a pipeline that copies
+//! every record (runnel: the identity map; the native loop of the Kafka
+//! benchmark, with runnel's client settings, bookkeeping and headers).
+//! Warm-up records go through first, so that the pipeline has joined its
+//! group before the timed records start. Then:
+//!
+//! - at a steady 10,000 records/s for 5 s, below saturation;
+//! - at saturation: 200,000 records produced as fast as the producer
+//!   takes them, so that most wait in the topic (the latency is then the
+//!   backlog's).
+//!
+//! The figures are **broker-bound**: the embedded broker answers a fetch
+//! only after its whole fetch wait (10 ms, `fetch.wait.max.ms` of every
+//! client here), and the reader's own fetch adds its wait too. runnel's
+//! rows also show what `linger_ms` (how long a worker waits to fill a
+//! batch) and `batch_size` trade.
+//!
+//! Run: `cargo bench -p runnel-bench --bench latency`. Nothing is asserted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use runnel_bench::kafka::{
+    Latency, Out, PROVENANCE, Setup, native_loop, node_run_as, produce, produce_timed,
+    read_latency, setup,
+};
+use runnel_tests::guests;
+use runnel_tests::kafka::{spec, topics, unique};
+
+const PARTITIONS: i32 = 2;
+const STEADY_RATE: u32 = 10_000;
+const STEADY: usize = 50_000;
+const SATURATED: usize = 200_000;
+const WARM_UP: usize = 100;
+
+#[derive(Debug, Clone, Copy)]
+enum Pipeline {
+    Native,
+    Runnel {
+        workers: usize,
+        batch_size: usize,
+        linger_ms: u64,
+    },
+}
+
+fn value() -> Vec<u8> {
+    let mut v = b"{\"n\":1,\"pad\":\"".to_vec();
+    v.resize(98, b'x');
+    v.extend_from_slice(b"\"}");
+    v
+}
+
+/// One row: fresh topics, the pipeline, warm-up, then `n` timed records
+/// at `rate` (or as fast as they go).
+fn row(setup: &Setup, pipeline: Pipeline, n: usize, rate: Option<u32>) -> Latency {
+    let (input, output) = (unique("latency-in"), unique("latency-out"));
+    setup
+        .runtime
+        .block_on(topics(&setup.kafka, &[&input, &output], PARTITIONS));
+    let expect = WARM_UP + n;
+    let kafka = setup.kafka.clone();
+    let run = {
+        let (kafka, input, output) = (kafka.clone(), input.clone(), output.clone());
+        std::thread::spawn(move || match pipeline {
+            Pipeline::Native => {
+                native_loop(&kafka, &input, &output, expect, expect, PROVENANCE, |_| {
+                    Out::Same
+                });
+            }
+            Pipeline::Runnel {
+                workers,
+                batch_size,
+                linger_ms,
+            } => {
+                let mut spec = spec("bench", guests::IDENTITY_MAP, &input, &output, &[]);
+                spec.workers = workers;
+                spec.batch_size = batch_size;
+                spec.linger_ms = linger_ms;
+                node_run_as(&kafka, spec, expect);
+            }
+        })
+    };
+    let seen = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (kafka, output, seen) = (kafka.clone(), output.clone(), seen.clone());
+        std::thread::spawn(move || read_latency(&kafka, &output, expect, &seen))
+    };
+    let v = value();
+    produce(&kafka, &input, (0..WARM_UP).map(|_| v.as_slice()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.load(Ordering::Relaxed) < WARM_UP {
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up records did not come out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_timed(&kafka, &input, n, &v, rate);
+    let latency = reader.join().expect("reader");
+    run.join().expect("pipeline");
+    latency
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    // The runtime and the broker live until the end of main.
+    let setup = setup(PARTITIONS, 0);
+    let runnel = |workers, batch_size, linger_ms| Pipeline::Runnel {
+        workers,
+        batch_size,
+        linger_ms,
+    };
+    let steady = Some(STEADY_RATE);
+    let rows: Vec<(&str, &str, Pipeline, usize, Option<u32>)> = vec![
+        (
+            "native loop (runnel's outputs, 3 headers)",
+            "10,000/s",
+            Pipeline::Native,
+            STEADY,
+            steady,
+        ),
+        (
+            "runnel, 2 workers, defaults (batch 256, linger 20 ms)",
+            "10,000/s",
+            runnel(2, 256, 20),
+            STEADY,
+            steady,
+        ),
+        (
+            "runnel, 2 workers, batch 256, linger 5 ms",
+            "10,000/s",
+            runnel(2, 256, 5),
+            STEADY,
+            steady,
+        ),
+        (
+            "runnel, 2 workers, batch 256, linger 0",
+            "10,000/s",
+            runnel(2, 256, 0),
+            STEADY,
+            steady,
+        ),
+        (
+            "runnel, 2 workers, batch 16, linger 0",
+            "10,000/s",
+            runnel(2, 16, 0),
+            STEADY,
+            steady,
+        ),
+        (
+            "native loop (runnel's outputs, 3 headers)",
+            "saturation",
+            Pipeline::Native,
+            SATURATED,
+            None,
+        ),
+        (
+            "runnel, 2 workers, defaults (batch 256, linger 20 ms)",
+            "saturation",
+            runnel(2, 256, 20),
+            SATURATED,
+            None,
+        ),
+        (
+            "runnel, 2 workers, batch 16, linger 0",
+            "saturation",
+            runnel(2, 16, 0),
+            SATURATED,
+            None,
+        ),
+    ];
+    println!(
+        "end-to-end latency (produce to readable), identity pipeline, {PARTITIONS} partitions, \
+         embedded Tansu broker in this process: broker-bound (10 ms fetch wait per hop)"
+    );
+    println!();
+    println!("| pipeline | offered | records/s out | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (name, offered, pipeline, n, rate) in rows {
+        let l = row(&setup, pipeline, n, rate);
+        println!(
+            "| {name} | {offered} | {:.0} | {} | {} | {} |",
+            l.rate,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max)
+        );
+    }
+}

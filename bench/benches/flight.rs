@@ -203,13 +203,12 @@ fn python_row(
         .arg(example(&format!("model/{MODEL}.json")))
         .arg(n.to_string())
         // The consumer settings runnel's own clients have, as far as they
-        // matter here: see `EMBEDDED_FETCH_WAIT_MS`.
+        // matter here.
         .args(
             kafka
-                .properties
-                .iter()
-                .filter(|(k, _)| k == "fetch.wait.max.ms")
-                .map(|(k, v)| format!("{k}={v}")),
+                .consumer("python")
+                .get("fetch.wait.max.ms")
+                .map(|v| format!("fetch.wait.max.ms={v}")),
         )
         .spawn()
         .expect("the Python service starts");

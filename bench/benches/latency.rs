@@ -14,11 +14,11 @@
 //!   takes them, so that most wait in the topic (the latency is then the
 //!   backlog's).
 //!
-//! The figures are **broker-bound**: the embedded broker answers a fetch
-//! only after its whole fetch wait (10 ms, `fetch.wait.max.ms` of every
-//! client here), and the reader's own fetch adds its wait too. runnel's
-//! rows also show what `linger_ms` (how long a worker waits to fill a
-//! batch) and `batch_size` trade.
+//! The figures are **broker-bound**: the embedded broker is in this process,
+//! on the same two cores, and every record crosses two producers (5 ms
+//! `linger.ms` each) and two fetches (the pipeline's and the reader's).
+//! runnel's rows also show what `linger_ms` (how long a worker waits to
+//! fill a batch) and `batch_size` trade.
 //!
 //! Run: `cargo bench -p runnel-bench --bench latency`. Nothing is asserted.
 
@@ -180,7 +180,7 @@ fn main() {
     ];
     println!(
         "end-to-end latency (produce to readable), identity pipeline, {PARTITIONS} partitions, \
-         embedded Tansu broker in this process: broker-bound (10 ms fetch wait per hop)"
+         embedded Tansu broker in this process: broker-bound"
     );
     println!();
     println!("| pipeline | offered | records/s out | p50 ms | p99 ms | max ms |");

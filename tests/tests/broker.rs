@@ -113,3 +113,59 @@ async fn the_end_of_a_partition_is_one_past_its_last_record() {
         assert_eq!(end(), (0, sent), "after a batch of {batch}");
     }
 }
+
+/// A fetch answers as soon as records arrive, and one that finds none waits
+/// for them (up to `fetch.wait.max.ms`), as Kafka's does. Tansu 0.6.0 slept
+/// out the rest of the wait after every look, records found or not: with a
+/// 20 s wait, a record produced while the consumer waited arrived 10 to 20
+/// s later (see host/vendor/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_answers_when_records_arrive() {
+    let (_broker, kafka) = broker().await;
+    let topic = unique("long-poll");
+    topics(&kafka, &[&topic], 1).await;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", unique("reader"))
+        .set("fetch.wait.max.ms", "20000")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    // Its first fetch finds nothing and waits.
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(2) {
+        assert!(consumer.poll(Duration::from_millis(100)).is_none());
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for i in 0..3 {
+        let sent = Instant::now();
+        let value = format!("v{i}");
+        producer
+            .send(
+                BaseRecord::<(), str>::to(&topic)
+                    .partition(0)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let got = loop {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                break m.unwrap().offset();
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(8),
+                "record {i} did not arrive within 8 s of its produce, with the consumer's fetch \
+                 waiting up to 20 s: the broker did not answer the waiting fetch when it came"
+            );
+        };
+        assert_eq!(got, i);
+    }
+}

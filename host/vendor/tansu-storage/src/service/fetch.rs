@@ -310,14 +310,41 @@ impl FetchService {
         if topics.is_empty() {
             Ok(vec![])
         } else {
+            // runnel: a fetch answers as soon as it has `min_bytes` of
+            // records, and an empty one waits for a produce (or the end of
+            // `max_wait`), as Kafka's does. Upstream slept out the rest of
+            // `max_wait` after every look, records found or not: every
+            // fetch took the whole wait, so clients had to ask for a short
+            // one (runnel's 10 ms), and an idle consumer fetched 100 times
+            // a second.
             let start = Instant::now();
             let mut responses = vec![];
             let mut iteration = 0;
-            let mut elapsed = Duration::from_millis(0);
-            let mut bytes = 0;
+            // The topics' produce signals, by name: clients that name
+            // topics by id (fetch v13 on) are resolved as `fetch_topic` does.
+            let mut signals = Vec::with_capacity(topics.len());
+            for fetch in topics {
+                let name = match fetch.topic.as_deref() {
+                    Some(name) => Some(name.to_owned()),
+                    None => ctx
+                        .state()
+                        .metadata(Some(&[fetch.into()]))
+                        .await?
+                        .topics()
+                        .first()
+                        .and_then(|t| t.name.clone()),
+                };
+                if let Some(name) = name {
+                    signals.push(super::produce::produced(&name));
+                }
+            }
 
-            while elapsed <= max_wait && bytes <= min_bytes {
-                debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
+            loop {
+                // Made before the look: a produce between the look and the
+                // wait below still wakes it.
+                let produced = (!signals.is_empty()).then(|| {
+                    futures::future::select_all(signals.iter().map(|s| Box::pin(s.notified())))
+                });
 
                 let enumerate = topics.iter().enumerate();
                 responses.clear();
@@ -338,10 +365,8 @@ impl FetchService {
                     responses.push(fetch_response);
                 }
 
-                bytes += u32::try_from(responses.byte_size())?;
-
-                let now = Instant::now();
-                elapsed = now.duration_since(start);
+                let bytes = responses.byte_size();
+                let elapsed = start.elapsed();
                 let remaining = max_wait.saturating_sub(elapsed);
 
                 debug!(
@@ -353,12 +378,20 @@ impl FetchService {
                     ?min_bytes
                 );
 
-                sleep(if remaining.as_millis() >= 250 {
-                    remaining / 2
-                } else {
-                    remaining
-                })
-                .await;
+                if (bytes > 0 && bytes >= u64::from(min_bytes))
+                    || min_bytes == 0
+                    || remaining.is_zero()
+                {
+                    break;
+                }
+
+                match produced {
+                    Some(produced) => tokio::select! {
+                        _ = produced => {}
+                        () = sleep(remaining) => {}
+                    },
+                    None => sleep(remaining).await,
+                }
 
                 iteration += 1;
             }

@@ -126,6 +126,26 @@ use crate::{Error, Result, Storage, Topition};
 /// # Ok(())
 /// # }
 /// ```
+/// runnel: one signal per topic, told of every produce that stored records
+/// in it, so that a fetch waiting for records of that topic (`fetch.rs`)
+/// answers at once. Per topic, so that a produce wakes only the fetches
+/// that may find its records; for the process, so that a topic of the same
+/// name on another broker in it wakes them too (they look and wait again).
+static PRODUCED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// runnel: the signal of `topic`'s produces.
+pub(crate) fn produced(topic: &str) -> std::sync::Arc<tokio::sync::Notify> {
+    let mut all = PRODUCED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(n) = all.get(topic) {
+        return n.clone();
+    }
+    let n = std::sync::Arc::new(tokio::sync::Notify::new());
+    _ = all.insert(topic.to_owned(), n.clone());
+    n
+}
+
 #[derive(Clone, Copy, Debug, Default, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct ProduceService;
 
@@ -189,6 +209,8 @@ impl ProduceService {
             }
 
             if let Some(base_offset) = base_offset {
+                // runnel: wakes the fetches waiting for this topic's records.
+                produced(name).notify_waiters();
                 PartitionProduceResponse::default()
                     .index(partition.index)
                     .error_code(ErrorCode::None.into())

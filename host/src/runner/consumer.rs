@@ -428,15 +428,26 @@ impl Poller<'_> {
     }
 
     /// Hands every partition's batch that has lingered long enough to its worker.
-    pub(super) fn dispatch_ready(&mut self, linger: Duration) {
-        let ready: Vec<(String, i32)> = lock(&self.shared.buffers)
-            .iter()
-            .filter(|(_, p)| !p.batch.is_empty() && p.since.elapsed() >= linger)
-            .map(|(k, _)| k.clone())
-            .collect();
+    /// Returns whether records are still waiting: in a batch that lingers,
+    /// or held for a worker that has no room.
+    pub(super) fn dispatch_ready(&mut self, linger: Duration) -> bool {
+        let (ready, lingering) = {
+            let buffers = lock(&self.shared.buffers);
+            let mut ready = Vec::new();
+            let mut lingering = false;
+            for (k, p) in buffers.iter().filter(|(_, p)| !p.batch.is_empty()) {
+                if p.since.elapsed() >= linger {
+                    ready.push(k.clone());
+                } else {
+                    lingering = true;
+                }
+            }
+            (ready, lingering)
+        };
         for key in ready {
             self.dispatch(key);
         }
+        lingering || !lock(&self.shared.held).is_empty()
     }
 
     /// Sends a partition's waiting records to its worker (see

@@ -259,6 +259,39 @@ impl<'a> BatchRef<'a> {
         RecordRef::decode(frame)
     }
 
+    /// The record `span` says, without decoding it again: `span` is what
+    /// [`RecordRef::span`] said of a record decoded from this batch. The
+    /// fields are sliced where the span puts them and the headers are not
+    /// walked again. `None` if the span does not fit this batch's data (a
+    /// span of another batch); a span of another batch that fits gives a
+    /// record of garbage whose headers iterate to an error, never a panic.
+    #[inline]
+    pub fn at(&self, span: Span) -> Option<RecordRef<'a>> {
+        let len = |l: u32| if l == ABSENT { 0 } else { l as usize };
+        let start = span.start as usize;
+        let (key_at, value_at) = (
+            start + FRAME_HEADER_LEN,
+            start + FRAME_HEADER_LEN + len(span.key),
+        );
+        let headers_at = value_at + len(span.value);
+        let frame = self.data.get(start..headers_at + span.headers as usize)?;
+        let field = |at: usize, l: u32| (l != ABSENT).then(|| &self.data[at..at + l as usize]);
+        let i64_at = |at: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&frame[at..at + 8]);
+            i64::from_le_bytes(x)
+        };
+        Some(RecordRef {
+            partition: read_u32(frame, 0) as i32,
+            offset: i64_at(4),
+            timestamp_ms: i64_at(12),
+            key: field(key_at, span.key),
+            value: field(value_at, span.value),
+            header_count: span.header_count,
+            headers: &self.data[headers_at..headers_at + span.headers as usize],
+        })
+    }
+
     /// Decodes every record in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<RecordRef<'a>, FrameError>> + '_ {
         let batch = *self;
@@ -268,6 +301,20 @@ impl<'a> BatchRef<'a> {
                 .map_err(|reason| FrameError { record: i, reason })
         })
     }
+}
+
+/// Where a decoded record's fields lie in its batch: kept by a caller that
+/// decoded (and so checked) a batch once, to view its records again with
+/// [`BatchRef::at`] without decoding them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    start: u32,
+    /// The key's and the value's lengths ([`ABSENT`] when absent).
+    key: u32,
+    value: u32,
+    /// The bytes of the headers, and how many there are.
+    headers: u32,
+    header_count: u32,
 }
 
 /// One decoded record, borrowing its batch.
@@ -386,6 +433,20 @@ impl<'a> RecordRef<'a> {
             + self.key.map_or(0, <[u8]>::len)
             + self.value.map_or(0, <[u8]>::len)
             + self.headers.len()
+    }
+
+    /// Where this record lies in its batch, given where its frame starts
+    /// (its index entry), for [`BatchRef::at`].
+    #[inline]
+    pub fn span(&self, start: u32) -> Span {
+        let len = |f: Option<&[u8]>| f.map_or(ABSENT, |f| f.len() as u32);
+        Span {
+            start,
+            key: len(self.key),
+            value: len(self.value),
+            headers: self.headers.len() as u32,
+            header_count: self.header_count,
+        }
     }
 
     /// The headers in order, as `(name, value)`; a `None` value is a null header.
@@ -509,6 +570,26 @@ mod tests {
             b.index()[1] as usize + view.get(1).unwrap().frame_len(),
             b.data().len()
         );
+    }
+
+    #[test]
+    fn a_span_views_its_record_again() {
+        let b = sample();
+        let view = BatchRef::new(b.data(), b.index());
+        for (i, &start) in b.index().iter().enumerate() {
+            let r = view.get(i).unwrap();
+            let again = view.at(r.span(start)).unwrap();
+            assert_eq!(format!("{again:?}"), format!("{r:?}"));
+            assert_eq!(
+                again.headers().collect::<Vec<_>>(),
+                r.headers().collect::<Vec<_>>()
+            );
+            assert_eq!(again.frame_len(), r.frame_len());
+        }
+        // A span that runs past the data is refused, not a panic.
+        let last = view.get(1).unwrap().span(b.index()[1]);
+        let small = BatchRef::new(&b.data()[..b.data().len() - 1], b.index());
+        assert!(small.at(last).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use runnel_abi::{BatchBuilder, BatchRef, RecordRef};
+use runnel_abi::{BatchBuilder, BatchRef, RecordRef, Span};
 
 use super::bindings::{Batch, Failure};
 use super::instance::{CallError, HumanBytes, Instance, RawResult};
@@ -34,6 +34,9 @@ pub struct Processed {
     pub outcomes: Vec<Outcome>,
     /// Output frames of maps and scorers (partition and offset are -1).
     pub outputs: BatchBuilder,
+    /// Where each output lies in `outputs`, from the one decode that checked
+    /// it: [`Processed::outputs_of`] views them without decoding again.
+    pub spans: Vec<Span>,
     /// A processor's state writes, as applied to its stores, in order, each
     /// with the record that made it: what its changelog is told.
     pub writes: Vec<Write>,
@@ -47,8 +50,8 @@ impl Processed {
             _ => 0..0,
         };
         let view = BatchRef::new(self.outputs.data(), self.outputs.index());
-        // Frames were validated when the batch came back.
-        range.filter_map(move |j| view.get(j).ok())
+        // Frames were checked, and their spans kept, when the batch came back.
+        range.filter_map(move |j| view.at(*self.spans.get(j)?))
     }
 }
 
@@ -318,10 +321,12 @@ impl Worker {
                         Some(Outcome::Emit { count, .. }) => {
                             let first = out.outputs.len() as u32;
                             let produced = BatchRef::new(p.outputs.data(), p.outputs.index());
-                            for frame in produced.iter().flatten() {
+                            for frame in p.spans.iter().filter_map(|s| produced.at(*s)) {
                                 let headers: Vec<_> =
                                     frame.headers().map_while(Result::ok).collect();
+                                let start = out.outputs.data().len() as u32;
                                 out.outputs.push(&frame.to_frame(&headers));
+                                out.spans.push(frame.span(start));
                             }
                             Outcome::Emit { first, count }
                         }
@@ -356,16 +361,9 @@ pub fn pick_output(outputs: &[String], choice: &[u8]) -> Option<usize> {
 /// The records whose outputs pick a topic that is not one of `outputs`,
 /// with why.
 fn unroutable(p: &Processed, outputs: &[String]) -> Vec<(usize, String)> {
-    let frames = BatchRef::new(p.outputs.data(), p.outputs.index());
     let mut bad = Vec::new();
-    for (i, outcome) in p.outcomes.iter().enumerate() {
-        let Outcome::Emit { first, count } = *outcome else {
-            continue;
-        };
-        for j in first..first + count {
-            let Ok(frame) = frames.get(j as usize) else {
-                continue; // checked already
-            };
+    for i in 0..p.outcomes.len() {
+        for (j, frame) in p.outputs_of(i).enumerate() {
             let choice = frame
                 .headers()
                 .map_while(Result::ok)
@@ -377,10 +375,9 @@ fn unroutable(p: &Processed, outputs: &[String]) -> Vec<(usize, String)> {
                 bad.push((
                     i,
                     format!(
-                        "output {} of the record picks {:?} ({OUTPUT_HEADER}), which is not one of \
+                        "output {j} of the record picks {:?} ({OUTPUT_HEADER}), which is not one of \
                          this deployment's outputs: {} (a name, or an index from 0 to {}); \
                          none of its outputs was produced",
-                        j - first,
                         String::from_utf8_lossy(choice),
                         outputs.join(", "),
                         outputs.len().saturating_sub(1)
@@ -470,7 +467,7 @@ fn check(raw: RawResult, n: usize, limits: &Limits) -> Result<Processed, String>
                     "the counts add up to {next} output records but {frames} were returned"
                 ));
             }
-            check_frames(&o.records.data, &o.records.index)?;
+            let spans = check_frames(&o.records.data, &o.records.index)?;
             for f in &o.failures {
                 if o.counts.get(f.index as usize).is_some_and(|&c| c != 0) {
                     return Err(format!(
@@ -483,6 +480,7 @@ fn check(raw: RawResult, n: usize, limits: &Limits) -> Result<Processed, String>
             Ok(Processed {
                 outcomes,
                 outputs: BatchBuilder::from_parts(o.records.data, o.records.index),
+                spans,
                 writes: Vec::new(),
             })
         }
@@ -491,14 +489,17 @@ fn check(raw: RawResult, n: usize, limits: &Limits) -> Result<Processed, String>
 
 /// Every frame decodes, starts at or after the end of the one before, and
 /// ends within the data: the frames' bytes add up to at most the data's.
+/// Returns where each lies, so that the host produces them without decoding
+/// them again.
 ///
 /// This runs for every output of every call. `BatchRef::iter` decodes inline
 /// here, where only the lengths are read; `BatchRef::get`, a call into
 /// another crate, returned each whole record through memory and made this
 /// check 15% of an identity map's call.
-fn check_frames(data: &[u8], index: &[u32]) -> Result<(), String> {
+fn check_frames(data: &[u8], index: &[u32]) -> Result<Vec<Span>, String> {
     let view = BatchRef::new(data, index);
     let mut end = 0usize;
+    let mut spans = Vec::with_capacity(index.len());
     for (i, (record, &start)) in view.iter().zip(index).enumerate() {
         let start = start as usize;
         if start < end {
@@ -510,8 +511,9 @@ fn check_frames(data: &[u8], index: &[u32]) -> Result<(), String> {
         }
         let record = record.map_err(|e| format!("output {e}"))?;
         end = start + record.frame_len();
+        spans.push(record.span(start as u32));
     }
-    Ok(())
+    Ok(spans)
 }
 
 fn apply_failures(outcomes: &mut [Outcome], failures: Vec<Failure>) -> Result<(), String> {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use runnel_bench::cpu_seconds;
 use runnel_bench::kafka::setup;
+use runnel_bench::{cpu_seconds, stat_cpu_seconds};
 use runnel_host::config::defaults;
 use runnel_host::engine::{Engine, EngineConfig};
 use runnel_host::kafka::KafkaOptions;
@@ -95,18 +95,11 @@ fn cpu_split() -> (f64, f64) {
             .nth(1)
             .and_then(|s| s.split(')').next())
             .unwrap_or("");
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        let secs = stat_cpu_seconds(&stat);
         if comm.starts_with("tokio-rt-worker") {
-            broker += ticks / 100.0;
+            broker += secs;
         } else {
-            rest += ticks / 100.0;
+            rest += secs;
         }
     }
     (broker, rest)

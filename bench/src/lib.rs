@@ -27,7 +27,12 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
         || "/proc/self/stat".to_owned(),
         |p| format!("/proc/{p}/stat"),
     );
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    stat_cpu_seconds(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// CPU seconds (user + system) in the text of a `/proc/.../stat` file, a
+/// process's or a thread's (`/proc/self/task/<tid>/stat`).
+pub fn stat_cpu_seconds(stat: &str) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()

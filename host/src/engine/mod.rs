@@ -37,6 +37,9 @@ pub use instance::{
 pub use worker::MAX_FAILURE_MESSAGE;
 pub use worker::{OUTPUT_HEADER, Outcome, Processed, Worker, pick_output};
 
+/// Cranelift's optimisation levels ([`Codegen::opt_level`]).
+pub use wasmtime::OptLevel;
+
 use deadline::Ticks;
 use guest_log::LogBudget;
 use instance::StoreState;
@@ -64,6 +67,40 @@ pub struct EngineConfig {
     /// The most linear memory any instance may have; a function's own limit
     /// ([`Limits::memory_bytes`]) must not exceed it.
     pub max_memory_bytes: u64,
+    /// How function code is compiled and its memory guarded.
+    pub codegen: Codegen,
+}
+
+/// How wasmtime compiles function code and guards its memory. The defaults
+/// are the fastest measured (`cargo bench -p runnel-bench --bench scorer`
+/// compares the others side by side); every setting is equally safe, the
+/// sandbox holds with each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codegen {
+    /// Cranelift's optimisation level.
+    pub opt_level: OptLevel,
+    /// Out-of-bounds accesses and other traps are caught by signal handlers
+    /// (`true`), or by explicit checks in the generated code (`false`).
+    pub signals_based_traps: bool,
+    /// Address space reserved for each linear memory; `None` is wasmtime's
+    /// default (4 GiB on 64-bit hosts), which lets Cranelift drop the bounds
+    /// checks of 32-bit memories. Smaller reservations need a check per
+    /// access.
+    pub memory_reservation: Option<u64>,
+    /// Unmapped bytes after each linear memory; `None` is wasmtime's default
+    /// (32 MiB), which lets loads at constant offsets skip their checks.
+    pub memory_guard_size: Option<u64>,
+}
+
+impl Default for Codegen {
+    fn default() -> Self {
+        Self {
+            opt_level: OptLevel::Speed,
+            signals_based_traps: true,
+            memory_reservation: None,
+            memory_guard_size: None,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -74,6 +111,7 @@ impl Default for EngineConfig {
                 .unwrap_or(usize::MAX),
             max_instances: 256,
             max_memory_bytes: 1 << 30,
+            codegen: Codegen::default(),
         }
     }
 }
@@ -322,10 +360,17 @@ impl Engine {
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .memory_init_cow(true)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .cranelift_opt_level(config.codegen.opt_level)
+            .signals_based_traps(config.codegen.signals_based_traps)
             // On by default since wasmtime 43; it makes every sync call
             // several times slower and runnel's calls are sync.
             .concurrency_support(false);
+        if let Some(bytes) = config.codegen.memory_reservation {
+            wt.memory_reservation(bytes);
+        }
+        if let Some(bytes) = config.codegen.memory_guard_size {
+            wt.memory_guard_size(bytes);
+        }
         #[cfg(feature = "profiling")]
         if let Some(how) = std::env::var_os("RUNNEL_PERFMAP") {
             // `jitdump` keeps the machine code too, for `perf annotate`

@@ -12,7 +12,10 @@
 //!   feature matrix, one `predict` per batch (`--batch 500`).
 //!
 //! Then the scorer alone, in memory: ns per prediction (parse the CSV line,
-//! evaluate 100 trees, write the JSON), Wasm in runnel's engine vs native.
+//! evaluate 100 trees, write the JSON), Wasm in runnel's engine vs native
+//! (`--bench scorer` compares engine settings); and last the scorer's
+//! end-to-end latency, produce to readable, runnel against the native loop
+//! at 10,000 flights/s and at saturation (broker-bound).
 //!
 //! The Python row needs a virtualenv with bench/python/requirements.txt; it
 //! is made at `~/.cache/runnel-bench-venv` on first use (or set
@@ -29,7 +32,10 @@ use std::time::Duration;
 
 use flight_predictor::{FlightModel, parse_flight};
 use runnel_abi::BatchBuilder;
-use runnel_bench::kafka::{Out, Setup, native_loop, node_run, produce, setup, wait_for};
+use runnel_bench::kafka::{
+    Out, PROVENANCE, Setup, latency_row, native_loop, node_run, node_run_as, produce, setup,
+    wait_for,
+};
 use runnel_bench::{best_of, cpu_seconds, per};
 use runnel_host::engine::{Limits, Outcome, Worker};
 use runnel_host::kafka::KafkaOptions;
@@ -228,15 +234,15 @@ fn main() {
     in_memory(&lines, &model_bytes);
 
     // The runtime and the broker live until the end of main.
+    let setup_again = setup(partitions(), 5);
     let Setup {
-        runtime: _runtime,
-        broker: _broker,
-        kafka,
-        input,
-        outputs: outs,
-    } = setup(partitions(), 5);
+        ref kafka,
+        ref input,
+        outputs: ref outs,
+        ..
+    } = setup_again;
     let n = lines.len() * REPEAT;
-    produce(&kafka, &input, (0..REPEAT).flat_map(|_| lines.iter()));
+    produce(kafka, input, (0..REPEAT).flat_map(|_| lines.iter()));
     println!(
         "the scorer on Kafka: {n} flights ({} held-out flights x {REPEAT}), {} partitions, embedded Tansu broker in this process, {MODEL}",
         lines.len(),
@@ -252,7 +258,7 @@ fn main() {
         ("runnel-module", module_digest.as_str()),
         ("runnel-model", module_digest.as_str()),
     ];
-    let native = native_loop(&kafka, &input, &outs[0], n, n, &headers, |v| {
+    let native = native_loop(kafka, input, &outs[0], n, n, &headers, |v| {
         score_native(&model, v).map_or(Out::Drop, Out::New)
     });
     let mut rows = vec![
@@ -262,21 +268,21 @@ fn main() {
         ),
         (
             "(a) Wasm scorer in runnel, 1 worker",
-            runnel_row(&kafka, &input, &outs[1], n, 1),
+            runnel_row(kafka, input, &outs[1], n, 1),
         ),
         (
             "(a) Wasm scorer in runnel, 2 workers",
-            runnel_row(&kafka, &input, &outs[2], n, 2),
+            runnel_row(kafka, input, &outs[2], n, 2),
         ),
     ];
     if let Some(py) = python() {
         rows.push((
             "(c) Python: confluent-kafka + LightGBM, predict per record",
-            python_row(&py, &kafka, &input, &outs[3], n, None),
+            python_row(&py, kafka, input, &outs[3], n, None),
         ));
         rows.push((
             "(c′) Python batched: consume(500), one predict per batch",
-            python_row(&py, &kafka, &input, &outs[4], n, Some(PYTHON_BATCH)),
+            python_row(&py, kafka, input, &outs[4], n, Some(PYTHON_BATCH)),
         ));
     }
     let rate = |d: &Duration| n as f64 / d.as_secs_f64();
@@ -302,4 +308,73 @@ fn main() {
     println!(
         "(flights/s: input flights per second between the first and the last output; CPU: this process — broker, reader, node or loop — plus the Python child)"
     );
+    println!();
+    latency(&setup_again, &lines[0], &model_bytes);
+}
+
+/// End-to-end latency of the scorer, produce to readable, runnel against
+/// the native loop: at a steady 10,000 flights/s for 5 s and at saturation
+/// (200,000 flights produced as fast as they go). Broker-bound, as the
+/// latency bench's: the embedded broker shares the two cores.
+fn latency(setup: &Setup, flight: &str, model_bytes: &[u8]) {
+    const STEADY: usize = 50_000;
+    const SATURATED: usize = 200_000;
+    println!(
+        "end-to-end latency (produce to readable) of the scorer, {} partitions, one flight repeated, embedded broker in this process: broker-bound",
+        partitions()
+    );
+    println!();
+    println!("| pipeline | offered | flights/s out | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    for (offered, n, rate) in [
+        ("10,000/s", STEADY, Some(10_000)),
+        ("saturation", SATURATED, None),
+    ] {
+        let model = Arc::new(FlightModel::from_json(model_bytes).expect("the model loads"));
+        let native = latency_row(
+            setup,
+            partitions(),
+            flight.as_bytes(),
+            n,
+            rate,
+            move |k, i, o, e| {
+                let digest = format!("sha256:{}", "0".repeat(64));
+                let mut headers = PROVENANCE.to_vec();
+                headers.push(("runnel-model", digest.as_str()));
+                native_loop(k, i, o, e, e, &headers, |v| {
+                    score_native(&model, v).map_or(Out::Drop, Out::New)
+                });
+            },
+        );
+        let runnel = latency_row(
+            setup,
+            partitions(),
+            flight.as_bytes(),
+            n,
+            rate,
+            |k, i, o, e| {
+                let mut spec = spec("bench", guests::FLIGHT_DELAY, i, o, &[]);
+                spec.model = Some(example(&format!("model/{MODEL}.json")));
+                spec.memory_mib = 128;
+                spec.workers = 2;
+                node_run_as(k, spec, e);
+            },
+        );
+        for (name, l) in [
+            ("(b) native evaluator, hand-written rdkafka loop", native),
+            (
+                "(a) Wasm scorer in runnel, 2 workers, defaults (batch 256, linger 20 ms)",
+                runnel,
+            ),
+        ] {
+            println!(
+                "| {name} | {offered} | {:.0} | {} | {} | {} |",
+                l.rate,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.max)
+            );
+        }
+    }
 }

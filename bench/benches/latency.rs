@@ -22,22 +22,18 @@
 //!
 //! Run: `cargo bench -p runnel-bench --bench latency`. Nothing is asserted.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runnel_bench::kafka::{
-    Latency, Out, PROVENANCE, Setup, native_loop, node_run_as, produce, produce_timed,
-    read_latency, setup,
+    Latency, Out, PROVENANCE, Setup, latency_row, native_loop, node_run_as, setup,
 };
 use runnel_tests::guests;
-use runnel_tests::kafka::{spec, topics, unique};
+use runnel_tests::kafka::spec;
 
 const PARTITIONS: i32 = 2;
 const STEADY_RATE: u32 = 10_000;
 const STEADY: usize = 50_000;
 const SATURATED: usize = 200_000;
-const WARM_UP: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 enum Pipeline {
@@ -59,17 +55,15 @@ fn value() -> Vec<u8> {
 /// One row: fresh topics, the pipeline, warm-up, then `n` timed records
 /// at `rate` (or as fast as they go).
 fn row(setup: &Setup, pipeline: Pipeline, n: usize, rate: Option<u32>) -> Latency {
-    let (input, output) = (unique("latency-in"), unique("latency-out"));
-    setup
-        .runtime
-        .block_on(topics(&setup.kafka, &[&input, &output], PARTITIONS));
-    let expect = WARM_UP + n;
-    let kafka = setup.kafka.clone();
-    let run = {
-        let (kafka, input, output) = (kafka.clone(), input.clone(), output.clone());
-        std::thread::spawn(move || match pipeline {
+    latency_row(
+        setup,
+        PARTITIONS,
+        &value(),
+        n,
+        rate,
+        move |kafka, input, output, expect| match pipeline {
             Pipeline::Native => {
-                native_loop(&kafka, &input, &output, expect, expect, PROVENANCE, |_| {
+                native_loop(kafka, input, output, expect, expect, PROVENANCE, |_| {
                     Out::Same
                 });
             }
@@ -78,33 +72,14 @@ fn row(setup: &Setup, pipeline: Pipeline, n: usize, rate: Option<u32>) -> Latenc
                 batch_size,
                 linger_ms,
             } => {
-                let mut spec = spec("bench", guests::IDENTITY_MAP, &input, &output, &[]);
+                let mut spec = spec("bench", guests::IDENTITY_MAP, input, output, &[]);
                 spec.workers = workers;
                 spec.batch_size = batch_size;
                 spec.linger_ms = linger_ms;
-                node_run_as(&kafka, spec, expect);
+                node_run_as(kafka, spec, expect);
             }
-        })
-    };
-    let seen = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let (kafka, output, seen) = (kafka.clone(), output.clone(), seen.clone());
-        std::thread::spawn(move || read_latency(&kafka, &output, expect, &seen))
-    };
-    let v = value();
-    produce(&kafka, &input, (0..WARM_UP).map(|_| v.as_slice()));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.load(Ordering::Relaxed) < WARM_UP {
-        assert!(
-            Instant::now() < deadline,
-            "the warm-up records did not come out"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    produce_timed(&kafka, &input, n, &v, rate);
-    let latency = reader.join().expect("reader");
-    run.join().expect("pipeline");
-    latency
+        },
+    )
 }
 
 fn ms(d: Duration) -> String {

@@ -291,6 +291,57 @@ pub fn produce_timed(kafka: &KafkaOptions, topic: &str, n: usize, value: &[u8], 
     p.flush(Duration::from_secs(60)).expect("flushed");
 }
 
+/// Records every pipeline of a latency row gets first, untimed, so that it
+/// has joined its group before the timed records start.
+pub const WARM_UP: usize = 100;
+
+/// One latency row: fresh input and output topics of `partitions`, the
+/// pipeline `run` (given the input, the output and how many outputs to wait
+/// for) on a thread of its own, [`WARM_UP`] records of `value` through it,
+/// then `n` timed ones ([`produce_timed`]) at `rate` (or as fast as they
+/// go). The pipeline must keep each input's key on its output.
+pub fn latency_row(
+    setup: &Setup,
+    partitions: i32,
+    value: &[u8],
+    n: usize,
+    rate: Option<u32>,
+    run: impl FnOnce(&KafkaOptions, &str, &str, usize) + Send + 'static,
+) -> Latency {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (input, output) = (unique("latency-in"), unique("latency-out"));
+    setup.runtime.block_on(runnel_tests::kafka::topics(
+        &setup.kafka,
+        &[&input, &output],
+        partitions,
+    ));
+    let expect = WARM_UP + n;
+    let kafka = setup.kafka.clone();
+    let pipeline = {
+        let (kafka, input, output) = (kafka.clone(), input.clone(), output.clone());
+        std::thread::spawn(move || run(&kafka, &input, &output, expect))
+    };
+    let seen = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (kafka, output, seen) = (kafka.clone(), output.clone(), seen.clone());
+        std::thread::spawn(move || read_latency(&kafka, &output, expect, &seen))
+    };
+    produce(&kafka, &input, (0..WARM_UP).map(|_| value));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.load(Ordering::Relaxed) < WARM_UP {
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up records did not come out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_timed(&kafka, &input, n, value, rate);
+    let latency = reader.join().expect("reader");
+    pipeline.join().expect("pipeline");
+    latency
+}
+
 /// Reads outputs on `topic` until `expect` arrived, and the latency of those
 /// whose key is a time from [`produce_timed`] (others, such as warm-up
 /// records, only count). `seen` says how many arrived so far.

@@ -489,7 +489,13 @@ impl Poller<'_> {
         match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySend::Full(job)) => {
-                self.pause(&key, true);
+                if pause_every_partition() {
+                    for assigned in lock(&self.shared.assigned).iter() {
+                        self.pause(assigned, true);
+                    }
+                } else {
+                    self.pause(&key, true);
+                }
                 held.insert(key, VecDeque::from([job]));
             }
             Err(TrySend::Gone) => {
@@ -529,10 +535,16 @@ impl Poller<'_> {
                 emptied.push(key.clone());
             }
         }
+        let every = pause_every_partition();
         for key in emptied {
             held.remove(&key);
-            if lock(&self.shared.assigned).contains(&key) {
+            if !every && lock(&self.shared.assigned).contains(&key) {
                 self.pause(&key, false);
+            }
+        }
+        if every && held.is_empty() {
+            for assigned in lock(&self.shared.assigned).iter() {
+                self.pause(assigned, false);
             }
         }
     }
@@ -549,4 +561,14 @@ impl Poller<'_> {
             tracing::debug!(deployment = self.d.spec.name, topic, partition, error = %e, "pausing or resuming a partition");
         }
     }
+}
+
+/// Whether a full worker queue pauses every partition of its deployment
+/// rather than only those whose batches wait for it (the default): see
+/// [`set_pause_every_partition`](super::set_pause_every_partition).
+pub(super) static PAUSE_EVERY_PARTITION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+fn pause_every_partition() -> bool {
+    PAUSE_EVERY_PARTITION.load(std::sync::atomic::Ordering::Relaxed)
 }

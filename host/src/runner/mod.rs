@@ -99,6 +99,15 @@ pub use status::{
     Restoring, SwapReport,
 };
 
+/// Makes a full worker queue pause every partition of its deployment, not
+/// only the partitions whose batches wait for that worker (the default), in
+/// this whole process. For measurement only: `cargo bench -p runnel-bench
+/// --bench backpressure` compares the two with one slow partition among fast
+/// ones, where pausing everything holds the fast partitions back too.
+pub fn set_pause_every_partition(on: bool) {
+    consumer::PAUSE_EVERY_PARTITION.store(on, Ordering::Relaxed);
+}
+
 /// Refuses what this node cannot run on Kafka: a processor reads exactly
 /// one input topic (its state is kept per partition of it), and only a
 /// processor declares stores, whose changelog topic names must fit Kafka's.

@@ -6,6 +6,7 @@
 //! call, where epoch interruption cannot reach), `stdin` reads stdin to its
 //! end, `flood` prints 100 MB of 100-byte lines to stdout in one `write_all`,
 //! `shout` fills stderr with long lines and panics with a 100 KB message;
+//! a value that starts with `nap` sleeps 1 ms and is kept (a slow record);
 //! anything else is kept.
 
 use std::io::{Read, Write};
@@ -59,6 +60,10 @@ fn hostile(record: &Record) -> Result<bool> {
                 flood.push(b'\n');
             }
             std::io::stdout().write_all(&flood)?;
+            Ok(true)
+        }
+        nap if nap.starts_with("nap") => {
+            std::thread::sleep(std::time::Duration::from_millis(1));
             Ok(true)
         }
         _ => Ok(true),

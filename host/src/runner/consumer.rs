@@ -297,28 +297,40 @@ pub(super) struct Poller<'a> {
     pub(super) consumer: &'a BaseConsumer<RebalanceContext>,
     pub(super) status: &'a Mutex<DeploymentStatus>,
     pub(super) warned_missing: Option<Instant>,
+    /// The partition of the last record buffered: records come in runs of
+    /// one partition, so its key is made once per run, not per record.
+    pub(super) last: Option<(String, i32)>,
 }
 
 impl Poller<'_> {
     pub(super) fn buffer(&mut self, m: &BorrowedMessage<'_>) {
-        let key = (m.topic().to_owned(), m.partition());
+        let (topic, partition) = (m.topic(), m.partition());
+        let key = match self.last.take() {
+            Some(last) if last.1 == partition && last.0 == topic => last,
+            _ => (topic.to_owned(), partition),
+        };
         let full = {
             let mut buffers = lock(&self.shared.buffers);
-            if !buffers.contains_key(&key) && !lock(&self.shared.assigned).contains(&key) {
-                // Fetched before its partition was revoked: the next owner
-                // reads it from the committed offset, so it is not ours to run.
-                tracing::debug!(
-                    deployment = self.d.spec.name,
-                    partition = m.partition(),
-                    offset = m.offset(),
-                    "dropping a record of a revoked partition"
-                );
-                return;
-            }
-            let pending = buffers.entry(key.clone()).or_insert_with(|| Pending {
-                since: Instant::now(),
-                batch: BatchBuilder::default(),
-            });
+            let pending = match buffers.get_mut(&key) {
+                Some(pending) => pending,
+                None => {
+                    if !lock(&self.shared.assigned).contains(&key) {
+                        // Fetched before its partition was revoked: the next owner
+                        // reads it from the committed offset, so it is not ours to run.
+                        tracing::debug!(
+                            deployment = self.d.spec.name,
+                            partition = m.partition(),
+                            offset = m.offset(),
+                            "dropping a record of a revoked partition"
+                        );
+                        return;
+                    }
+                    buffers.entry(key.clone()).or_insert_with(|| Pending {
+                        since: Instant::now(),
+                        batch: BatchBuilder::default(),
+                    })
+                }
+            };
             if pending.batch.is_empty() {
                 pending.since = Instant::now();
             }
@@ -330,8 +342,9 @@ impl Poller<'_> {
             pending.batch.len() >= self.d.spec.batch_size
         };
         if full {
-            self.dispatch(key);
+            self.dispatch(key.clone());
         }
+        self.last = Some(key);
     }
 
     /// Sends a record the function cannot be given to the partition's worker

@@ -263,7 +263,8 @@ pub(super) struct Outgoing<'a> {
     pub(super) partition: Option<i32>,
     pub(super) key: Option<&'a [u8]>,
     pub(super) value: Option<&'a [u8]>,
-    pub(super) headers: OwnedHeaders,
+    /// `None`: no headers (librdkafka then allocates none).
+    pub(super) headers: Option<OwnedHeaders>,
     pub(super) timestamp: Option<i64>,
 }
 
@@ -275,7 +276,10 @@ pub(super) struct Outgoing<'a> {
 pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'_>, ack: Box<Ack>) {
     let shared = &producer.context().shared;
     let mut record: BaseRecord<'_, [u8], [u8], Box<Ack>> =
-        BaseRecord::with_opaque_to(out.topic, ack).headers(out.headers);
+        BaseRecord::with_opaque_to(out.topic, ack);
+    if let Some(h) = out.headers {
+        record = record.headers(h);
+    }
     if let Some(k) = out.key {
         record = record.key(k);
     }
@@ -365,7 +369,7 @@ fn resend(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>, r: Retr
             partition: r.partition,
             key: r.key.as_deref(),
             value: r.value.as_deref(),
-            headers: r.headers,
+            headers: Some(r.headers),
             timestamp: r.timestamp,
         },
         r.ack,
@@ -437,7 +441,7 @@ fn redirect(
                     partition: None,
                     key: key.as_deref(),
                     value: value.as_deref(),
-                    headers: h,
+                    headers: Some(h),
                     // An invalid timestamp would fail the dead letter too.
                     timestamp: (kind != "invalid-timestamp")
                         .then_some(r.timestamp)
@@ -459,7 +463,7 @@ fn redirect(
                     partition: None,
                     key: key.as_deref(),
                     value: None,
-                    headers: h,
+                    headers: Some(h),
                     timestamp: None,
                 },
                 r.ack,

@@ -440,6 +440,7 @@ fn run_inner(
         consumer: &consumer,
         status,
         warned_missing: None,
+        last: None,
     };
     let linger = Duration::from_millis(spec.linger_ms);
     // While records linger or are held, the loop comes round within the

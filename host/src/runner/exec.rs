@@ -545,7 +545,7 @@ impl Exec {
                     partition: Some(w.cause.partition),
                     key: Some(&changelog::key(&w.key)),
                     value: w.value.as_deref(),
-                    headers,
+                    headers: Some(headers),
                     timestamp: None,
                 },
                 Box::new(Ack {
@@ -653,18 +653,22 @@ impl Exec {
         }
         // Every input is in the tracker before any of its outputs can be
         // acknowledged.
-        {
-            let mut tracker = lock(&self.shared.tracker);
-            for (input, outcome) in inputs.iter().zip(&processed.outcomes) {
-                let outputs = match outcome {
-                    Outcome::Keep | Outcome::Failed { .. } => 1,
-                    Outcome::Drop => 0,
-                    Outcome::Emit { count, .. } => *count,
-                };
-                let writes = writes_of.get(&input.offset()).copied().unwrap_or(0);
-                tracker.add(topic, partition, input.offset(), outputs + writes);
-            }
-        }
+        lock(&self.shared.tracker).add_many(
+            topic,
+            partition,
+            inputs
+                .iter()
+                .zip(&processed.outcomes)
+                .map(|(input, outcome)| {
+                    let outputs = match outcome {
+                        Outcome::Keep | Outcome::Failed { .. } => 1,
+                        Outcome::Drop => 0,
+                        Outcome::Emit { count, .. } => *count,
+                    };
+                    let writes = writes_of.get(&input.offset()).copied().unwrap_or(0);
+                    (input.offset(), outputs + writes)
+                }),
+        );
         let state_writes = writes.len() as u64;
         self.send_writes(writes);
         let topic_arc: Arc<str> = Arc::from(topic);
@@ -762,11 +766,19 @@ impl Exec {
     ) -> usize {
         let outputs = self.d.spec.output.topics();
         let mut picked = 0;
-        let mut h = OwnedHeaders::new_with_capacity(record.header_count() + 4);
+        // Made on the first header: an output with none (provenance "none",
+        // an input without headers) costs librdkafka no allocation.
+        let mut h: Option<OwnedHeaders> = None;
+        let mut insert = |header: Header<'_, &[u8]>| {
+            let headers = h
+                .take()
+                .unwrap_or_else(|| OwnedHeaders::new_with_capacity(record.header_count() + 4));
+            h = Some(headers.insert(header));
+        };
         for (k, v) in record.headers().map_while(Result::ok) {
             // runnel's own, written below: never the input's or the function's.
             if !k.starts_with(headers::PREFIX) {
-                h = h.insert(Header { key: k, value: v });
+                insert(Header { key: k, value: v });
             } else if k == crate::engine::OUTPUT_HEADER
                 && let Some(i) = crate::engine::pick_output(outputs, v.unwrap_or_default())
             {
@@ -777,28 +789,27 @@ impl Exec {
         }
         match self.d.spec.provenance {
             Provenance::Headers => {
-                h = h
-                    .insert(Header {
-                        key: headers::DEPLOYMENT,
-                        value: Some(self.d.spec.name.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: headers::VERSION,
-                        value: Some(self.version_header.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: headers::MODULE,
-                        value: Some(self.module_header.as_bytes()),
-                    });
+                insert(Header {
+                    key: headers::DEPLOYMENT,
+                    value: Some(self.d.spec.name.as_bytes()),
+                });
+                insert(Header {
+                    key: headers::VERSION,
+                    value: Some(self.version_header.as_bytes()),
+                });
+                insert(Header {
+                    key: headers::MODULE,
+                    value: Some(self.module_header.as_bytes()),
+                });
                 if let Some(model) = &self.d.model_digest {
-                    h = h.insert(Header {
+                    insert(Header {
                         key: headers::MODEL,
                         value: Some(model.as_bytes()),
                     });
                 }
             }
             Provenance::Compact => {
-                h = h.insert(Header {
+                insert(Header {
                     key: headers::PROVENANCE,
                     value: Some(self.compact_header.as_bytes()),
                 });
@@ -867,7 +878,7 @@ impl Exec {
                 partition: None,
                 key: input.key(),
                 value: input.value(),
-                headers: h,
+                headers: Some(h),
                 timestamp: input.timestamp_ms(),
             },
             ack,
@@ -921,7 +932,7 @@ impl Exec {
                 partition: None,
                 key: record.key.as_deref(),
                 value: record.value.as_deref(),
-                headers: h,
+                headers: Some(h),
                 timestamp: record.timestamp,
             },
             ack,

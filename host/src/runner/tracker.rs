@@ -40,6 +40,17 @@ impl Tracker {
     /// Records that `offset` was processed and produced `outputs` records
     /// still to be acknowledged. Offsets of a partition must come in order.
     pub fn add(&mut self, topic: &str, partition: i32, offset: i64, outputs: u32) {
+        self.add_many(topic, partition, [(offset, outputs)]);
+    }
+
+    /// [`Tracker::add`] for a run of records of one partition, `(offset,
+    /// outputs)` in order: the partition is looked up once.
+    pub fn add_many(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: impl IntoIterator<Item = (i64, u32)>,
+    ) {
         if !self.topics.contains_key(topic) {
             self.topics.insert(topic.to_owned(), HashMap::new());
         }
@@ -49,11 +60,13 @@ impl Tracker {
             .expect("inserted above")
             .entry(partition)
             .or_default();
-        debug_assert!(
-            p.pending.back().is_none_or(|&(last, _)| last < offset),
-            "offsets out of order"
-        );
-        p.pending.push_back((offset, outputs));
+        for (offset, outputs) in records {
+            debug_assert!(
+                p.pending.back().is_none_or(|&(last, _)| last < offset),
+                "offsets out of order"
+            );
+            p.pending.push_back((offset, outputs));
+        }
         p.advance();
     }
 
@@ -137,5 +150,19 @@ mod tests {
         assert_eq!(t.remove("t", 1), Some(6));
         assert_eq!(t.remove("t", 1), None);
         t.ack("t", 1, 5); // a late ack of a forgotten partition is ignored
+    }
+
+    #[test]
+    fn a_run_added_at_once_is_tracked_as_one_by_one() {
+        let mut t = Tracker::default();
+        t.add_many("t", 0, [(10, 0), (11, 2), (12, 0)]);
+        assert_eq!(t.take_moved(), vec![("t".to_owned(), 0, 11)], "10 has no outputs");
+        t.add_many("t", 0, [(13, 1)]);
+        t.ack("t", 0, 11);
+        t.ack("t", 0, 11);
+        assert_eq!(t.take_moved(), vec![("t".to_owned(), 0, 13)], "13 waits");
+        t.ack("t", 0, 13);
+        assert_eq!(t.take_moved(), vec![("t".to_owned(), 0, 14)]);
+        assert_eq!(t.in_flight(), 0);
     }
 }

@@ -8,7 +8,9 @@
 //! the reader that counts outputs run in this process too, so "CPU/record"
 //! includes them — equally for every row.
 //!
-//! Run: `cargo bench -p runnel-bench --bench kafka`. Nothing is asserted.
+//! Run: `cargo bench -p runnel-bench --bench kafka`; with
+//! `RUNNEL_BENCH_RUNS=5` every row runs five times (in turn) and the table
+//! shows medians. Nothing is asserted.
 
 use std::time::{Duration, Instant};
 
@@ -67,7 +69,7 @@ fn main() {
         kafka,
         input,
         outputs: outs,
-    } = setup(PARTITIONS, 12);
+    } = setup(PARTITIONS, 12 * runs());
     let t = Instant::now();
     produce(&kafka, &input, (0..N).map(value));
     println!(
@@ -75,6 +77,48 @@ fn main() {
     );
     println!("(input produced in {:.2} s)", t.elapsed().as_secs_f64());
     println!();
+    let mut all = Vec::new();
+    for run in 0..runs() {
+        if runs() > 1 {
+            eprintln!("run {} of {}...", run + 1, runs());
+        }
+        all.push(rows(&kafka, &input, &outs[12 * run..12 * (run + 1)]));
+    }
+    // Each row's median over the runs, of its rate and of its CPU.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rows: Vec<Row> = (0..all[0].len())
+        .map(|i| {
+            let (name, _, versus) = all[0][i];
+            let secs = median(all.iter().map(|r| r[i].1.0.as_secs_f64()).collect());
+            let cpu = median(all.iter().map(|r| r[i].1.1).collect());
+            (name, (Duration::from_secs_f64(secs), cpu), versus)
+        })
+        .collect();
+    if runs() > 1 {
+        println!("(each figure the median of {} runs)", runs());
+    }
+    print(&rows);
+}
+
+/// How many times every row runs (`RUNNEL_BENCH_RUNS`, default 1); the
+/// table shows each row's medians.
+fn runs() -> usize {
+    std::env::var("RUNNEL_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(1)
+}
+
+/// A row: its name, (time between the first and last output, CPU seconds),
+/// and the rows it is compared with.
+type Row = (&'static str, (Duration, f64), Option<(usize, usize)>);
+
+fn rows(kafka: &KafkaOptions, input: &str, outs: &[String]) -> Vec<Row> {
+    let (kafka, input) = (kafka.clone(), input.to_owned());
     let kept = N / 2;
     let filter_cfg: &[(&str, &str)] = &[("field", "n"), ("min", "50")];
     let f = guests::THRESHOLD_FILTER;
@@ -83,7 +127,7 @@ fn main() {
     // runnel with one and two workers, naming the rows they are compared
     // with; and the native loop writing no headers, to show what the headers
     // cost.
-    let rows = [
+    vec![
         (
             "identity, native loop, runnel's outputs (with its 3 headers)",
             native(&kafka, &input, &outs[0], |_| true, N, true),
@@ -184,22 +228,26 @@ fn main() {
             ),
             Some((6, 9)),
         ),
-    ];
+    ]
+}
+
+fn print(rows: &[Row]) {
     println!(
-        "| pipeline | records/s | CPU µs/record | runnel / native loop writing the same records | runnel / native loop writing no headers |"
+        "| pipeline | records/s | CPU µs/record | runnel / native loop writing the same records | runnel / native loop writing no headers | by CPU: native loop writing no headers / runnel |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     let rate = |row: usize| N as f64 / rows[row].1.0.as_secs_f64();
     for (i, (name, (_, cpu), native)) in rows.iter().enumerate() {
         // Input records per second between the first and the last output.
-        let (same, bare) = native.map_or((String::new(), String::new()), |(same, bare)| {
+        let (same, bare, by_cpu) = native.map_or(Default::default(), |(same, bare)| {
             (
                 format!("{:.2}", rate(i) / rate(same)),
                 format!("{:.2}", rate(i) / rate(bare)),
+                format!("{:.2}", rows[bare].1.1 / cpu),
             )
         });
         println!(
-            "| {name} | {:.0} | {:.1} | {same} | {bare} |",
+            "| {name} | {:.0} | {:.1} | {same} | {bare} | {by_cpu} |",
             rate(i),
             cpu * 1e6 / N as f64
         );

@@ -156,7 +156,11 @@ mod tests {
     fn a_run_added_at_once_is_tracked_as_one_by_one() {
         let mut t = Tracker::default();
         t.add_many("t", 0, [(10, 0), (11, 2), (12, 0)]);
-        assert_eq!(t.take_moved(), vec![("t".to_owned(), 0, 11)], "10 has no outputs");
+        assert_eq!(
+            t.take_moved(),
+            vec![("t".to_owned(), 0, 11)],
+            "10 has no outputs"
+        );
         t.add_many("t", 0, [(13, 1)]);
         t.ack("t", 0, 11);
         t.ack("t", 0, 11);

@@ -190,6 +190,7 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (idle0, broker0) = cpu_over(Duration::from_secs(3), || {});
+    let mut thread_lines = Vec::new();
     for n in counts {
         let names: Vec<(String, String)> = (0..n)
             .map(|_| (unique("density-in"), unique("density-out")))
@@ -202,6 +203,7 @@ fn main() {
             s.runtime.block_on(topics(&s.kafka, chunk, 1));
         }
         let before = read(port);
+        let names_before = threads_by_name();
         let deployments: Vec<Deployment> = names
             .iter()
             .map(|(input, output)| {
@@ -238,6 +240,15 @@ fn main() {
         let (idle_cpu, idle_broker) = cpu_over(PHASE, || {});
         let (idle_cpu, idle_broker) = (idle_cpu - idle0, idle_broker - broker0);
         let idle = read(port);
+        let mut by_name: Vec<String> = threads_by_name()
+            .into_iter()
+            .filter_map(|(name, count)| {
+                let added = count.saturating_sub(names_before.get(&name).copied().unwrap_or(0));
+                (added > 0).then(|| format!("{name} {:.1}", added as f64 / n as f64))
+            })
+            .collect();
+        by_name.sort();
+        thread_lines.push(format!("{n}: {}", by_name.join(", ")));
         let mut sent = 0;
         let (loaded_cpu, _) = cpu_over(PHASE, || {
             sent = load(
@@ -277,4 +288,28 @@ fn main() {
             loaded_cpu * 100.0,
         );
     }
+    println!();
+    println!("threads each deployment adds, by name (digits dropped), per deployment:");
+    for line in thread_lines {
+        println!("- {line}");
+    }
+}
+
+/// This process's threads, counted by name with digits dropped
+/// (`rdk:broker111` and `rdk:broker-1` are both `rdk:broker`).
+fn threads_by_name() -> std::collections::BTreeMap<String, u64> {
+    let mut names = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let name: String = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+            .to_owned();
+        *names.entry(name).or_insert(0) += 1;
+    }
+    names
 }

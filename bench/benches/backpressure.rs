@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use runnel_bench::kafka::{Setup, setup};
+use runnel_bench::kafka::{Setup, send, setup};
 use runnel_host::kafka::KafkaOptions;
 use runnel_tests::guests;
 use runnel_tests::kafka::{spec, unique};
@@ -36,18 +36,12 @@ fn produce(kafka: &KafkaOptions, topic: &str) {
         v
     };
     let send = |partition: i32, value: &[u8]| {
-        let mut r = BaseRecord::<(), [u8]>::to(topic)
-            .partition(partition)
-            .payload(value);
-        loop {
-            match p.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    r = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send(
+            &p,
+            BaseRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(value),
+        );
     };
     for i in 0..FAST.max(SLOW) {
         if i < SLOW {

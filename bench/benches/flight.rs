@@ -24,7 +24,6 @@
 //!
 //! Run: `cargo bench -p runnel-bench --bench flight`. Nothing is asserted.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use std::time::Duration;
 
 use flight_predictor::{FlightModel, parse_flight};
 use runnel_abi::BatchBuilder;
+use runnel_bench::flight::{example, flights};
 use runnel_bench::kafka::{
     Out, PROVENANCE, Setup, latency_row, native_loop, node_run, node_run_as, produce, setup,
     wait_for,
@@ -52,20 +52,6 @@ fn partitions() -> i32 {
         .unwrap_or(2)
 }
 const MODEL: &str = "flight-delay-v1";
-
-fn example(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/flight-delay")
-        .join(path)
-}
-
-fn flights() -> Vec<String> {
-    let file = std::fs::File::open(example("data/heldout.csv.gz")).expect("held-out flights");
-    BufReader::new(flate2::read::GzDecoder::new(file))
-        .lines()
-        .map(|l| l.expect("a line"))
-        .collect()
-}
 
 /// The native scorer: what the component does for one record.
 fn score_native(model: &FlightModel, value: &[u8]) -> Option<Vec<u8>> {
@@ -326,7 +312,6 @@ fn latency(setup: &Setup, flight: &str, model_bytes: &[u8]) {
     println!();
     println!("| pipeline | offered | flights/s out | p50 ms | p99 ms | max ms |");
     println!("|---|---|---:|---:|---:|---:|");
-    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
     for (offered, n, rate) in [
         ("10,000/s", STEADY, Some(10_000)),
         ("saturation", SATURATED, None),
@@ -368,13 +353,7 @@ fn latency(setup: &Setup, flight: &str, model_bytes: &[u8]) {
                 runnel,
             ),
         ] {
-            println!(
-                "| {name} | {offered} | {:.0} | {} | {} | {} |",
-                l.rate,
-                ms(l.p50),
-                ms(l.p99),
-                ms(l.max)
-            );
+            println!("{}", l.row(name, offered));
         }
     }
 }

@@ -22,8 +22,6 @@
 //!
 //! Run: `cargo bench -p runnel-bench --bench latency`. Nothing is asserted.
 
-use std::time::Duration;
-
 use runnel_bench::kafka::{
     Latency, Out, PROVENANCE, Setup, latency_row, native_loop, node_run_as, setup,
 };
@@ -80,10 +78,6 @@ fn row(setup: &Setup, pipeline: Pipeline, n: usize, rate: Option<u32>) -> Latenc
             }
         },
     )
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
 fn main() {
@@ -162,12 +156,6 @@ fn main() {
     println!("|---|---|---:|---:|---:|---:|");
     for (name, offered, pipeline, n, rate) in rows {
         let l = row(&setup, pipeline, n, rate);
-        println!(
-            "| {name} | {offered} | {:.0} | {} | {} | {} |",
-            l.rate,
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.max)
-        );
+        println!("{}", l.row(name, offered));
     }
 }

@@ -11,13 +11,13 @@
 //! Run: `cargo bench -p runnel-bench --bench scorer` (`RUNNEL_BENCH_ROWS=text`
 //! keeps the rows whose name has `text`). Nothing is asserted about time.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use flight_predictor::{FlightModel, parse_flight};
 use runnel_abi::BatchBuilder;
+use runnel_bench::flight::{example, flights};
 use runnel_bench::{best_of, per};
 use runnel_host::engine::{Codegen, Engine, EngineConfig, Limits, OptLevel, Outcome, Worker};
 use runnel_tests::{guest, guests};
@@ -27,21 +27,6 @@ const FLIGHTS: usize = 20_000;
 const BATCH: usize = 256;
 /// Passes over the flights per row; the best counts.
 const ROUNDS: usize = 7;
-
-fn example(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/flight-delay")
-        .join(path)
-}
-
-fn flights() -> Vec<String> {
-    let file = std::fs::File::open(example("data/heldout.csv.gz")).expect("held-out flights");
-    BufReader::new(flate2::read::GzDecoder::new(file))
-        .lines()
-        .take(FLIGHTS)
-        .map(|l| l.expect("a line"))
-        .collect()
-}
 
 /// What the component does for one record, natively.
 fn score_native(model: &FlightModel, value: &[u8]) -> Option<Vec<u8>> {
@@ -88,7 +73,8 @@ struct Row {
 }
 
 fn main() {
-    let lines = flights();
+    let mut lines = flights();
+    lines.truncate(FLIGHTS);
     let model_bytes = std::fs::read(example(&format!("model/{MODEL}.json"))).expect("the model");
     let model = FlightModel::from_json(&model_bytes).expect("the model loads");
     let raw_score = |json: &[u8]| -> u64 {

@@ -60,22 +60,29 @@ pub fn setup(partitions: i32, outputs: usize) -> Setup {
     }
 }
 
+/// Hands `record` to the producer, waiting while its queue is full.
+pub fn send<K, V, C>(p: &ThreadedProducer<C>, mut record: BaseRecord<'_, K, V>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    V: rdkafka::message::ToBytes + ?Sized,
+    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+{
+    while let Err((_, back)) = p.send(record) {
+        record = back;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Produces `values` (keyed `k<i>`) as fast as the client goes.
 pub fn produce<V: AsRef<[u8]>>(kafka: &KafkaOptions, topic: &str, values: impl Iterator<Item = V>) {
     let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         kafka.producer().create().expect("producer");
     for (i, v) in values.enumerate() {
         let k = format!("k{i}");
-        let mut r = BaseRecord::to(topic).key(k.as_bytes()).payload(v.as_ref());
-        loop {
-            match p.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    r = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send(
+            &p,
+            BaseRecord::to(topic).key(k.as_bytes()).payload(v.as_ref()),
+        );
     }
     p.flush(Duration::from_secs(60)).expect("flushed");
 }
@@ -253,6 +260,21 @@ pub struct Latency {
     pub max: Duration,
     /// Outputs per second the reader saw, between the first and the last.
     pub rate: f64,
+}
+
+impl Latency {
+    /// A row of a latency table: `| name | offered | rate | p50 | p99 | max |`,
+    /// times in milliseconds.
+    pub fn row(&self, name: &str, offered: &str) -> String {
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        format!(
+            "| {name} | {offered} | {:.0} | {} | {} | {} |",
+            self.rate,
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max)
+        )
+    }
 }
 
 /// Microseconds since the UNIX epoch: the clock the inputs' keys carry

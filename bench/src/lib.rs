@@ -45,3 +45,25 @@ pub fn stat_cpu_seconds(stat: &str) -> f64 {
 }
 
 pub mod kafka;
+
+/// The flight-delay example's files, for the benchmarks of its scorer.
+pub mod flight {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+
+    /// A path inside `examples/flight-delay`.
+    pub fn example(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/flight-delay")
+            .join(path)
+    }
+
+    /// The held-out flights (`data/heldout.csv.gz`), one CSV line each.
+    pub fn flights() -> Vec<String> {
+        let file = std::fs::File::open(example("data/heldout.csv.gz")).expect("held-out flights");
+        BufReader::new(flate2::read::GzDecoder::new(file))
+            .lines()
+            .map(|l| l.expect("a line"))
+            .collect()
+    }
+}

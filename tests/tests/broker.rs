@@ -28,24 +28,10 @@ async fn a_fetch_from_inside_a_batch_returns_the_rest_of_that_batch() {
         .unwrap();
     for i in 0..23 {
         let value = format!("v{i}");
-        producer
-            .send(
-                BaseRecord::<(), str>::to(&topic)
-                    .partition(0)
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
+        send(&producer, &topic, &value);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
-    producer
-        .send(
-            BaseRecord::<(), str>::to(&topic)
-                .partition(0)
-                .payload("v23"),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    send(&producer, &topic, "v23");
     producer.flush(Duration::from_secs(30)).unwrap();
 
     for start in [0, 3, 20, 22, 23] {
@@ -99,14 +85,7 @@ async fn the_end_of_a_partition_is_one_past_its_last_record() {
     for batch in [23, 1, 7] {
         for i in 0..batch {
             let value = format!("v{i}");
-            producer
-                .send(
-                    BaseRecord::<(), str>::to(&topic)
-                        .partition(0)
-                        .payload(&value),
-                )
-                .map_err(|(e, _)| e)
-                .unwrap();
+            send(&producer, &topic, &value);
         }
         producer.flush(Duration::from_secs(30)).unwrap();
         sent += batch;
@@ -147,14 +126,7 @@ async fn a_waiting_fetch_answers_when_records_arrive() {
     for i in 0..3 {
         let sent = Instant::now();
         let value = format!("v{i}");
-        producer
-            .send(
-                BaseRecord::<(), str>::to(&topic)
-                    .partition(0)
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
+        send(&producer, &topic, &value);
         producer.flush(Duration::from_secs(30)).unwrap();
         let got = loop {
             if let Some(m) = consumer.poll(Duration::from_millis(100)) {
@@ -168,4 +140,12 @@ async fn a_waiting_fetch_answers_when_records_arrive() {
         };
         assert_eq!(got, i);
     }
+}
+
+/// Produces `value` to partition 0 of `topic`.
+fn send(producer: &BaseProducer, topic: &str, value: &str) {
+    producer
+        .send(BaseRecord::<(), str>::to(topic).partition(0).payload(value))
+        .map_err(|(e, _)| e)
+        .unwrap();
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use runnel_host::config::DeploymentSpec;
 use runnel_host::engine::Engine;
+use runnel_host::kafka::KafkaOptions;
 use runnel_host::runner::{Deployment, Node};
 use runnel_tests::kafka::{Rec, broker, header, key, produce, read, spec, topics, unique, value};
 use runnel_tests::{engine, guests};
@@ -198,6 +199,96 @@ async fn a_hostile_deployment_does_not_stop_another() {
     );
     node.stop();
 }
+
+/// The stateless deployments of a node share one producer. One of them
+/// writes to a topic that does not exist, so its outputs wait in that
+/// producer (librdkafka waits `topic.metadata.propagation.max.ms` for a
+/// topic to appear): the other still delivers all of its records, and a
+/// swap of it, which waits for its outputs in flight, returns while the
+/// first one's are still waiting. In the end the wedged outputs go to their
+/// dead-letter topic, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_deployment_does_not_hold_another_on_the_shared_producer() {
+    let (_broker, kafka) = broker().await;
+    let kafka = KafkaOptions {
+        properties: vec![(
+            "topic.metadata.propagation.max.ms".into(),
+            PROPAGATION.as_millis().to_string(),
+        )],
+        ..kafka
+    };
+    let (wedged_in, missing, good_in, good_out) = (
+        unique("wedged-in"),
+        unique("missing"),
+        unique("good-in"),
+        unique("good-out"),
+    );
+    let wedged_dlq = format!("{missing}.dlq");
+    topics(&kafka, &[&wedged_in, &wedged_dlq, &good_in, &good_out], 1).await;
+    let records = |n: usize| -> Vec<Rec> {
+        (0..n)
+            .map(|i| (Some(format!("k{i}")), format!("v{i}"), vec![]))
+            .collect()
+    };
+    produce(&kafka, &wedged_in, &records(50)).await;
+    produce(&kafka, &good_in, &records(200)).await;
+
+    let engine = engine(None);
+    let wedged = spec("wedged", guests::IDENTITY_FILTER, &wedged_in, &missing, &[]);
+    let good = spec("good", guests::IDENTITY_FILTER, &good_in, &good_out, &[]);
+    let (wedged_name, good_name) = (wedged.name.clone(), good.name.clone());
+    let node = std::sync::Arc::new(
+        Node::start(
+            &kafka,
+            vec![deploy(&engine, wedged), deploy(&engine, good.clone())],
+        )
+        .unwrap(),
+    );
+    let status = |name: &str| node.status().into_iter().find(|s| s.name == name).unwrap();
+
+    assert_eq!(read(&kafka, &good_out, 200, WAIT).await.len(), 200);
+    let deadline = std::time::Instant::now() + WAIT;
+    while status(&wedged_name).in_flight < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            status(&wedged_name)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The swap waits for the good deployment's outputs only.
+    produce(&kafka, &good_in, &records(100)).await;
+    let swapped = tokio::task::spawn_blocking({
+        let (node, engine, name) = (node.clone(), engine.clone(), good_name.clone());
+        move || node.swap(&name, deploy(&engine, good))
+    })
+    .await
+    .unwrap();
+    let report = swapped.expect("the swap went through");
+    let w = status(&wedged_name);
+    assert_eq!(
+        (w.in_flight, w.dead_lettered),
+        (50, 0),
+        "the swap (version {}) returned while the wedged outputs still wait: {w:?}",
+        report.version
+    );
+    assert_eq!(read(&kafka, &good_out, 300, WAIT).await.len(), 300);
+
+    // Once the topic's wait is over, each wedged output is a dead letter.
+    let dead = read(&kafka, &wedged_dlq, 50, PROPAGATION + WAIT).await;
+    assert_eq!(dead.len(), 50);
+    assert_eq!(
+        header(&dead[0], "runnel-error-kind").as_deref(),
+        Some("topic-missing")
+    );
+    let keys: BTreeSet<String> = dead.iter().map(key).collect();
+    assert_eq!(keys.len(), 50, "every wedged record once");
+    node.stop_all();
+}
+
+/// How long the wedged test's outputs wait for their topic to appear.
+const PROPAGATION: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_that_refuses_its_config_backs_off_and_says_so() {

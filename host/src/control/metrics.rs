@@ -274,6 +274,20 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
     }
     family(
         &mut out,
+        "runnel_records_in_flight",
+        "gauge",
+        "Records handed to the producer and not yet acknowledged or failed.",
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "runnel_records_in_flight{{deployment=\"{}\"}} {}",
+            label(&s.name),
+            s.in_flight
+        );
+    }
+    family(
+        &mut out,
         "runnel_batch_duration_seconds",
         "histogram",
         "Time per batch: the call into the function and producing its outputs.",

@@ -202,6 +202,14 @@ pub fn check_properties(properties: &[(String, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The most records, and bytes of keys and values, one deployment may have
+/// handed to a shared producer and not yet seen acknowledged or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightCap {
+    pub records: u64,
+    pub bytes: u64,
+}
+
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
@@ -301,6 +309,45 @@ impl KafkaOptions {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "120000");
         self.finish(c, Role::Producer)
+    }
+
+    /// The producer a node shares among its stateless deployments:
+    /// [`KafkaOptions::producer`]'s, with a queue as large as librdkafka
+    /// allows. Each deployment is held to its own share instead
+    /// ([`KafkaOptions::in_flight_cap`]), so that one whose outputs cannot be
+    /// delivered cannot fill the queue for the others.
+    pub fn shared_producer(&self) -> ClientConfig {
+        let mut c = self.producer();
+        c.set("queue.buffering.max.messages", "2147483647")
+            .set("queue.buffering.max.kbytes", "2147483647");
+        c
+    }
+
+    /// What one deployment may have in flight in a shared producer: the
+    /// user's `queue.buffering.max.messages` and `queue.buffering.max.kbytes`
+    /// when set (they bound one producer's queue, and each deployment had
+    /// a producer of its own before the node shared one), else
+    /// librdkafka's defaults, 100,000 records and 1 GiB.
+    pub fn in_flight_cap(&self) -> anyhow::Result<InFlightCap> {
+        let mut cap = InFlightCap {
+            records: 100_000,
+            bytes: 1 << 30,
+        };
+        for (k, v) in &self.properties {
+            let number = || {
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{}={v:?}: expected a positive number", k.trim()))
+            };
+            match k.trim() {
+                "queue.buffering.max.messages" => cap.records = number()?,
+                "queue.buffering.max.kbytes" => cap.bytes = number()?.saturating_mul(1024),
+                _ => {}
+            }
+        }
+        Ok(cap)
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {

@@ -3,6 +3,7 @@
 //! committing offsets.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,10 +170,7 @@ pub(super) fn commit_final(
     consumer: &BaseConsumer<RebalanceContext>,
     partitions: &[(String, i32)],
 ) -> Vec<((String, i32), GivenUp)> {
-    let producer = lock(&shared.producer).clone();
-    if let Some(p) = producer
-        && !flush(&p, FLUSH_TIMEOUT)
-    {
+    if !flush(shared, FLUSH_TIMEOUT) {
         tracing::warn!(
             deployment = shared.name,
             "outputs still in flight after the flush's time ran out; their inputs will be read again"
@@ -263,6 +261,10 @@ pub(super) fn report_partitions(
         .assignment()
         .map(|a| partitions(&a))
         .unwrap_or_default();
+    let in_flight = shared
+        .sent
+        .load(Ordering::SeqCst)
+        .saturating_sub(shared.reported.load(Ordering::SeqCst));
     let mut stored = lock(&shared.stored);
     stored.retain(|tp, _| assigned.contains(tp));
     let report: Vec<PartitionStatus> = assigned
@@ -286,7 +288,9 @@ pub(super) fn report_partitions(
         })
         .collect();
     drop(stored);
-    lock(status).partitions = report;
+    let mut s = lock(status);
+    s.partitions = report;
+    s.in_flight = in_flight;
 }
 
 /// The consumer's side: buffers records per partition and hands full (or
@@ -583,5 +587,5 @@ pub(super) static PAUSE_EVERY_PARTITION: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
 fn pause_every_partition() -> bool {
-    PAUSE_EVERY_PARTITION.load(std::sync::atomic::Ordering::Relaxed)
+    PAUSE_EVERY_PARTITION.load(Ordering::Relaxed)
 }

@@ -28,6 +28,30 @@
 //!
 //! Each output counts once in the tracker whatever it becomes: the dead letter
 //! that replaces it carries the same acknowledgement.
+//!
+//! # One producer per node
+//!
+//! The stateless deployments of a node (filters, maps, scorers) share one
+//! producer, [`NodeProducer`]: one set of librdkafka threads and broker
+//! connections for all of them, made when the first one starts. Nothing
+//! couples their failures through it:
+//!
+//! - each deployment counts its own records in flight ([`Shared::sent`],
+//!   [`Shared::reported`]) and is held to its own share of the queue
+//!   ([`InFlightCap`]): one whose outputs cannot be delivered waits once it
+//!   has its share in flight, while the others' records pass;
+//! - a swap or a revoke waits for that deployment's records only
+//!   ([`flush`]), never for the whole producer's;
+//! - each record carries its deployment ([`Ack::owner`]): its delivery
+//!   report, retries and dead letters are that deployment's.
+//!
+//! A processor keeps a producer of its own: its changelog writes and
+//! outputs must land in the order they were made
+//! (`max.in.flight.requests.per.connection=1`), and what it leaves in flight
+//! when a run ends is dropped with its producer rather than landing after the
+//! next owner's writes. A stateless deployment's records still in flight when
+//! its run ends (after the stop's flush timed out) may still land: at-least-once
+//! allows that duplicate, as it allows the replay of their inputs.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -43,6 +67,7 @@ use super::deployment::Shared;
 use super::status::DeploymentStatus;
 use super::{headers, lock};
 use crate::kafka::headers::raw as raw_headers;
+use crate::kafka::{InFlightCap, KafkaOptions};
 
 /// How long a revoke or a swap waits for outstanding outputs.
 pub(super) const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +100,8 @@ pub(super) enum Sent {
 
 /// Which input a produced record belongs to, carried through the producer.
 pub(super) struct Ack {
+    /// The deployment (its run) that sent it: the producer may be the node's.
+    pub(super) owner: Arc<Shared>,
     pub(super) topic: Arc<str>,
     pub(super) partition: i32,
     pub(super) offset: i64,
@@ -126,10 +153,9 @@ pub(super) fn permanent(e: &KafkaError) -> Option<&'static str> {
     })
 }
 
-pub(super) struct DeliveryContext {
-    pub(super) shared: Arc<Shared>,
-    pub(super) status: Arc<Mutex<DeploymentStatus>>,
-}
+/// The delivery reports of a producer, whoever's records it carries: each
+/// record's [`Ack`] names its deployment.
+pub(super) struct DeliveryContext;
 
 impl ClientContext for DeliveryContext {}
 
@@ -137,52 +163,87 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        let shared = ack.owner.clone();
+        let bytes = match result {
+            Ok(m) | Err((_, m)) => record_bytes(m.key(), m.payload()),
+        };
         // This runs on the producer's polling thread, called from C: a panic
         // must not unwind out of it, and must not pass unnoticed.
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.report(result, ack);
+            report(&shared, result, ack);
         }));
         if let Err(panic) = caught {
-            self.shared.fail(format!(
+            shared.fail(format!(
                 "the delivery callback panicked: {}",
                 super::panic_message(&*panic)
             ));
         }
         // Last: a flush waits for this, so the tracker already knows.
-        self.shared.reported.fetch_add(1, Ordering::SeqCst);
+        shared.in_flight_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        shared.reported.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-impl DeliveryContext {
-    fn report(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
-        super::fault::point(&self.shared.name, super::fault::Site::Delivery);
-        match result {
-            Ok(_) => {
-                lock(&self.shared.tracker).ack(&ack.topic, ack.partition, ack.offset);
-                if let Some((polled, timestamp)) = ack.latency {
-                    let mut s = lock(&self.status);
-                    s.output_seconds.observe(polled.elapsed().as_secs_f64());
-                    if let Some(age) = timestamp.and_then(event_age) {
-                        s.event_age_seconds.observe(age);
-                    }
+/// What a record counts for in its deployment's [`InFlightCap`].
+fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>) -> u64 {
+    (key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len)) as u64
+}
+
+/// A node's producer for the outputs and dead letters of its stateless
+/// deployments (see "One producer per node" above), made when the first
+/// one starts and dropped with the node.
+#[derive(Default)]
+pub(super) struct NodeProducer(Mutex<Option<Arc<ThreadedProducer<DeliveryContext>>>>);
+
+impl NodeProducer {
+    /// The node's producer, made now if it was not yet.
+    pub(super) fn get(
+        &self,
+        kafka: &KafkaOptions,
+    ) -> anyhow::Result<Arc<ThreadedProducer<DeliveryContext>>> {
+        let mut p = lock(&self.0);
+        if let Some(p) = &*p {
+            return Ok(p.clone());
+        }
+        let made: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
+            kafka
+                .shared_producer()
+                .create_with_context(DeliveryContext)
+                .map_err(|e| anyhow::anyhow!("cannot create the node's producer: {e}"))?,
+        );
+        *p = Some(made.clone());
+        Ok(made)
+    }
+}
+
+fn report(shared: &Shared, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+    super::fault::point(&shared.name, super::fault::Site::Delivery);
+    match result {
+        Ok(_) => {
+            lock(&shared.tracker).ack(&ack.topic, ack.partition, ack.offset);
+            if let Some((polled, timestamp)) = ack.latency {
+                let mut s = lock(&shared.status);
+                s.output_seconds.observe(polled.elapsed().as_secs_f64());
+                if let Some(age) = timestamp.and_then(event_age) {
+                    s.event_age_seconds.observe(age);
                 }
             }
-            Err((e, m)) => {
-                // Never `m.headers().iter()`: it panics on a name that is not
-                // UTF-8. `detach` copies them as they are.
-                lock(&self.shared.retries).push(Retry {
-                    topic: m.topic().to_owned(),
-                    partition: (ack.sent == Sent::Changelog).then(|| m.partition()),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
-                    timestamp: m.timestamp().to_millis(),
-                    ack,
-                    error: e.clone(),
-                    attempts: 0,
-                    due: Instant::now(),
-                });
-            }
+        }
+        Err((e, m)) => {
+            // Never `m.headers().iter()`: it panics on a name that is not
+            // UTF-8. `detach` copies them as they are.
+            lock(&shared.retries).push(Retry {
+                topic: m.topic().to_owned(),
+                partition: (ack.sent == Sent::Changelog).then(|| m.partition()),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
+                timestamp: m.timestamp().to_millis(),
+                ack,
+                error: e.clone(),
+                attempts: 0,
+                due: Instant::now(),
+            });
         }
     }
 }
@@ -197,19 +258,18 @@ fn event_age(timestamp_ms: i64) -> Option<f64> {
     (age >= 0).then(|| age as f64 / 1000.0)
 }
 
-/// Waits until every output was delivered and its delivery report handled,
-/// at most `timeout` ([`STOP_FLUSH_TIMEOUT`] once the deployment stops).
-/// rdkafka's own `flush` polls for events in steps of 100 ms while the
-/// threaded producer's thread takes them, so it often waits 100 ms for
-/// nothing; this asks every millisecond. False after `timeout`.
-pub(super) fn flush(producer: &ThreadedProducer<DeliveryContext>, timeout: Duration) -> bool {
+/// Waits until every record the deployment sent was delivered and its
+/// delivery report handled, at most `timeout` ([`STOP_FLUSH_TIMEOUT`] once
+/// the deployment stops): the deployment's records only, not every record
+/// of a producer the node shares. rdkafka's own `flush` would wait for the
+/// whole producer, in steps of 100 ms; this asks every millisecond. False
+/// after `timeout`.
+pub(super) fn flush(shared: &Shared, timeout: Duration) -> bool {
     let started = Instant::now();
-    let shared = &producer.context().shared;
-    // librdkafka stops counting a message once its delivery report is taken
-    // off the queue, before the callback ran: the tracker may not know yet.
-    while producer.in_flight_count() > 0
-        || shared.reported.load(Ordering::SeqCst) < shared.sent.load(Ordering::SeqCst)
-    {
+    // Counted after the callback ran (librdkafka stops counting a record
+    // once its report is taken off the queue, before that): the tracker
+    // knows every acknowledgement when this returns.
+    while shared.reported.load(Ordering::SeqCst) < shared.sent.load(Ordering::SeqCst) {
         let waited = started.elapsed();
         // A stop that comes during a long flush (a revoke's) shortens it.
         if waited > timeout || (waited > STOP_FLUSH_TIMEOUT && shared.ending.is_set()) {
@@ -268,13 +328,22 @@ pub(super) struct Outgoing<'a> {
     pub(super) timestamp: Option<i64>,
 }
 
-/// Produces one record, waiting while the producer's queue is full (that is
-/// the backpressure: the worker, then the consumer, stop taking records).
-/// A record the producer refuses at once joins the failed ones (see the
-/// module documentation); a stop gives up the wait, leaving the record
+/// Produces one record of `shared`'s deployment, waiting while the
+/// deployment has its [`InFlightCap`] in flight or the producer's queue is
+/// full (that is the backpressure: the worker, then the consumer, stop taking
+/// records). A record the producer refuses at once joins the failed ones (see
+/// the module documentation); a stop gives up the wait, leaving the record
 /// unacknowledged, so that its input is read again.
-pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'_>, ack: Box<Ack>) {
-    let shared = &producer.context().shared;
+pub(super) fn send(
+    producer: &ThreadedProducer<DeliveryContext>,
+    shared: &Shared,
+    out: Outgoing<'_>,
+    ack: Box<Ack>,
+) {
+    let bytes = record_bytes(out.key, out.value);
+    if !wait_for_share(shared, bytes) {
+        return;
+    }
     let mut record: BaseRecord<'_, [u8], [u8], Box<Ack>> =
         BaseRecord::with_opaque_to(out.topic, ack);
     if let Some(h) = out.headers {
@@ -293,12 +362,17 @@ pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'
         record = record.partition(p);
     }
     loop {
-        match producer.send(record) {
-            Ok(()) => {
-                shared.sent.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+        // Counted before the send: its report may come before `send` returns.
+        shared.sent.fetch_add(1, Ordering::SeqCst);
+        shared.in_flight_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let refused = match producer.send(record) {
+            Ok(()) => return,
+            Err(refused) => refused,
+        };
+        shared.in_flight_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        shared.sent.fetch_sub(1, Ordering::SeqCst);
+        match refused {
+            (KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back) => {
                 if shared.ending.is_set() {
                     tracing::debug!(
                         deployment = shared.name,
@@ -309,7 +383,7 @@ pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'
                 record = back;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err((error, back)) => {
+            (error, back) => {
                 lock(&shared.retries).push(Retry {
                     topic: back.topic.to_owned(),
                     partition: back.partition,
@@ -325,6 +399,43 @@ pub(super) fn send(producer: &ThreadedProducer<DeliveryContext>, out: Outgoing<'
                 return;
             }
         }
+    }
+}
+
+/// Waits while `shared`'s deployment has its [`InFlightCap`] in flight (a
+/// record larger than the whole cap goes once nothing else is in flight).
+/// False if the deployment stops meanwhile: the record is then given up,
+/// unacknowledged, and its input read again by the next owner.
+fn wait_for_share(shared: &Shared, bytes: u64) -> bool {
+    let InFlightCap {
+        records,
+        bytes: max_bytes,
+    } = shared.in_flight_cap;
+    let mut warned = false;
+    loop {
+        let sent = shared.sent.load(Ordering::SeqCst);
+        let in_flight = sent.saturating_sub(shared.reported.load(Ordering::SeqCst));
+        let in_flight_bytes = shared.in_flight_bytes.load(Ordering::SeqCst);
+        if in_flight == 0 || (in_flight < records && in_flight_bytes + bytes <= max_bytes) {
+            return true;
+        }
+        if shared.ending.is_set() {
+            tracing::debug!(
+                deployment = shared.name,
+                "stopping with the deployment's outputs in flight at their cap: an output is given up, its input will be read again"
+            );
+            return false;
+        }
+        if !warned {
+            warned = true;
+            tracing::debug!(
+                deployment = shared.name,
+                in_flight,
+                in_flight_bytes,
+                "the deployment has its share of the producer in flight; waiting for deliveries"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -364,6 +475,7 @@ fn resend(shared: &Shared, producer: &ThreadedProducer<DeliveryContext>, r: Retr
     let before = lock(&shared.retries).len();
     send(
         producer,
+        shared,
         Outgoing {
             topic: &r.topic,
             partition: r.partition,
@@ -436,6 +548,7 @@ fn redirect(
             }
             send(
                 producer,
+                shared,
                 Outgoing {
                     topic: &shared.dead_letter,
                     partition: None,
@@ -458,6 +571,7 @@ fn redirect(
             r.ack.sent = Sent::CutDeadLetter;
             send(
                 producer,
+                shared,
                 Outgoing {
                     topic: &r.topic,
                     partition: None,

@@ -21,13 +21,13 @@ use super::consumer::{
 };
 use super::delivery::{DeliveryContext, FLUSH_TIMEOUT, Retry, check_topics, flush, resend_failed};
 use super::exec::Exec;
-use super::queue::{Job, WorkerQueue, sync_workers};
+use super::queue::{IDLE_WORKER, Job, Parked, Queued, Slot, WorkerQueue, sync_workers};
 use super::restore::Changelog;
 use super::status::{DeploymentState, DeploymentStatus, SwapReport};
 use super::tracker::Tracker;
 use super::{Deployment, lock};
 use crate::engine::{Worker, World};
-use crate::kafka::KafkaOptions;
+use crate::kafka::InFlightCap;
 use crate::state::{Backend, State, StateLimits, disk::DiskBackend, memory::MemoryBackend};
 
 /// A request to a deployment's consumer thread.
@@ -72,10 +72,16 @@ pub(super) struct Shared {
     pub(super) stored: Mutex<HashMap<(String, i32), i64>>,
     /// The end of each input partition's log, from the consumer's statistics.
     pub(super) high_watermarks: Mutex<HashMap<(String, i32), i64>>,
-    /// Outputs handed to the producer, and delivery reports handled: see
-    /// [`flush`].
+    /// Records handed to the producer, and delivery reports handled: see
+    /// [`flush`]. The producer may be the node's, shared: these count this
+    /// deployment's records only.
     pub(super) sent: AtomicU64,
     pub(super) reported: AtomicU64,
+    /// The keys' and values' bytes of the records in flight.
+    pub(super) in_flight_bytes: AtomicU64,
+    /// What the deployment may have in flight: see "One producer per node"
+    /// in [`super::delivery`].
+    pub(super) in_flight_cap: InFlightCap,
     /// The dead-letter topic.
     pub(super) dead_letter: String,
     pub(super) status: Arc<Mutex<DeploymentStatus>>,
@@ -203,6 +209,8 @@ impl Drop for Teardown {
     fn drop(&mut self) {
         lock(&self.0.workers).clear();
         *lock(&self.0.producer) = None;
+        // Each holds its record's acknowledgement, which holds this state.
+        lock(&self.0.retries).clear();
     }
 }
 
@@ -218,7 +226,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// Runs one deployment until `stop` is set.
 pub(super) fn run(
     d: Deployment,
-    kafka: KafkaOptions,
+    clients: Arc<super::Clients>,
     state_dir: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<DeploymentStatus>>,
@@ -233,7 +241,7 @@ pub(super) fn run(
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_inner(
                 &mut d,
-                &kafka,
+                &clients,
                 state_dir.as_deref(),
                 &stop,
                 &status,
@@ -291,7 +299,7 @@ pub(super) fn run(
 /// swaps, so that a run after a failure starts on the version that ran last.
 fn run_inner(
     current: &mut Arc<Deployment>,
-    kafka: &KafkaOptions,
+    clients: &super::Clients,
     state_dir: Option<&std::path::Path>,
     stop: &Arc<AtomicBool>,
     status: &Arc<Mutex<DeploymentStatus>>,
@@ -300,6 +308,7 @@ fn run_inner(
 ) -> anyhow::Result<()> {
     let d = current.clone();
     let spec = &d.spec;
+    let kafka = &clients.kafka;
     let generation = lock(status).version;
     let processor = d.module.world() == World::Processor;
     let shared = Arc::new(Shared {
@@ -320,6 +329,8 @@ fn run_inner(
         high_watermarks: Mutex::default(),
         sent: AtomicU64::new(0),
         reported: AtomicU64::new(0),
+        in_flight_bytes: AtomicU64::new(0),
+        in_flight_cap: kafka.in_flight_cap()?,
         dead_letter: spec.dead_letter_topic(),
         status: status.clone(),
         ending: Ending {
@@ -343,21 +354,21 @@ fn run_inner(
     } else {
         None
     };
-    let mut producer_config = kafka.producer();
-    if processor {
+    let producer: Arc<ThreadedProducer<DeliveryContext>> = if processor {
         // A processor's changelog writes, and its outputs (the newest
         // count last), must land in the order they were made, retries
-        // included.
-        producer_config.set("max.in.flight.requests.per.connection", "1");
-    }
-    let producer: Arc<ThreadedProducer<DeliveryContext>> = Arc::new(
-        producer_config
-            .create_with_context(DeliveryContext {
-                shared: shared.clone(),
-                status: status.clone(),
-            })
-            .map_err(|e| anyhow::anyhow!("cannot create the producer: {e}"))?,
-    );
+        // included; and none may land after its run ended: a producer of
+        // its own (see "One producer per node" in `delivery`).
+        Arc::new(
+            kafka
+                .producer()
+                .set("max.in.flight.requests.per.connection", "1")
+                .create_with_context(DeliveryContext)
+                .map_err(|e| anyhow::anyhow!("cannot create the producer: {e}"))?,
+        )
+    } else {
+        clients.producer.get(kafka)?
+    };
     *lock(&shared.producer) = Some(producer.clone());
     let dead_letter = spec.dead_letter_topic();
     let written: Vec<&str> = spec
@@ -371,17 +382,12 @@ fn run_inner(
 
     // The pool: each partition always goes to the same worker, so its
     // records stay in order; partitions on different workers run in parallel.
-    let mut threads = Vec::new();
+    // A worker has a thread only while it has work: see `queue`.
+    let mut slots = Vec::new();
     for i in 0..spec.workers.max(1) {
         // Bounded by bytes: see QUEUE_BYTES.
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let queue = WorkerQueue {
-            jobs: tx,
-            queued: Arc::default(),
-            ending: shared.ending.clone(),
-        };
-        let queued = queue.queued.clone();
-        lock(&shared.workers).push(queue);
+        let queued: Arc<Queued> = Arc::default();
         let state = if processor {
             let topic = &spec.input[0];
             let backend: Box<dyn Backend> = match state_dir {
@@ -399,7 +405,7 @@ fn run_inner(
         } else {
             None
         };
-        let mut exec = Exec {
+        let exec = Exec {
             d: d.clone(),
             generation,
             producer: producer.clone(),
@@ -415,12 +421,25 @@ fn run_inner(
             state,
             changelog: changelog.clone(),
             owners: Default::default(),
+            broken: false,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("runnel-{}-{i}", spec.name))
-            .spawn(move || exec.serve(&rx, &queued))
-            .map_err(|e| anyhow::anyhow!("cannot start a worker thread: {e}"))?;
-        threads.push(thread);
+        let slot = Slot::new(
+            Parked {
+                work: exec,
+                jobs: rx,
+                queued: queued.clone(),
+            },
+            format!("runnel-{}-{i}", spec.name),
+            IDLE_WORKER,
+            Arc::downgrade(&shared),
+        );
+        lock(&shared.workers).push(WorkerQueue {
+            jobs: tx,
+            queued,
+            ending: shared.ending.clone(),
+            slot: Some(slot.clone()),
+        });
+        slots.push(slot);
     }
 
     let consumer: BaseConsumer<RebalanceContext> = kafka
@@ -503,8 +522,8 @@ fn run_inner(
     shared.served.clear();
     close_stores(&shared, given_up);
     lock(&shared.workers).clear();
-    for t in threads {
-        let _ = t.join();
+    for slot in &slots {
+        slot.join();
     }
     consumer.unsubscribe();
     drop(consumer);
@@ -576,7 +595,7 @@ fn swap(
     sync_workers(shared);
     let drained = paused.elapsed();
     resend_failed(shared, producer);
-    if !flush(producer, FLUSH_TIMEOUT) {
+    if !flush(shared, FLUSH_TIMEOUT) {
         lock(&shared.staged).take();
         anyhow::bail!(
             "outputs of the old version still in flight after {FLUSH_TIMEOUT:?}; the old version keeps running"

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +52,8 @@ pub(super) struct Exec {
     /// which assignment ([`Shared::epoch`]), and the owner epoch it writes
     /// its changelog records with.
     pub(super) owners: HashMap<i32, Owner>,
+    /// Set after a panic: see [`Exec::take`].
+    pub(super) broken: bool,
 }
 
 /// This worker's ownership of a partition's state.
@@ -72,32 +73,29 @@ pub(super) struct Owner {
 }
 
 impl Exec {
-    /// Runs jobs until the queue's senders are gone. A panic (a bug of
-    /// runnel's, not of the function, whose traps are caught by the engine)
-    /// fails the deployment, which restarts: see
+    /// Runs one job of the queue, and counts its bytes done. A panic (a bug
+    /// of runnel's, not of the function, whose traps are caught by the
+    /// engine) fails the deployment, which restarts: see
     /// [`DeploymentState::Failed`]. Until then this worker answers syncs and
     /// drops its batches, unacknowledged, so that nothing waits on it and
     /// nothing it dropped is committed.
-    pub(super) fn serve(&mut self, jobs: &Receiver<Job>, queued: &Queued) {
-        let mut broken = false;
-        while let Ok(job) = jobs.recv() {
-            let bytes = job.bytes();
-            if broken {
-                if let Job::Sync(done) = job {
-                    let _ = done.send(());
-                }
-            } else if let Err(panic) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job)))
-            {
-                broken = true;
-                self.worker = None;
-                self.shared.fail(format!(
-                    "a worker thread panicked: {}",
-                    super::panic_message(&*panic)
-                ));
+    pub(super) fn take(&mut self, job: Job, queued: &Queued) {
+        let bytes = job.bytes();
+        if self.broken {
+            if let Job::Sync(done) = job {
+                let _ = done.send(());
             }
-            queued.done(bytes);
+        } else if let Err(panic) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job)))
+        {
+            self.broken = true;
+            self.worker = None;
+            self.shared.fail(format!(
+                "a worker thread panicked: {}",
+                super::panic_message(&*panic)
+            ));
         }
+        queued.done(bytes);
     }
 
     pub(super) fn run(&mut self, job: Job) {
@@ -540,6 +538,7 @@ impl Exec {
                 });
             send(
                 &self.producer,
+                &self.shared,
                 Outgoing {
                     topic,
                     partition: Some(w.cause.partition),
@@ -549,6 +548,7 @@ impl Exec {
                     timestamp: None,
                 },
                 Box::new(Ack {
+                    owner: self.shared.clone(),
                     topic: w.cause.topic.clone(),
                     partition: w.cause.partition,
                     offset: w.cause.offset,
@@ -678,6 +678,7 @@ impl Exec {
         for (i, (input, outcome)) in inputs.iter().zip(&processed.outcomes).enumerate() {
             let ack = || {
                 Box::new(Ack {
+                    owner: self.shared.clone(),
                     topic: topic_arc.clone(),
                     partition,
                     offset: input.offset(),
@@ -819,6 +820,7 @@ impl Exec {
         let timestamp = record.timestamp_ms().or(input_ts);
         send(
             &self.producer,
+            &self.shared,
             Outgoing {
                 topic: outputs.get(picked).map_or("", String::as_str),
                 partition: None,
@@ -873,6 +875,7 @@ impl Exec {
         }
         send(
             &self.producer,
+            &self.shared,
             Outgoing {
                 topic: &self.dead_letter,
                 partition: None,
@@ -890,6 +893,7 @@ impl Exec {
     fn reject(&mut self, topic: &str, partition: i32, record: Rejected) {
         lock(&self.shared.tracker).add(topic, partition, record.offset, 1);
         let ack = Box::new(Ack {
+            owner: self.shared.clone(),
             topic: Arc::from(topic),
             partition,
             offset: record.offset,
@@ -927,6 +931,7 @@ impl Exec {
         }
         send(
             &self.producer,
+            &self.shared,
             Outgoing {
                 topic: &self.dead_letter,
                 partition: None,

@@ -5,12 +5,13 @@
 //! Each deployment is a consumer group, `runnel.<name>` (cooperative-sticky
 //! assignment), read by a thread of its own. Records are batched per partition
 //! (by count, or when the oldest has waited `linger_ms`) and handed to a pool
-//! of worker threads (`workers`, default one per core), each with its own
-//! instance of the function: a partition always goes to the same worker, so
-//! its records are run in order, and partitions on different workers run in
-//! parallel. Wasm never runs on the I/O runtime. Every output — or the record
-//! itself, to the dead-letter topic, when it failed — is produced with a
-//! delivery callback. A worker's queue holds at most 8 MiB of batches: when
+//! of workers (`workers`, default one per core), each with its own instance
+//! of the function and a thread while it has work ([`queue`]): a partition
+//! always goes to the same worker, so its records are run in order, and
+//! partitions on different workers run in parallel. Wasm never runs on the
+//! I/O runtime. Every output — or the record itself, to the dead-letter
+//! topic, when it failed — is produced with a delivery callback, through a
+//! producer the node's stateless deployments share ([`delivery`]). A worker's queue holds at most 8 MiB of batches: when
 //! the function falls behind, the consumer pauses the partitions of that
 //! worker (backpressure) and keeps polling, so memory stays bounded under
 //! any backlog, the node stays in its group however long a batch takes, and
@@ -24,8 +25,8 @@
 //! partitions are revoked (a rebalance) or the node stops, records not yet
 //! run are dropped (the next owner reads them), a batch a worker runs at
 //! that moment finishes (or gives up its isolation, see below), the
-//! producer is flushed and the stored offsets are committed synchronously
-//! before the partitions go. Partitions *lost* (the session timed out) are
+//! deployment's records in flight are waited for and the stored offsets are
+//! committed synchronously before the partitions go. Partitions *lost* (the session timed out) are
 //! not committed: another consumer may own them already.
 //!
 //! # Failures
@@ -46,7 +47,7 @@
 //! flow. The new version is compiled and instantiated with its `init` first;
 //! if that fails the running version is untouched. Then the deployment's
 //! consumer thread stops handing out batches, waits for the batches the
-//! workers hold, flushes the producer, commits the stored offsets
+//! workers hold, waits for its records in flight, commits the stored offsets
 //! synchronously, and switches: every batch after that runs on the new
 //! version. So each partition switches once, at a batch boundary, after the
 //! previous batch's offsets are committed; no record is run by both versions
@@ -219,7 +220,9 @@ struct Running {
 /// pool. Deployments come and go while it runs ([`Node::add`],
 /// [`Node::remove`], [`Node::swap`]).
 pub struct Node {
-    kafka: KafkaOptions,
+    /// How to reach the cluster, and the producer the stateless deployments
+    /// share.
+    clients: Arc<Clients>,
     /// Where processors keep their stores (`--state-dir`); in memory when
     /// `None`.
     state_dir: Option<PathBuf>,
@@ -232,6 +235,14 @@ impl std::fmt::Debug for Node {
             .field("deployments", &self.names())
             .finish()
     }
+}
+
+/// A node's way to the cluster: its options, and the one producer its
+/// stateless deployments share (see "One producer per node" in
+/// [`delivery`]).
+pub(super) struct Clients {
+    kafka: KafkaOptions,
+    producer: delivery::NodeProducer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -252,7 +263,10 @@ impl Node {
     pub fn new(kafka: &KafkaOptions) -> Self {
         freeze::watch();
         Self {
-            kafka: kafka.clone(),
+            clients: Arc::new(Clients {
+                kafka: kafka.clone(),
+                producer: delivery::NodeProducer::default(),
+            }),
             state_dir: None,
             running: Mutex::default(),
         }
@@ -294,10 +308,10 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("runnel-{name}"))
             .spawn({
-                let (kafka, stop, status) = (self.kafka.clone(), stop.clone(), status.clone());
+                let (clients, stop, status) = (self.clients.clone(), stop.clone(), status.clone());
                 let state_dir = self.state_dir.clone();
                 let served = served.clone();
-                move || deployment::run(d, kafka, state_dir, stop, status, served, requests)
+                move || deployment::run(d, clients, state_dir, stop, status, served, requests)
             })
             .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
         running.push(Running {

@@ -94,6 +94,9 @@ pub struct DeploymentStatus {
     pub event_age_seconds: super::histogram::Histogram,
     /// Linear memory of the worker instances, in bytes, last seen.
     pub memory_bytes: u64,
+    /// Records (outputs, dead letters, state writes) handed to the producer
+    /// and not yet acknowledged or failed: what a swap or a revoke waits for.
+    pub in_flight: u64,
     /// Bytes of the function's stdout and stderr dropped by the log caps
     /// (per call and per second), by the version running now.
     pub log_dropped_bytes: u64,
@@ -213,6 +216,7 @@ impl DeploymentStatus {
             event_age_seconds: super::histogram::Histogram::default(),
             memory_bytes: 0,
             log_dropped_bytes: 0,
+            in_flight: 0,
             isolating: Vec::new(),
             state_writes: 0,
             restoring: Vec::new(),

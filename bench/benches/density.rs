@@ -8,14 +8,16 @@
 //! part of what an idle deployment costs. Each deployment reads a topic of
 //! one partition of its own and writes another, with the defaults of a
 //! deployment (batch 256, linger 20 ms, one worker per core) and the
-//! node's engine (an instance pool of 256). Figures per
+//! node's engine (an instance pool of `RUNNEL_MAX_INSTANCES`, default
+//! `runnel serve`'s). Figures per
 //! deployment are over the process before the node started (the runtime,
 //! the broker, this harness); idle CPU is over the process's idle CPU
 //! before any node, and the broker's share of it (its runtime's threads) is
 //! shown apart: against a Kafka cluster it is the cluster's.
 //!
 //! `RUNNEL_BENCH_DEPLOYMENTS=1,10,100` picks the counts (default
-//! 1,10,100,500). Run: `cargo bench -p runnel-bench --bench density`.
+//! 1,10,100,500), `RUNNEL_BENCH_KAFKA=fetch.wait.max.ms=500,...` adds
+//! librdkafka properties to the node's clients (as `--kafka` does). Run: `cargo bench -p runnel-bench --bench density`.
 //! Nothing is asserted; a count that does not start, or whose deployments
 //! do not all deliver, says so in its row.
 
@@ -169,6 +171,16 @@ fn main() {
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 10, 100, 500]);
     let s = setup(1, 0);
+    // The node's clients, with `RUNNEL_BENCH_KAFKA=key=value,...` added, as
+    // `--kafka key=value` adds them to `runnel serve`'s.
+    let mut node_kafka = s.kafka.clone();
+    node_kafka.properties.extend(
+        std::env::var("RUNNEL_BENCH_KAFKA")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())),
+    );
     let port: u16 = s
         .kafka
         .brokers
@@ -176,19 +188,34 @@ fn main() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("the broker's port");
-    // The node's engine, as `runnel serve` makes it (256 instances).
-    let engine = Engine::new(EngineConfig::default()).expect("the engine starts");
+    // The node's engine, as `runnel serve --max-instances N` makes it
+    // (`RUNNEL_MAX_INSTANCES`, as for serve; default, serve's default).
+    let max_instances = std::env::var("RUNNEL_MAX_INSTANCES")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(runnel_host::engine::MAX_INSTANCES);
+    let engine = Engine::new(EngineConfig {
+        max_instances,
+        ..EngineConfig::default()
+    })
+    .expect("the engine starts");
     println!(
-        "one node, N identity deployments (1 partition each, {} workers each), the embedded broker in this process; \
+        "one node, N identity deployments (1 partition each, {} workers each), {max_instances} instances, the embedded broker in this process; \
          idle, then {RATE} records/s each for {} s",
         defaults::workers(),
         PHASE.as_secs()
     );
+    if node_kafka.properties.len() > s.kafka.properties.len() {
+        println!(
+            "node's librdkafka properties added: {:?}",
+            &node_kafka.properties[s.kafka.properties.len()..]
+        );
+    }
     println!();
     println!(
-        "| deployments | threads (per deployment) | RSS MiB (per deployment) | connections (per deployment) | CPU idle, % of a core (per deployment) | of which the broker | CPU at {RATE}/s each, % of a core | delivered |"
+        "| deployments | threads idle (per deployment) | RSS MiB (per deployment) | connections (per deployment) | CPU idle, % of a core (per deployment) | of which the broker | threads at {RATE}/s each (per deployment) | CPU at {RATE}/s each, % of a core | delivered |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (idle0, broker0) = cpu_over(Duration::from_secs(3), || {});
     let mut thread_lines = Vec::new();
     for n in counts {
@@ -215,10 +242,10 @@ fn main() {
             })
             .collect();
         let started = Instant::now();
-        let node = match Node::start(&s.kafka, deployments) {
+        let node = match Node::start(&node_kafka, deployments) {
             Ok(node) => node,
             Err(e) => {
-                println!("| {n} | the node did not start: {e:#} | | | | | | |");
+                println!("| {n} | the node did not start: {e:#} | | | | | | | |");
                 continue;
             }
         };
@@ -256,6 +283,7 @@ fn main() {
                 &names.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
             )
         });
+        let loaded = read(port);
         let outputs: Vec<String> = names.iter().map(|(_, o)| o.clone()).collect();
         let done = delivered(&s.kafka, &outputs, sent as i64, Duration::from_secs(120));
         let ok = done.iter().filter(|d| **d).count();
@@ -274,7 +302,7 @@ fn main() {
         node.stop();
         let per = |after: u64, before: u64| after.saturating_sub(before) as f64 / n as f64;
         println!(
-            "| {n} | {} ({:.1}) | {:.0} ({:.2}) | {} ({:.1}) | {:.1} ({:.3}) | {:.1} ({:.3}) | {:.1} | {ok}/{n} |",
+            "| {n} | {} ({:.1}) | {:.0} ({:.2}) | {} ({:.1}) | {:.1} ({:.3}) | {:.1} ({:.3}) | {} ({:.1}) | {:.1} | {ok}/{n} |",
             idle.threads,
             per(idle.threads, before.threads),
             idle.rss_kib as f64 / 1024.0,
@@ -285,6 +313,8 @@ fn main() {
             idle_cpu * 100.0 / n as f64,
             idle_broker * 100.0,
             idle_broker * 100.0 / n as f64,
+            loaded.threads,
+            per(loaded.threads, before.threads),
             loaded_cpu * 100.0,
         );
     }

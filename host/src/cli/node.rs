@@ -93,10 +93,20 @@ pub struct NodeArgs {
     #[arg(long, env = "RUNNEL_MAX_MODULE_MIB", value_name = "MIB", default_value_t = MAX_MODULE_MIB,
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_module_mib: u64,
+    /// How many function instances the node may hold at once: one per
+    /// worker of each deployment that has run a batch (a deployment's
+    /// partitions spread over its `workers`). Each reserves address space
+    /// for a linear memory (4 GiB, not memory in use). A deployment that
+    /// finds the pool full backs off and says so in its status.
+    #[arg(long, env = "RUNNEL_MAX_INSTANCES", value_name = "N", default_value_t = MAX_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_instances: u32,
 }
 
 /// The default of `--max-module-mib`.
 pub const MAX_MODULE_MIB: u64 = 32;
+/// The default of `--max-instances`.
+pub const MAX_INSTANCES: u32 = crate::engine::MAX_INSTANCES;
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -166,6 +176,7 @@ fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)
     let engine = Engine::new(EngineConfig {
         cache_dir: default_cache_dir(),
         max_module_bytes: usize::try_from(node.max_module_mib << 20).unwrap_or(usize::MAX),
+        max_instances: node.max_instances,
         ..EngineConfig::default()
     })?;
     let deployments = config

@@ -87,8 +87,9 @@ pub enum CallError {
     Instantiate { function: Arc<str>, reason: String },
     #[error(
         "cannot instantiate function `{function}`: the node's instance pool is full ({reason}); \
-         every worker of every deployment on the node holds one instance: lower some \
-         deployment's `workers`, or spread the deployments over more nodes"
+         every worker of every deployment on the node that has run a batch holds one \
+         instance: start the node with a larger `--max-instances`, lower some deployment's \
+         `workers`, or spread the deployments over more nodes"
     )]
     PoolExhausted { function: Arc<str>, reason: String },
 }

@@ -55,6 +55,9 @@ pub const MAX_CORE_INSTANCES: u32 = 32;
 /// How often the epoch ticks: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// How many instances a node may hold at once by default (`--max-instances`).
+pub const MAX_INSTANCES: u32 = 256;
+
 /// Engine-wide settings. Limits per function are [`Limits`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -109,7 +112,7 @@ impl Default for EngineConfig {
             cache_dir: default_cache_dir(),
             max_module_bytes: usize::try_from(crate::cli::node::MAX_MODULE_MIB << 20)
                 .unwrap_or(usize::MAX),
-            max_instances: 256,
+            max_instances: MAX_INSTANCES,
             max_memory_bytes: 1 << 30,
             codegen: Codegen::default(),
         }

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use runnel_host::config::DeploymentSpec;
 use runnel_host::kafka::KafkaOptions;
-use runnel_host::runner::fault::{Site, arm_stall};
+use runnel_host::runner::fault::{Site, arm_stall, is_armed};
 use runnel_host::runner::{Deployment, Node};
 use runnel_tests::kafka::{Rec, broker, produce, read, spec, topics, unique};
 use runnel_tests::{engine, guests};
@@ -75,7 +75,14 @@ async fn a_node_back_from_a_stall_does_not_commit_the_partitions_it_lost() {
 
     // The first node's consumer stalls; the second takes the partition
     // over, runs 100 more records and commits them.
+    // Both nodes run the same deployment: the first must take the stall
+    // before the second starts (its loop passes the point at least every
+    // idle poll, 500 ms), or the second would.
     arm_stall(&spec.name, Site::Consumer, STALL);
+    until("the first node stalls", || {
+        !is_armed(&spec.name, Site::Consumer)
+    })
+    .await;
     let stalled = Instant::now();
     let b = Node::start(&kafka, vec![load()]).unwrap();
     until("the second node is given the partition", || {

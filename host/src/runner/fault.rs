@@ -40,6 +40,14 @@ mod armed {
         push(deployment, site, Some(how_long));
     }
 
+    /// Whether a fault armed for `site` of `deployment` is still to come:
+    /// false once a thread has passed the point and taken it.
+    pub fn is_armed(deployment: &str, site: Site) -> bool {
+        super::super::lock(&ARMED)
+            .iter()
+            .any(|(d, s, _)| d == deployment && *s == site)
+    }
+
     fn push(deployment: &str, site: Site, stall: Option<Duration>) {
         super::super::lock(&ARMED).push((deployment.to_owned(), site, stall));
         ANY.store(true, Ordering::SeqCst);
@@ -61,7 +69,7 @@ mod armed {
 }
 
 #[cfg(feature = "fault-injection")]
-pub use armed::{arm, arm_stall};
+pub use armed::{arm, arm_stall, is_armed};
 
 /// A point where a fault may be injected.
 #[inline]

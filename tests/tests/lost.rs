@@ -77,7 +77,7 @@ async fn a_node_back_from_a_stall_does_not_commit_the_partitions_it_lost() {
     // over, runs 100 more records and commits them.
     // Both nodes run the same deployment: the first must take the stall
     // before the second starts (its loop passes the point at least every
-    // idle poll, 500 ms), or the second would.
+    // idle poll), or the second would.
     arm_stall(&spec.name, Site::Consumer, STALL);
     until("the first node stalls", || {
         !is_armed(&spec.name, Site::Consumer)

@@ -20,6 +20,26 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family with one sample per deployment, `get` of its status.
+fn per_deployment(
+    out: &mut String,
+    statuses: &[DeploymentStatus],
+    name: &str,
+    kind: &str,
+    help: &str,
+    get: impl Fn(&DeploymentStatus) -> u64,
+) {
+    family(out, name, kind, help);
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "{name}{{deployment=\"{}\"}} {}",
+            label(&s.name),
+            get(s)
+        );
+    }
+}
+
 fn histogram(out: &mut String, name: &str, deployment: &str, h: &Histogram) {
     for (le, count) in h.cumulative() {
         let _ = writeln!(
@@ -116,30 +136,16 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
         ),
     ];
     for (name, help, get) in counters {
-        family(&mut out, name, "counter", help);
-        for s in statuses {
-            let _ = writeln!(
-                out,
-                "{name}{{deployment=\"{}\"}} {}",
-                label(&s.name),
-                get(s)
-            );
-        }
+        per_deployment(&mut out, statuses, name, "counter", help, get);
     }
-    family(
+    per_deployment(
         &mut out,
+        statuses,
         "runnel_deployment_version",
         "gauge",
         "The deployment's version running on this node.",
+        |s| s.version,
     );
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "runnel_deployment_version{{deployment=\"{}\"}} {}",
-            label(&s.name),
-            s.version
-        );
-    }
     family(
         &mut out,
         "runnel_deployment_up",
@@ -258,34 +264,22 @@ pub fn render(statuses: &[DeploymentStatus]) -> String {
             }
         }
     }
-    family(
+    per_deployment(
         &mut out,
+        statuses,
         "runnel_instance_memory_bytes",
         "gauge",
         "Linear memory of the instance that ran the last batch.",
+        |s| s.memory_bytes,
     );
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "runnel_instance_memory_bytes{{deployment=\"{}\"}} {}",
-            label(&s.name),
-            s.memory_bytes
-        );
-    }
-    family(
+    per_deployment(
         &mut out,
+        statuses,
         "runnel_records_in_flight",
         "gauge",
         "Records handed to the producer and not yet acknowledged or failed.",
+        |s| s.in_flight,
     );
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "runnel_records_in_flight{{deployment=\"{}\"}} {}",
-            label(&s.name),
-            s.in_flight
-        );
-    }
     family(
         &mut out,
         "runnel_batch_duration_seconds",

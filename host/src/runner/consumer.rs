@@ -125,6 +125,14 @@ impl RebalanceContext {
             // Paused when it was ours before, its worker's queue full.
             let _ = consumer.resume(tpl);
             lock(&self.shared.assigned).extend(assigned.iter().cloned());
+            // In its group: running, even before a record comes (a worker
+            // starts its function at its first batch, see `queue::Slot`).
+            {
+                let mut status = lock(&self.shared.status);
+                if status.state == super::DeploymentState::Starting {
+                    status.state = super::DeploymentState::Running;
+                }
+            }
             tracing::info!(deployment = self.shared.name, partitions = ?assigned, "partitions assigned");
         }
     }

@@ -4,6 +4,8 @@
 //! - [`runner`] binds them to Kafka topics: the worker pool, at-least-once.
 //! - [`registry`] keeps modules, models and deployments in Kafka; [`control`]
 //!   reconciles a node with it and serves the admin API.
+//! - [`journal`] writes each node's deployment log lines and events to the
+//!   registry's logs topic, and reads them back.
 //! - [`kafka`] holds the rdkafka client settings; [`broker`] the embedded broker.
 //! - [`config`] reads `runnel.toml`; [`rules`] says what a deployment may be,
 //!   for the API, `runnel.toml` and the registry alike; [`cli`] is the
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod journal;
 pub mod kafka;
 pub mod registry;
 pub mod rules;

@@ -69,13 +69,22 @@ fn main() -> ExitCode {
         eprintln!("warning: ignoring --log {log:?}: {e}");
         EnvFilter::new(default)
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR"),
-        ))
+    // The log filter is the terminal's; the journal (the deployments'
+    // lines in the logs topic, see `runnel_host::journal`) has its own.
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(colour(
+                    std::io::stderr().is_terminal(),
+                    std::env::var_os("NO_COLOR"),
+                ))
+                .with_filter(filter),
+        )
+        .with(runnel_host::journal::layer())
         .init();
     match cli.command {
         Command::Run(args) => {

@@ -47,6 +47,9 @@ pub struct RegistryTopics {
     pub deployments: String,
     /// Each node's report of what it runs (key: node id), every few seconds.
     pub nodes: String,
+    /// The nodes' journals: their deployments' log lines and events (key:
+    /// deployment), bounded by retention; see [`crate::journal`].
+    pub logs: String,
 }
 
 impl Default for RegistryTopics {
@@ -56,13 +59,24 @@ impl Default for RegistryTopics {
 }
 
 impl RegistryTopics {
-    /// `<prefix>.artifacts` and `<prefix>.deployments`.
+    /// `<prefix>.artifacts`, `.deployments`, `.nodes` and `.logs`.
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             artifacts: format!("{prefix}.artifacts"),
             deployments: format!("{prefix}.deployments"),
             nodes: format!("{prefix}.nodes"),
+            logs: format!("{prefix}.logs"),
         }
+    }
+
+    /// Every topic of the registry: no deployment may read or write them.
+    pub fn all(&self) -> [&str; 4] {
+        [
+            self.artifacts.as_str(),
+            self.deployments.as_str(),
+            self.nodes.as_str(),
+            self.logs.as_str(),
+        ]
     }
 }
 
@@ -213,6 +227,14 @@ pub struct Registry {
     /// Held across a read-modify-write of a deployment; see
     /// [`Registry::deployment_writes`].
     writes: tokio::sync::Mutex<()>,
+    /// The partitions of the logs topic, as found when opened.
+    log_partitions: i32,
+}
+
+impl crate::journal::Sink for Registry {
+    fn write(&self, deployment: &str, line: &[u8]) {
+        self.write_log(deployment, line);
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -228,7 +250,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Creates the registry's topics (one partition each, so that their records
-/// are totally ordered; compacted) if they do not exist.
+/// are totally ordered; compacted) if they do not exist, and the logs topic
+/// ([`crate::journal`]: partitioned by deployment, bounded by retention).
 pub async fn ensure_registry_topics(
     kafka: &KafkaOptions,
     topics: &RegistryTopics,
@@ -240,7 +263,23 @@ pub async fn ensure_registry_topics(
         &[("cleanup.policy", "compact")],
     )
     .await
-    .context("cannot create the registry's topics")
+    .context("cannot create the registry's topics")?;
+    let (retention_ms, retention_bytes) = (
+        crate::journal::RETENTION_MS.to_string(),
+        crate::journal::RETENTION_BYTES.to_string(),
+    );
+    crate::kafka::create_topics(
+        kafka,
+        &[&topics.logs],
+        crate::journal::PARTITIONS,
+        &[
+            ("cleanup.policy", "delete"),
+            ("retention.ms", &retention_ms),
+            ("retention.bytes", &retention_bytes),
+        ],
+    )
+    .await
+    .context("cannot create the logs topic")
 }
 
 impl Registry {
@@ -308,6 +347,21 @@ impl Registry {
                 }
             })
             .context("cannot start the registry's reader")?;
+        let log_partitions = tokio::task::spawn_blocking({
+            let (client, topic) = (producer.clone(), topics.logs.clone());
+            move || {
+                use rdkafka::producer::Producer as _;
+                client
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .ok()
+                    .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+                    .filter(|n| *n > 0)
+                    .unwrap_or(1)
+            }
+        })
+        .await
+        .unwrap_or(1);
         let registry = Self {
             topics,
             producer,
@@ -315,6 +369,7 @@ impl Registry {
             stop,
             thread: Some(thread),
             writes: tokio::sync::Mutex::new(()),
+            log_partitions,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         for (topic, end) in ends {
@@ -384,6 +439,19 @@ impl Registry {
         if let Err((e, _)) = self.producer.send_result(record) {
             tracing::debug!(error = %e, "cannot publish this node's report");
         }
+    }
+
+    /// Writes a line of a node's journal to the logs topic, to the
+    /// deployment's partition. Fire and forget, like a report: a line the
+    /// producer cannot take now (its queue full, the broker gone for long)
+    /// is dropped, not waited for.
+    pub fn write_log(&self, deployment: &str, line: &[u8]) {
+        let partition = crate::journal::partition_of(deployment, self.log_partitions);
+        let record = FutureRecord::<str, [u8]>::to(&self.topics.logs)
+            .key(deployment)
+            .partition(partition)
+            .payload(line);
+        let _ = self.producer.send_result(record);
     }
 
     /// Whether the broker answers and the registry's topics are there,
@@ -654,16 +722,11 @@ pub fn is_digest(s: &str) -> bool {
 /// config and digests, and that the version it runs is kept.
 pub fn check_deployment(r: &DeploymentRecord, topics: &RegistryTopics) -> Result<(), String> {
     crate::rules::check_name(&r.name)?;
-    let reserved = [
-        topics.artifacts.as_str(),
-        topics.deployments.as_str(),
-        topics.nodes.as_str(),
-    ];
     crate::rules::check_topics(
         &r.input,
         r.output.topics(),
         r.dead_letter.as_deref(),
-        &reserved,
+        &topics.all(),
     )?;
     crate::state::check_store_names(&r.stores)?;
     crate::state::changelog::check_topic_names_at(&r.name, &r.stores, r.state_generation)?;

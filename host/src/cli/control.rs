@@ -92,6 +92,18 @@ pub enum ControlCommand {
     /// Read a processor's state, from whichever node holds it.
     #[command(subcommand)]
     State(StateCommand),
+    /// A deployment's function log lines and events (swaps, traps,
+    /// back-offs, dead letters), from every node that ran it, in time
+    /// order, each with the node that wrote it.
+    Logs {
+        name: String,
+        /// Keep printing lines as they are written, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// From how long ago: 30s, 10m, 2h, 1d.
+        #[arg(long, default_value = "10m", value_name = "DURATION")]
+        since: String,
+    },
 }
 
 /// `runnel state`.
@@ -596,6 +608,23 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
             (r, format!("resumed {name}\n"))
         }
         ControlCommand::State(command) => state_command(&client, command).await?,
+        ControlCommand::Logs {
+            name,
+            follow,
+            since,
+        } => {
+            crate::control::views::parse_since(since).map_err(|e| anyhow::anyhow!("--{e}"))?;
+            let mut url = client.url(&["v1", "deployments", name, "logs"])?;
+            url.query_pairs_mut().append_pair("since", since);
+            let r = client.send(client.http.get(url)).await?;
+            if !*follow {
+                let text = log_lines(&r);
+                (r, text)
+            } else {
+                follow_logs(&client, name, r, api.json).await?;
+                unreachable!("following ends with an error or an interrupt");
+            }
+        }
         ControlCommand::Delete {
             name,
             drop_state,
@@ -628,6 +657,76 @@ pub async fn run(api: &ApiArgs, command: &ControlCommand, out: &mut String) -> a
         out.push_str(&table);
     }
     Ok(())
+}
+
+/// Lines of the journal as a person reads them: time, node, kind, level,
+/// message, with control characters shown escaped (a function's output
+/// must not drive the terminal).
+fn log_lines(v: &Value) -> String {
+    let mut out = String::new();
+    for l in v["lines"].as_array().into_iter().flatten() {
+        let at = l["at_ms"]
+            .as_u64()
+            .map(|ms| {
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            })
+            .unwrap_or_else(|| "?".to_owned());
+        let kind = match (l["kind"].as_str(), l["stream"].as_str()) {
+            (Some("log"), Some(stream)) => stream.to_owned(),
+            (Some(k), _) => k.to_owned(),
+            _ => "?".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{at} {} {kind} {} {}",
+            escaped(&text(&l["node"])),
+            escaped(&text(&l["level"])),
+            escaped(&text(&l["message"]))
+        );
+    }
+    out
+}
+
+fn escaped(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let show: Vec<char> = if c.is_control() && c != '\t' {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            show
+        })
+        .collect()
+}
+
+/// `runnel logs --follow`: prints what the first read found, then asks
+/// for what came after it every second, until interrupted.
+async fn follow_logs(client: &Client, name: &str, first: Value, json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let print = |v: &Value| {
+        let mut stdout = std::io::stdout().lock();
+        if json {
+            for l in v["lines"].as_array().into_iter().flatten() {
+                let _ = writeln!(stdout, "{l}");
+            }
+        } else {
+            let _ = stdout.write_all(log_lines(v).as_bytes());
+        }
+        let _ = stdout.flush();
+    };
+    print(&first);
+    let mut next = first["next"].as_i64().unwrap_or(0);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut url = client.url(&["v1", "deployments", name, "logs"])?;
+        url.query_pairs_mut()
+            .append_pair("after", &next.to_string());
+        let r = client.send(client.http.get(url)).await?;
+        print(&r);
+        next = r["next"].as_i64().unwrap_or(next);
+    }
 }
 
 /// The query of `/v1/modules` that lets the API run the function's init:

@@ -162,17 +162,15 @@ fn load(node: &NodeArgs) -> anyhow::Result<(Engine, NodeConfig, Vec<Deployment>)
         None => NodeConfig::default(),
     };
     let registry = RegistryTopics::with_prefix(&node.registry);
-    config
-        .check_reserved(&[&registry.artifacts, &registry.deployments, &registry.nodes])
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}",
-                node.config
-                    .as_deref()
-                    .unwrap_or_else(|| std::path::Path::new("runnel.toml"))
-                    .display()
-            )
-        })?;
+    config.check_reserved(&registry.all()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}",
+            node.config
+                .as_deref()
+                .unwrap_or_else(|| std::path::Path::new("runnel.toml"))
+                .display()
+        )
+    })?;
     let engine = Engine::new(EngineConfig {
         cache_dir: default_cache_dir(),
         max_module_bytes: usize::try_from(node.max_module_mib << 20).unwrap_or(usize::MAX),

@@ -52,7 +52,7 @@ type S = State<Arc<AppState>>;
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self(status, message.into())
     }
 }
@@ -97,9 +97,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/deployments/{name}/state/{store}",
             get(super::query::get_state),
         )
+        .route("/v1/deployments/{name}/logs", get(super::views::logs))
+        .route("/v1/deployments/{name}/series", get(super::views::series))
+        .route(
+            "/v1/deployments/{name}/dead-letters",
+            get(super::views::dead_letters),
+        )
         .layer(DefaultBodyLimit::max(1 << 20))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
+        .route("/", get(super::console::index))
+        .route("/console/{asset}", get(super::console::asset))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -509,7 +517,7 @@ async fn put_deployment(
         &req.input,
         req.output.topics(),
         req.dead_letter.as_deref(),
-        &[&topics.artifacts, &topics.deployments, &topics.nodes],
+        &topics.all(),
     )
     .map_err(unprocessable)?;
     let settings = req.settings();
@@ -856,11 +864,16 @@ fn record_of(state: &AppState, name: &str) -> Result<DeploymentRecord> {
 }
 
 async fn list(State(state): S) -> Json<Value> {
+    let reports = state.registry.nodes(super::REPORT_STALE);
     let out: Vec<Value> = state
         .registry
         .deployments()
         .iter()
-        .map(|r| summary(&state, r))
+        .map(|r| {
+            let mut s = summary(&state, r);
+            s["cluster"] = super::views::cluster_summary(&reports, &r.name);
+            s
+        })
         .collect();
     Json(Value::Array(out))
 }

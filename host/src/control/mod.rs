@@ -3,9 +3,12 @@
 //! to it. `runnel serve` and `runnel dev` start one; so do tests.
 
 pub mod api;
+pub mod console;
 pub mod metrics;
 pub mod query;
 pub mod reconcile;
+pub mod series;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +115,36 @@ impl ControlOptions {
     }
 }
 
+/// What a node reports of its deployments: their status without the
+/// latency histograms (which only its own metrics serve), with their series
+/// ([`series`]).
+fn reported(
+    statuses: Vec<crate::runner::DeploymentStatus>,
+    mut series: std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    statuses
+        .into_iter()
+        .map(|s| {
+            let name = s.name.clone();
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                for histogram in [
+                    "batch_seconds",
+                    "call_seconds",
+                    "output_seconds",
+                    "event_age_seconds",
+                ] {
+                    m.remove(histogram);
+                }
+                if let Some(s) = series.remove(&name) {
+                    m.insert("series".into(), s);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
 /// The URL other nodes reach an API listening on `addr` at, when not told:
 /// the address itself, or the host name for an unspecified IP.
 fn advertised_api(addr: SocketAddr) -> String {
@@ -177,7 +210,10 @@ impl ControlPlane {
         options.kafka = options.kafka.with_client_id(&format!("runnel-{node_id}"));
         let registry = Arc::new(Registry::open(&options.kafka, options.topics.clone()).await?);
         let fixed_names: Vec<String> = fixed.iter().map(|d| d.spec.name.clone()).collect();
-        let node = Node::new(&options.kafka).with_state_dir(options.state_dir.clone());
+        let journal = crate::journal::Journal::new(node_id.clone(), registry.clone());
+        let node = Node::new(&options.kafka)
+            .with_state_dir(options.state_dir.clone())
+            .with_journal(journal.clone());
         for d in fixed {
             node.add(d)?;
         }
@@ -196,6 +232,7 @@ impl ControlPlane {
                     stop.clone(),
                 );
                 move || {
+                    let _journal = crate::journal::enter(Some(journal));
                     reconcile::run(
                         &registry,
                         &node,
@@ -238,13 +275,17 @@ impl ControlPlane {
                     .clone()
                     .unwrap_or_else(|| advertised_api(addr)),
             );
+            let rings = series::Rings::default();
             async move {
                 loop {
+                    let at_ms = crate::registry::now_ms();
+                    let statuses = node.status();
+                    rings.sample(&statuses, at_ms);
                     let report = serde_json::json!({
                         "node": id,
                         "api": url,
-                        "at_ms": crate::registry::now_ms(),
-                        "deployments": node.status(),
+                        "at_ms": at_ms,
+                        "deployments": reported(statuses, rings.report()),
                     });
                     registry.report_node(&id, Some(&report));
                     tokio::time::sleep(REPORT_EVERY).await;

@@ -169,6 +169,7 @@ impl ProducerContext for DeliveryContext {
         };
         // This runs on the producer's polling thread, called from C: a panic
         // must not unwind out of it, and must not pass unnoticed.
+        let _journal = crate::journal::enter(shared.journal.clone());
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             report(&shared, result, ack);
         }));

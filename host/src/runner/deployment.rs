@@ -96,6 +96,9 @@ pub(super) struct Shared {
     /// Partitions assigned whose state is to be restored ahead of their
     /// records: see [`super::consumer::Poller::restore_assigned`].
     pub(super) to_restore: Mutex<Vec<(String, i32)>>,
+    /// The node's journal, entered by the delivery callback (which runs on
+    /// the producer's thread, perhaps shared by every deployment).
+    pub(super) journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Shared {
@@ -321,6 +324,7 @@ fn run_inner(
         owned: Mutex::default(),
         idle: Condvar::new(),
         held: Mutex::default(),
+        journal: clients.journal.clone(),
         name: spec.name.clone(),
         current: Mutex::new(d.clone()),
         generation: AtomicU64::new(generation),

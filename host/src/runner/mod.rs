@@ -243,6 +243,9 @@ impl std::fmt::Debug for Node {
 pub(super) struct Clients {
     kafka: KafkaOptions,
     producer: delivery::NodeProducer,
+    /// Where the node's deployments' lines and events go, if anywhere: see
+    /// [`crate::journal`]. Entered on every thread the node starts for them.
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -266,10 +269,21 @@ impl Node {
             clients: Arc::new(Clients {
                 kafka: kafka.clone(),
                 producer: delivery::NodeProducer::default(),
+                journal: None,
             }),
             state_dir: None,
             running: Mutex::default(),
         }
+    }
+
+    /// Journals the deployments' log lines and events (see
+    /// [`crate::journal`]). Before the first deployment is added.
+    pub fn with_journal(mut self, journal: Arc<crate::journal::Journal>) -> Self {
+        match Arc::get_mut(&mut self.clients) {
+            Some(clients) => clients.journal = Some(journal),
+            None => tracing::warn!("the journal is set after deployments started; not journalled"),
+        }
+        self
     }
 
     /// Keeps processors' stores on disk under `dir` (one redb file per
@@ -311,7 +325,10 @@ impl Node {
                 let (clients, stop, status) = (self.clients.clone(), stop.clone(), status.clone());
                 let state_dir = self.state_dir.clone();
                 let served = served.clone();
-                move || deployment::run(d, clients, state_dir, stop, status, served, requests)
+                move || {
+                    let _journal = crate::journal::enter(clients.journal.clone());
+                    deployment::run(d, clients, state_dir, stop, status, served, requests)
+                }
             })
             .with_context(|| format!("cannot start a thread for deployment {name:?}"))?;
         running.push(Running {

@@ -138,9 +138,11 @@ impl<W: Work> Slot<W> {
         };
         let slot = self.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Box<Parked<W>>>(1);
+        let journal = crate::journal::current();
         let spawned = std::thread::Builder::new()
             .name(self.thread_name.clone())
             .spawn(move || {
+                let _journal = crate::journal::enter(journal);
                 if let Ok(parked) = rx.recv() {
                     slot.serve(parked);
                 }

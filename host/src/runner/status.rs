@@ -192,11 +192,21 @@ pub struct PartitionStatus {
 
 impl DeploymentStatus {
     pub(super) fn new(d: &Deployment) -> Self {
+        Self::named(
+            &d.spec.name,
+            d.version,
+            d.module.digest(),
+            d.model_digest.clone(),
+        )
+    }
+
+    /// A status of a deployment that has not started yet.
+    pub fn named(name: &str, version: u64, module: &str, model: Option<String>) -> Self {
         Self {
-            name: d.spec.name.clone(),
-            version: d.version,
-            module: d.module.digest().to_owned(),
-            model: d.model_digest.clone(),
+            name: name.to_owned(),
+            version,
+            module: module.to_owned(),
+            model,
             state: DeploymentState::Starting,
             records_in: 0,
             records_out: 0,

@@ -1,6 +1,7 @@
 //! The newcomer's path, as processes: `runnel dev` with no arguments, then
 //! `runnel deploy` onto topics that do not exist yet (the dev node creates
-//! them and says so), then records through the deployment.
+//! them and says so), then records through the deployment, and `runnel
+//! logs --follow` of what the node did with it.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is what it is for
 
@@ -91,6 +92,48 @@ async fn dev_alone_then_deploy_onto_new_topics_carries_records() {
         .collect();
     produce(&kafka, &input, &records).await;
     let out = read(&kafka, &output, records.len(), Duration::from_secs(60)).await;
+
+    // `runnel logs --follow`: the node's events about the deployment so
+    // far, then one that comes while it follows (a pause).
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["--api", &api, "logs", &name, "--follow", "--since", "10m"])
+        .env_remove("RUNNEL_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let until = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines_rx.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("`runnel logs --follow` never printed {what:?}: {seen:?}"),
+            }
+        }
+    };
+    let assigned = until("partitions assigned");
+    assert!(assigned.contains(" event info "), "{assigned}");
+    let paused = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["--api", &api, "pause", &name])
+        .env_remove("RUNNEL_TOKEN")
+        .output()
+        .unwrap();
+    assert!(paused.status.success(), "{paused:?}");
+    until("paused in the registry");
+    let _ = follow.kill();
+    let _ = follow.wait();
     stop(&mut node);
     let mut got: Vec<String> = out.iter().map(value).collect();
     got.sort();

@@ -704,7 +704,7 @@ async fn put_deployment(
     if !old_topics.is_empty() {
         // Once every node that runs it runs this version, no node writes
         // the old topics any more.
-        let waited = wait_for_nodes(&state, written_at, |d| {
+        let waited = wait_for_nodes(&state, written_at, NODES_WAIT, |d| {
             d["name"] == name.as_str() && d["version"].as_u64().is_none_or(|n| n < v)
         })
         .await;
@@ -739,13 +739,14 @@ const NODES_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until every node that reports has reported since `since_ms`
 /// (ms since the epoch) with no deployment for which `still` holds, for up
-/// to [`NODES_WAIT`]; else the nodes that did not.
+/// to `wait`; else the nodes that did not.
 async fn wait_for_nodes(
     state: &AppState,
     since_ms: u64,
+    wait: Duration,
     still: impl Fn(&Value) -> bool,
 ) -> std::result::Result<(), Vec<String>> {
-    let until = std::time::Instant::now() + NODES_WAIT;
+    let until = std::time::Instant::now() + wait;
     loop {
         let waiting: Vec<String> = state
             .registry
@@ -966,7 +967,11 @@ async fn delete(
     }
     // Every node that reports must have reported since the delete, without
     // the deployment.
-    if let Err(running) = wait_for_nodes(&state, deleted_at, |d| d["name"] == name.as_str()).await {
+    if let Err(running) = wait_for_nodes(&state, deleted_at, NODES_WAIT, |d| {
+        d["name"] == name.as_str()
+    })
+    .await
+    {
         return Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
@@ -1082,6 +1087,7 @@ async fn reset(
         ));
     }
     let was_paused = r.paused;
+    let paused_at = now_ms();
     if !was_paused {
         let _ = set_paused(&state, &name, true).await?;
     }
@@ -1092,6 +1098,22 @@ async fn reset(
     };
     let group = format!("runnel.{name}");
     let started = std::time::Instant::now();
+    // Every node has stopped it: an empty group alone is not enough, as a
+    // node still running it may be between two generations of the group
+    // (a rebalance) and commit its old offsets after the move.
+    if let Err(nodes) =
+        wait_for_nodes(&state, paused_at, wait, |d| d["name"] == name.as_str()).await
+    {
+        resume(state.clone(), name.clone()).await;
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "node(s) {} still ran {name} {:.1} s after it was paused: nothing was moved",
+                nodes.join(", "),
+                wait.as_secs_f64()
+            ),
+        ));
+    }
     loop {
         let (kafka, g) = (state.kafka.clone(), group.clone());
         let members = tokio::task::spawn_blocking(move || offsets::members(&kafka, &g))

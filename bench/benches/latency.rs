@@ -9,6 +9,9 @@
 //! Warm-up records go through first, so that the pipeline has joined its
 //! group before the timed records start. Then:
 //!
+//! - at 20 records/s for 10 s: each record finds the pipeline idle, its
+//!   consumer's fetch held by the broker (`fetch.wait.max.ms`, 500 ms by
+//!   default, against 100 ms in a row of its own);
 //! - at a steady 10,000 records/s for 5 s, below saturation;
 //! - at saturation: 200,000 records produced as fast as the producer
 //!   takes them, so that most wait in the topic (the latency is then the
@@ -32,6 +35,9 @@ const PARTITIONS: i32 = 2;
 const STEADY_RATE: u32 = 10_000;
 const STEADY: usize = 50_000;
 const SATURATED: usize = 200_000;
+/// A quiet stream: each record finds the pipeline idle, its fetch held.
+const SLOW_RATE: u32 = 20;
+const SLOW: usize = 200;
 
 #[derive(Debug, Clone, Copy)]
 enum Pipeline {
@@ -40,6 +46,8 @@ enum Pipeline {
         workers: usize,
         batch_size: usize,
         linger_ms: u64,
+        /// The node's consumer `fetch.wait.max.ms`, when not the default.
+        fetch_wait_ms: Option<u32>,
     },
 }
 
@@ -69,12 +77,19 @@ fn row(setup: &Setup, pipeline: Pipeline, n: usize, rate: Option<u32>) -> Latenc
                 workers,
                 batch_size,
                 linger_ms,
+                fetch_wait_ms,
             } => {
                 let mut spec = spec("bench", guests::IDENTITY_MAP, input, output, &[]);
                 spec.workers = workers;
                 spec.batch_size = batch_size;
                 spec.linger_ms = linger_ms;
-                node_run_as(kafka, spec, expect);
+                let mut kafka = kafka.clone();
+                if let Some(ms) = fetch_wait_ms {
+                    kafka
+                        .properties
+                        .push(("fetch.wait.max.ms".into(), ms.to_string()));
+                }
+                node_run_as(&kafka, spec, expect);
             }
         },
     )
@@ -87,9 +102,38 @@ fn main() {
         workers,
         batch_size,
         linger_ms,
+        fetch_wait_ms: None,
+    };
+    let fetch_wait_100 = Pipeline::Runnel {
+        workers: 2,
+        batch_size: 256,
+        linger_ms: 20,
+        fetch_wait_ms: Some(100),
     };
     let steady = Some(STEADY_RATE);
+    let slow = Some(SLOW_RATE);
     let rows: Vec<(&str, &str, Pipeline, usize, Option<u32>)> = vec![
+        (
+            "native loop (runnel's outputs, 3 headers)",
+            "20/s",
+            Pipeline::Native,
+            SLOW,
+            slow,
+        ),
+        (
+            "runnel, 2 workers, defaults (fetch wait 500 ms)",
+            "20/s",
+            runnel(2, 256, 20),
+            SLOW,
+            slow,
+        ),
+        (
+            "runnel, 2 workers, defaults but fetch wait 100 ms",
+            "20/s",
+            fetch_wait_100,
+            SLOW,
+            slow,
+        ),
         (
             "native loop (runnel's outputs, 3 headers)",
             "10,000/s",
@@ -101,6 +145,13 @@ fn main() {
             "runnel, 2 workers, defaults (batch 256, linger 20 ms)",
             "10,000/s",
             runnel(2, 256, 20),
+            STEADY,
+            steady,
+        ),
+        (
+            "runnel, 2 workers, defaults but fetch wait 100 ms",
+            "10,000/s",
+            fetch_wait_100,
             STEADY,
             steady,
         ),

@@ -294,9 +294,12 @@ pub fn produce_timed(kafka: &KafkaOptions, topic: &str, n: usize, value: &[u8], 
     let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         kafka.producer().create().expect("producer");
     let start = Instant::now();
+    // Paced every 5 ms or so (at 10,000/s every 50 records), every record
+    // at a low rate.
+    let step = rate.map_or(1, |r| (r as usize / 200).max(1));
     for i in 0..n {
         if let Some(rate) = rate
-            && i % 64 == 0
+            && i % step == 0
         {
             let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
             if let Some(wait) = due.checked_duration_since(Instant::now()) {

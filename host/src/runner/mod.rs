@@ -353,6 +353,9 @@ impl Node {
             }
         };
         stop_all(vec![r]);
+        if let Some(journal) = &self.clients.journal {
+            journal.forget(name);
+        }
         true
     }
 

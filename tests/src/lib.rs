@@ -89,3 +89,14 @@ pub fn python_guest(folder: &str) -> String {
     }
     out.display().to_string()
 }
+
+/// Makes the process's `tracing` subscriber carry the journal's layer, as
+/// `runnel serve` does, so that nodes started in a test journal their
+/// deployments' lines (see `runnel_host::journal`). Once per process; a
+/// later call does nothing.
+pub fn journal_layer() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(runnel_host::journal::layer()),
+    );
+}

@@ -288,15 +288,6 @@ impl Browser {
     }
 }
 
-/// The journal takes the node's `tracing` events: as `runnel serve` does,
-/// the process's subscriber carries its layer.
-fn journal_layer() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    let _ = tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(runnel_host::journal::layer()),
-    );
-}
-
 async fn node(kafka: &KafkaOptions, registry: &str, token: Option<&str>) -> ControlPlane {
     let engine = Engine::new(EngineConfig {
         cache_dir: None,
@@ -323,7 +314,7 @@ async fn api_get(url: String, token: Option<&str>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_pauses_and_swaps_a_deployment_and_asks_for_a_token() {
-    journal_layer();
+    runnel_tests::journal_layer();
     let driver = driver().await;
     let (_broker, kafka) = broker().await;
     let (input, output) = (unique("in"), unique("out"));

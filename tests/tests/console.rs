@@ -21,15 +21,6 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// The journal takes the node's `tracing` events: as `runnel serve` does,
-/// the process's subscriber carries its layer.
-fn journal_layer() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    let _ = tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(runnel_host::journal::layer()),
-    );
-}
-
 async fn node(kafka: &KafkaOptions, registry: &str, id: &str) -> ControlPlane {
     let engine = Engine::new(EngineConfig {
         cache_dir: None,
@@ -79,7 +70,7 @@ fn lines(v: &Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployments_lines_series_and_dead_letters_are_read_from_any_node() {
-    journal_layer();
+    runnel_tests::journal_layer();
     let (_broker, kafka) = broker().await;
     let (input, output) = (unique("in"), unique("out"));
     topics(&kafka, &[&input, &output, &format!("{output}.dlq")], 2).await;

@@ -1067,10 +1067,7 @@ async fn reset(
         .nodes(super::REPORT_STALE)
         .iter()
         .filter_map(|report| {
-            let d = report["deployments"]
-                .as_array()?
-                .iter()
-                .find(|d| d["name"] == name.as_str())?;
+            let d = super::reported_deployment(report, &name)?;
             (d["version"].as_u64() != Some(r.current))
                 .then(|| report["node"].as_str().unwrap_or("?").to_owned())
         })
@@ -1268,10 +1265,7 @@ async fn cluster(State(state): S) -> Json<Value> {
 fn cluster_view(state: &AppState, name: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for report in state.registry.nodes(super::REPORT_STALE) {
-        let Some(d) = report["deployments"]
-            .as_array()
-            .and_then(|ds| ds.iter().find(|d| d["name"] == name))
-        else {
+        let Some(d) = super::reported_deployment(&report, name) else {
             continue;
         };
         out.push(json!({

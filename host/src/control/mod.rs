@@ -51,6 +51,17 @@ pub struct ControlOptions {
     pub advertise_api: Option<String>,
 }
 
+/// What a node's report says of deployment `name`, if it names it.
+pub fn reported_deployment<'a>(
+    report: &'a serde_json::Value,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    report["deployments"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name)
+}
+
 /// How often a node reports what it runs, and when a report is stale.
 pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 pub const REPORT_STALE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -152,10 +152,7 @@ pub struct Point {
 pub fn merge(reports: &[Value], name: &str, since_ms: u64) -> Vec<Point> {
     let mut by_bucket: BTreeMap<u64, Point> = BTreeMap::new();
     for report in reports {
-        let Some(d) = report["deployments"]
-            .as_array()
-            .and_then(|ds| ds.iter().find(|d| d["name"] == name))
-        else {
+        let Some(d) = super::reported_deployment(report, name) else {
             continue;
         };
         let series = &d["series"];

@@ -278,10 +278,7 @@ pub fn cluster_summary(reports: &[Value], name: &str) -> Value {
     let mut lag: Option<i64> = None;
     let mut last_error: Option<Value> = None;
     for report in reports {
-        let Some(d) = report["deployments"]
-            .as_array()
-            .and_then(|ds| ds.iter().find(|d| d["name"] == name))
-        else {
+        let Some(d) = super::reported_deployment(report, name) else {
             continue;
         };
         nodes.push(report["node"].clone());

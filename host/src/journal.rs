@@ -341,7 +341,6 @@ pub fn read(
     let consumer: BaseConsumer = kafka
         .consumer(&format!("runnel.logs.{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0")
         .create()
         .context("cannot create a reader of the logs topic")?;
     let metadata = consumer

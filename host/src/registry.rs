@@ -295,7 +295,6 @@ impl Registry {
         let consumer: BaseConsumer = kafka
             .consumer(&format!("runnel.registry.{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
-            .set("statistics.interval.ms", "0")
             .create()
             .context("cannot create the registry's reader")?;
         let mut tpl = TopicPartitionList::new();

@@ -74,6 +74,27 @@ async fn a_filter_and_a_map_give_exactly_the_expected_outputs() {
         (200, 100),
         "{status:?}"
     );
+
+    // The status's lag: each partition's end as the consumer last fetched
+    // it, against the offset committed; 300 records read, none behind.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = node.status();
+        let partitions = &status
+            .iter()
+            .find(|s| s.name == filter_name)
+            .unwrap()
+            .partitions;
+        let ends: i64 = partitions.iter().filter_map(|p| p.high_watermark).sum();
+        let lags: Vec<Option<i64>> = partitions.iter().map(|p| p.lag).collect();
+        if partitions.len() == 3 && ends == 300 && lags.iter().all(|l| *l == Some(0)) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("no lag of 0 at the end of 300 records: {partitions:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     node.stop();
 }
 

@@ -190,7 +190,6 @@ pub fn tail(kafka: &KafkaOptions, topic: &str, limit: usize) -> anyhow::Result<V
     let consumer: BaseConsumer = kafka
         .consumer(&format!("runnel.dead-letters.{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0")
         .create()
         .context("cannot create a reader of the dead-letter topic")?;
     let metadata = consumer

@@ -6,6 +6,7 @@
 pub mod headers;
 pub mod offsets;
 pub mod partitioner;
+pub mod watermarks;
 
 use std::time::Duration;
 
@@ -299,9 +300,7 @@ impl KafkaOptions {
             // Once a partition's prefetched records pass `queued.min.messages`,
             // librdkafka stops fetching it for this long (1 s by default):
             // a consumer that drains its queue quickly would then sit idle.
-            .set("fetch.queue.backoff.ms", "10")
-            // High watermarks for the lag in the status.
-            .set("statistics.interval.ms", "2000");
+            .set("fetch.queue.backoff.ms", "10");
         self.finish(c, Role::Consumer)
     }
 
@@ -373,7 +372,6 @@ pub fn partition_count(
     let reader: BaseConsumer = kafka
         .consumer(&format!("runnel.metadata.{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0")
         .create()
         .context("cannot create a client to read the metadata")?;
     let md = reader

@@ -20,6 +20,7 @@ use super::deployment::Shared;
 use super::lock;
 use super::queue::{GivenUp, Job, Rejected, TrySend};
 use super::status::{DeploymentStatus, PartitionStatus};
+use crate::kafka::watermarks::cached_high;
 use crate::kafka::{BadHeaderName, push_message};
 
 /// Records of one partition waiting to be run, packed as the function will
@@ -49,26 +50,7 @@ impl RebalanceContext {
     }
 }
 
-impl ClientContext for RebalanceContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`): keeps the
-    /// high watermark of each partition, for the lag in the status.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.guard("statistics", || self.keep_high_watermarks(statistics));
-    }
-}
-
-impl RebalanceContext {
-    fn keep_high_watermarks(&self, statistics: rdkafka::Statistics) {
-        let mut hw = lock(&self.shared.high_watermarks);
-        for (topic, t) in statistics.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.hi_offset >= 0 {
-                    hw.insert((topic.clone(), partition), p.hi_offset);
-                }
-            }
-        }
-    }
-}
+impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -259,7 +241,8 @@ pub(super) fn store_moved(shared: &Shared, consumer: &BaseConsumer<RebalanceCont
 }
 
 /// Puts the assigned partitions, their offsets and lag in the status. The
-/// high watermarks come from the consumer's statistics: no request to the broker.
+/// high watermarks are those of the consumer's last fetch responses: no
+/// request to the broker.
 pub(super) fn report_partitions(
     shared: &Shared,
     consumer: &BaseConsumer<RebalanceContext>,
@@ -279,9 +262,7 @@ pub(super) fn report_partitions(
         .into_iter()
         .map(|(topic, partition)| {
             let offset = stored.get(&(topic.clone(), partition)).copied();
-            let high_watermark = lock(&shared.high_watermarks)
-                .get(&(topic.clone(), partition))
-                .copied();
+            let high_watermark = cached_high(consumer.client(), &topic, partition);
             let lag = match (offset, high_watermark) {
                 (Some(o), Some(h)) => Some((h - o).max(0)),
                 _ => None,

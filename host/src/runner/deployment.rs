@@ -70,8 +70,6 @@ pub(super) struct Shared {
     pub(super) staged: Mutex<Option<(u64, Arc<Deployment>)>>,
     /// The last offset stored per partition, for the status.
     pub(super) stored: Mutex<HashMap<(String, i32), i64>>,
-    /// The end of each input partition's log, from the consumer's statistics.
-    pub(super) high_watermarks: Mutex<HashMap<(String, i32), i64>>,
     /// Records handed to the producer, and delivery reports handled: see
     /// [`flush`]. The producer may be the node's, shared: these count this
     /// deployment's records only.
@@ -333,7 +331,6 @@ fn run_inner(
         generation: AtomicU64::new(generation),
         staged: Mutex::default(),
         stored: Mutex::default(),
-        high_watermarks: Mutex::default(),
         sent: AtomicU64::new(0),
         reported: AtomicU64::new(0),
         in_flight_bytes: AtomicU64::new(0),

@@ -223,7 +223,6 @@ impl Changelog {
             .consumer(&format!("runnel.restore.{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("statistics.interval.ms", "0")
             .create()
             .context("cannot create the changelog's reader")
     }

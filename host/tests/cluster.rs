@@ -17,7 +17,7 @@ struct Node {
     log: PathBuf,
 }
 
-mod common;
+use crate::common;
 
 fn serve(brokers: &str, config: &Path, log: PathBuf) -> Node {
     let stderr = Stdio::from(std::fs::File::create(&log).unwrap());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use runnel_tests::kafka::{Rec, broker, key, produce, read, topics, unique, value};
 
-mod common;
+use crate::common;
 
 const WAIT: Duration = Duration::from_secs(90);
 

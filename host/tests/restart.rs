@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use runnel_tests::kafka::{Rec, broker, produce, read, topics, unique, value};
 
-mod common;
+use crate::common;
 
 fn serve(brokers: &str, config: &std::path::Path) -> Child {
     common::serve(brokers, config, "warn", Stdio::inherit())

@@ -26,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use runnel_tests::kafka::{Rec, broker, produce, topics, unique};
 
-mod common;
+use crate::common;
 
 /// Records in the run (`RUNNEL_STATEFUL_RECORDS`, default 10,000), a
 /// multiple of 1,000; each key gets 100 of them.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use runnel_host::kafka::KafkaOptions;
 use runnel_tests::kafka::{Rec, produce, read, topics, unique};
 
-mod common;
+use crate::common;
 
 fn runnel() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_runnel"));

@@ -57,8 +57,15 @@ fn isolated(test: &str, scenario: impl FnOnce() -> u64) {
         );
         return;
     }
+    // The test's name in the harness: its path in the test binary's crate.
+    let (_crate, module) = module_path!().split_once("::").unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            &format!("{module}::{test}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();

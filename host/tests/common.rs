@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 /// compiled modules cached next to the config. A rebalance waits at most
 /// 30 s for members that never come back (a killed node); librdkafka's
 /// default is 5 minutes.
-#[allow(dead_code)] // each test binary compiles this module; not all use this
 pub fn serve(brokers: &str, config: &Path, log_filter: &str, stderr: Stdio) -> std::process::Child {
     serve_at(brokers, config, log_filter, stderr, "127.0.0.1:0")
 }
@@ -38,7 +37,6 @@ pub fn serve_at(
 }
 
 /// A loopback address with a port free now, for a node's admin API.
-#[allow(dead_code)] // each test binary compiles this module; not all use this
 pub fn free_admin() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     l.local_addr().expect("an address").to_string()
@@ -46,7 +44,6 @@ pub fn free_admin() -> String {
 
 /// A `runnel.toml` in `dir` with one identity-map deployment (batches of 16)
 /// from `input` to `output`; `extra` adds lines to it.
-#[allow(dead_code)] // each test binary compiles this module; not all use this
 pub fn identity_config(dir: &Path, input: &str, output: &str, extra: &str) -> PathBuf {
     let config = dir.join("runnel.toml");
     std::fs::write(

@@ -26,6 +26,14 @@ pub const PROVENANCE: &[(&str, &str)] = &[
     ),
 ];
 
+/// The one header runnel adds with `provenance = "compact"`, at its real
+/// size (`DEPLOYMENT/VERSION/sha256:` and 64 hex digits), for native loops
+/// that write what runnel writes in that mode.
+pub const PROVENANCE_COMPACT: &[(&str, &str)] = &[(
+    "runnel-provenance",
+    "bench/1/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+)];
+
 /// A benchmark's broker: the embedded one, on a runtime of its own, with an
 /// input topic and `outputs` output topics of `partitions` partitions.
 #[derive(Debug)]

@@ -29,3 +29,21 @@ mod state_kafka;
 mod state_query;
 mod swap;
 mod topics;
+
+/// With `autotests = false`, a file added to this folder without a `mod`
+/// line above would never be compiled, and its tests never run.
+#[test]
+fn every_file_of_this_folder_is_a_module() {
+    let main = include_str!("main.rs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    for entry in std::fs::read_dir(&dir).expect("tests/") {
+        let name = entry.expect("an entry").file_name();
+        let name = name.to_string_lossy();
+        if let Some(module) = name.strip_suffix(".rs").filter(|m| *m != "main") {
+            assert!(
+                main.contains(&format!("\nmod {module};\n")),
+                "tests/{name} is not declared in tests/main.rs: add `mod {module};`"
+            );
+        }
+    }
+}

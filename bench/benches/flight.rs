@@ -117,7 +117,8 @@ fn runnel_row(
     spec.model = Some(example(&format!("model/{MODEL}.json")));
     spec.memory_mib = 128;
     spec.workers = workers;
-    node_run(kafka, spec, n)
+    let (time, cpu) = node_run(kafka, spec, n);
+    (time, cpu.process)
 }
 
 /// An interpreter with confluent-kafka and lightgbm, made if missing.
@@ -244,9 +245,10 @@ fn main() {
         ("runnel-module", module_digest.as_str()),
         ("runnel-model", module_digest.as_str()),
     ];
-    let native = native_loop(kafka, input, &outs[0], n, n, &headers, |v| {
+    let (time, cpu) = native_loop(kafka, input, &outs[0], n, n, &headers, |v| {
         score_native(&model, v).map_or(Out::Drop, Out::New)
     });
+    let native = (time, cpu.process);
     let mut rows = vec![
         (
             "(b) native evaluator, hand-written rdkafka loop (1 thread)",

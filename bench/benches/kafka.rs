@@ -6,16 +6,18 @@
 //! produce with a delivery callback, store an offset only after its output is
 //! acknowledged (runnel's own tracker), commit periodically. The broker and
 //! the reader that counts outputs run in this process too, so "CPU/record"
-//! includes them — equally for every row.
+//! includes them; "pipeline CPU/record" leaves out their threads — what the
+//! pipeline itself costs, as on a cluster whose brokers run elsewhere.
 //!
 //! Run: `cargo bench -p runnel-bench --bench kafka`; with
 //! `RUNNEL_BENCH_RUNS=5` every row runs five times (in turn) and the table
-//! shows medians. Nothing is asserted.
+//! shows medians; with `RUNNEL_BENCH_THREADS=1` it also shows where each
+//! row's CPU went, by thread. Nothing is asserted.
 
 use std::time::{Duration, Instant};
 
 use runnel_bench::kafka::{
-    Out, PROVENANCE, PROVENANCE_COMPACT, Setup, native_loop, node_run, produce, setup,
+    Cpu, Out, PROVENANCE, PROVENANCE_COMPACT, Setup, native_loop, node_run, produce, setup,
 };
 use runnel_host::config::Provenance::{self, Compact, Headers};
 use runnel_host::kafka::KafkaOptions;
@@ -42,7 +44,7 @@ fn native(
     keep: fn(&[u8]) -> bool,
     expect: usize,
     headers: &[(&str, &str)],
-) -> (Duration, f64) {
+) -> (Duration, Cpu) {
     native_loop(kafka, input, output, N, expect, headers, |v| {
         if keep(v) { Out::Same } else { Out::Drop }
     })
@@ -56,7 +58,7 @@ fn runnel(
     config: &[(&str, &str)],
     expect: usize,
     (workers, provenance): (usize, Provenance),
-) -> (Duration, f64) {
+) -> (Duration, Cpu) {
     let mut spec = spec("bench", module, input, output, config);
     spec.timeout_ms = 5000;
     spec.workers = workers;
@@ -94,16 +96,39 @@ fn main() {
     };
     let rows: Vec<Row> = (0..all[0].len())
         .map(|i| {
-            let (name, _, versus) = all[0][i];
+            let (name, _, versus) = &all[0][i];
             let secs = median(all.iter().map(|r| r[i].1.0.as_secs_f64()).collect());
-            let cpu = median(all.iter().map(|r| r[i].1.1).collect());
-            (name, (Duration::from_secs_f64(secs), cpu), versus)
+            let of = |f: &dyn Fn(&Cpu) -> f64| median(all.iter().map(|r| f(&r[i].1.1)).collect());
+            let cpu = Cpu {
+                process: of(&|c| c.process),
+                pipeline: of(&|c| c.pipeline),
+                by_thread: all[0][i]
+                    .1
+                    .1
+                    .by_thread
+                    .keys()
+                    .map(|k| {
+                        (
+                            k.clone(),
+                            of(&|c| c.by_thread.get(k).copied().unwrap_or(0.0)),
+                        )
+                    })
+                    .collect(),
+            };
+            (*name, (Duration::from_secs_f64(secs), cpu), *versus)
         })
         .collect();
     if runs() > 1 {
         println!("(each figure the median of {} runs)", runs());
     }
     print(&rows);
+    if std::env::var_os("RUNNEL_BENCH_THREADS").is_some() {
+        println!();
+        println!("CPU µs/record by thread:");
+        for (name, (_, cpu), _) in &rows {
+            println!("- {name}: {}", cpu.threads(N));
+        }
+    }
 }
 
 /// How many times every row runs (`RUNNEL_BENCH_RUNS`, default 1); the
@@ -116,9 +141,9 @@ fn runs() -> usize {
         .unwrap_or(1)
 }
 
-/// A row: its name, (time between the first and last output, CPU seconds),
-/// and the rows it is compared with.
-type Row = (&'static str, (Duration, f64), Option<(usize, usize)>);
+/// A row: its name, (time between the first and last output, CPU), and the
+/// rows it is compared with.
+type Row = (&'static str, (Duration, Cpu), Option<(usize, usize)>);
 
 fn rows(kafka: &KafkaOptions, input: &str, outs: &[String]) -> Vec<Row> {
     let (kafka, input) = (kafka.clone(), input.to_owned());
@@ -255,23 +280,29 @@ fn rows(kafka: &KafkaOptions, input: &str, outs: &[String]) -> Vec<Row> {
 
 fn print(rows: &[Row]) {
     println!(
-        "| pipeline | records/s | CPU µs/record | runnel / native loop writing the same records | runnel / native loop writing no headers | by CPU: native loop writing no headers / runnel |"
+        "| pipeline | records/s | CPU µs/record | pipeline CPU µs/record | runnel / native loop writing the same records | runnel / native loop writing no headers | by CPU: native loop writing no headers / runnel | by pipeline CPU: the same |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let rate = |row: usize| N as f64 / rows[row].1.0.as_secs_f64();
+    let us = |secs: f64| secs * 1e6 / N as f64;
     for (i, (name, (_, cpu), native)) in rows.iter().enumerate() {
         // Input records per second between the first and the last output.
-        let (same, bare, by_cpu) = native.map_or(Default::default(), |(same, bare)| {
-            (
-                format!("{:.2}", rate(i) / rate(same)),
-                format!("{:.2}", rate(i) / rate(bare)),
-                format!("{:.2}", rows[bare].1.1 / cpu),
-            )
+        let ratios = native.map_or(Default::default(), |(same, bare)| {
+            let bare_cpu = &rows[bare].1.1;
+            [
+                rate(i) / rate(same),
+                rate(i) / rate(bare),
+                bare_cpu.process / cpu.process,
+                bare_cpu.pipeline / cpu.pipeline,
+            ]
+            .map(|r| format!("{r:.2}"))
         });
+        let [same, bare, by_cpu, by_pipeline] = ratios;
         println!(
-            "| {name} | {:.0} | {:.1} | {same} | {bare} | {by_cpu} |",
+            "| {name} | {:.0} | {:.1} | {:.1} | {same} | {bare} | {by_cpu} | {by_pipeline} |",
             rate(i),
-            cpu * 1e6 / N as f64
+            us(cpu.process),
+            us(cpu.pipeline)
         );
     }
 }

@@ -30,7 +30,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use runnel_bench::cpu_seconds;
-use runnel_bench::kafka::{PROVENANCE, Setup, node_run, setup, wait_for};
+use runnel_bench::kafka::{Cpu, PROVENANCE, Setup, node_run, setup, wait_for};
 use runnel_host::kafka::KafkaOptions;
 use runnel_host::runner::tracker::Tracker;
 use runnel_host::runner::{Deployment, Node};
@@ -215,8 +215,9 @@ fn main() {
     // the two runs' mean: each row adds two million records to the broker
     // in this process, which then serves later rows a little slower.
     let native = native_count(&kafka, &input, &outputs[0], &outputs[1]);
-    let one = node_run(&kafka, count_spec(&input, &outputs[2], 1), N);
-    let two = node_run(&kafka, count_spec(&input, &outputs[3], 2), N);
+    let process = |(d, cpu): (Duration, Cpu)| (d, cpu.process);
+    let one = process(node_run(&kafka, count_spec(&input, &outputs[2], 1), N));
+    let two = process(node_run(&kafka, count_spec(&input, &outputs[3], 2), N));
     let native_again = native_count(&kafka, &input, &outputs[4], &outputs[5]);
     println!("| keyed count | records/s | CPU µs/record | runnel / native (mean of both runs) |");
     println!("|---|---:|---:|---:|");

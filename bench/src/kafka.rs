@@ -1,6 +1,7 @@
 //! The Kafka side of the benchmarks: producing the input, counting outputs,
 //! and the hand-written native rdkafka loop runnel is compared with.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use runnel_host::kafka::KafkaOptions;
 use runnel_host::runner::tracker::Tracker;
 use runnel_tests::kafka::unique;
 
-use crate::cpu_seconds;
+use crate::{cpu_seconds, thread_id, threads};
 
 /// The provenance headers runnel adds to every output (the module's at its
 /// real size: `sha256:` and 64 hex digits), for native loops that write
@@ -34,6 +35,10 @@ pub const PROVENANCE_COMPACT: &[(&str, &str)] = &[(
     "bench/1/sha256:0000000000000000000000000000000000000000000000000000000000000000",
 )];
 
+/// The name of the embedded broker's threads (its runtime's), by which
+/// [`Cpu::pipeline`] leaves them out.
+pub const BROKER_THREADS: &str = "bench-broker";
+
 /// A benchmark's broker: the embedded one, on a runtime of its own, with an
 /// input topic and `outputs` output topics of `partitions` partitions.
 #[derive(Debug)]
@@ -48,6 +53,7 @@ pub struct Setup {
 pub fn setup(partitions: i32, outputs: usize) -> Setup {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name(BROKER_THREADS)
         .enable_all()
         .build()
         .expect("runtime");
@@ -99,23 +105,164 @@ pub fn produce<V: AsRef<[u8]>>(kafka: &KafkaOptions, topic: &str, values: impl I
 /// first and the last arrived: the rate between them is the steady state,
 /// without the time it takes to join the group.
 pub fn wait_for(kafka: &KafkaOptions, topic: &str, expect: usize) -> (Instant, Instant) {
-    let c: BaseConsumer = kafka
-        .consumer(&unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    c.subscribe(&[topic]).expect("subscribe");
-    let mut n = 0;
-    let mut first = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while n < expect && Instant::now() < deadline {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            n += 1;
+    Reader::new(kafka, topic).count(expect)
+}
+
+/// A reader of a pipeline's output topic, counting its records. Made before
+/// the pipeline starts, so that the threads of its client are known and its
+/// CPU time can be told apart from the pipeline's ([`Cpu`]).
+pub struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+    /// The reader's threads: its client's, and the one counting.
+    threads: Arc<Mutex<HashSet<u32>>>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl Reader {
+    /// A client assigned every partition of `topic` from the beginning (no
+    /// group to join), with its threads for the broker started.
+    pub fn new(kafka: &KafkaOptions, topic: &str) -> Self {
+        let before = threads();
+        let consumer: BaseConsumer = kafka
+            .consumer(&unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .expect("the output topic's metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("a partition");
+        }
+        assert!(tpl.count() > 0, "{topic} has no partitions");
+        consumer.assign(&tpl).expect("assign");
+        let mine = threads()
+            .into_keys()
+            .filter(|t| !before.contains_key(t))
+            .collect();
+        Self {
+            consumer,
+            topic: topic.to_owned(),
+            threads: Arc::new(Mutex::new(mine)),
         }
     }
-    assert_eq!(n, expect, "outputs on {topic}");
-    (first.unwrap_or_else(Instant::now), Instant::now())
+
+    /// Counts records until `expect` arrived, on the calling thread (which
+    /// becomes one of the reader's); returns when the first and the last
+    /// arrived.
+    pub fn count(&self, expect: usize) -> (Instant, Instant) {
+        if let Some(t) = thread_id() {
+            self.threads.lock().expect("threads").insert(t);
+        }
+        let mut n = 0;
+        let mut first = None;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while n < expect && Instant::now() < deadline {
+            if let Some(Ok(_)) = self.consumer.poll(Duration::from_millis(100)) {
+                first.get_or_insert_with(Instant::now);
+                n += 1;
+            }
+        }
+        assert_eq!(n, expect, "outputs on {}", self.topic);
+        (first.unwrap_or_else(Instant::now), Instant::now())
+    }
+}
+
+/// CPU seconds a pipeline run took: this process's in all (the embedded
+/// broker and the reader of the outputs run in it too), and the pipeline's
+/// alone — every thread's but the broker's ([`BROKER_THREADS`]) and the
+/// reader's, which a pipeline on a real cluster does not pay for.
+#[derive(Debug, Clone, Default)]
+pub struct Cpu {
+    pub process: f64,
+    pub pipeline: f64,
+    /// CPU seconds by kind of thread, for [`Cpu::threads`].
+    pub by_thread: BTreeMap<String, f64>,
+}
+
+impl Cpu {
+    /// Where the time went, per record: `pipeline: rdk:broker 0.37, ...;
+    /// broker 0.44; reader 0.42` (µs; threads that ended before the
+    /// measurement are not in it).
+    pub fn threads(&self, records: usize) -> String {
+        let us = |secs: f64| secs * 1e6 / records.max(1) as f64;
+        let part = |class: &str| {
+            self.by_thread
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(class).map(|name| (name, *v)))
+                .filter(|(_, v)| us(*v) >= 0.005)
+                .map(|(name, v)| format!("{name} {:.2}", us(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "pipeline: {}; not the pipeline's: {}",
+            part("pipeline "),
+            part("other ")
+        )
+    }
+}
+
+/// Measures [`Cpu`] from [`Meter::start`] to [`Meter::stop`].
+struct Meter {
+    process: f64,
+    threads: HashMap<u32, (String, Duration)>,
+    reader: Arc<Mutex<HashSet<u32>>>,
+}
+
+impl Meter {
+    fn start(reader: &Reader) -> Self {
+        Self {
+            process: cpu_seconds(None),
+            threads: threads(),
+            reader: reader.threads.clone(),
+        }
+    }
+
+    /// Before the pipeline stops: the time of threads that have ended is
+    /// lost to the pipeline's figure.
+    fn stop(self) -> Cpu {
+        let reader = self.reader.lock().expect("threads");
+        let main = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let mut cpu = Cpu {
+            process: cpu_seconds(None) - self.process,
+            ..Cpu::default()
+        };
+        for (tid, (name, t)) in threads() {
+            let secs = t
+                .saturating_sub(self.threads.get(&tid).map_or(Duration::ZERO, |s| s.1))
+                .as_secs_f64();
+            // The kind of thread: librdkafka's broker threads as one, the
+            // threads named after the benchmark's binary as "main".
+            let kind = if name == main.trim_end() {
+                "main"
+            } else if name.starts_with("rdk:broker") {
+                "rdk:broker"
+            } else {
+                name.as_str()
+            };
+            let key = if name.starts_with(BROKER_THREADS) {
+                "other broker".to_owned()
+            } else if reader.contains(&tid) {
+                "other reader".to_owned()
+            } else {
+                cpu.pipeline += secs;
+                format!("pipeline {kind}")
+            };
+            *cpu.by_thread.entry(key).or_default() += secs;
+        }
+        cpu
+    }
 }
 
 struct Ctx {
@@ -133,13 +280,13 @@ impl ProducerContext for Ctx {
 
 /// runnel's side of a comparison: a node running `spec` (batches of 256,
 /// 5 ms linger) until `expect` outputs arrived on its output topic. Returns
-/// the time between the first and the last output, and the CPU seconds this
-/// process used meanwhile.
+/// the time between the first and the last output, and the CPU it took
+/// meanwhile.
 pub fn node_run(
     kafka: &KafkaOptions,
     mut spec: runnel_host::config::DeploymentSpec,
     expect: usize,
-) -> (Duration, f64) {
+) -> (Duration, Cpu) {
     spec.batch_size = 256;
     spec.linger_ms = 5;
     node_run_as(kafka, spec, expect)
@@ -150,14 +297,15 @@ pub fn node_run_as(
     kafka: &KafkaOptions,
     spec: runnel_host::config::DeploymentSpec,
     expect: usize,
-) -> (Duration, f64) {
+) -> (Duration, Cpu) {
     let output = spec.output.first().to_owned();
     let d = runnel_host::runner::Deployment::load(&runnel_tests::engine(None), spec)
         .expect("the deployment loads");
-    let cpu0 = cpu_seconds(None);
+    let reader = Reader::new(kafka, &output);
+    let meter = Meter::start(&reader);
     let node = runnel_host::runner::Node::start(kafka, vec![d]).expect("the node starts");
-    let (first, last) = wait_for(kafka, &output, expect);
-    let cpu = cpu_seconds(None) - cpu0;
+    let (first, last) = reader.count(expect);
+    let cpu = meter.stop();
     node.stop();
     (last - first, cpu)
 }
@@ -178,7 +326,7 @@ pub enum Out {
 /// with runnel's own tracker), one thread. `work` turns an input value into
 /// its output; every output carries `headers`.
 /// Reads `n` inputs; returns the time between the first and the last of
-/// `expect` outputs, and the CPU seconds this process used meanwhile.
+/// `expect` outputs, and the CPU it took meanwhile.
 pub fn native_loop(
     kafka: &KafkaOptions,
     input: &str,
@@ -187,7 +335,9 @@ pub fn native_loop(
     expect: usize,
     headers: &[(&str, &str)],
     mut work: impl FnMut(&[u8]) -> Out,
-) -> (Duration, f64) {
+) -> (Duration, Cpu) {
+    let reader = Reader::new(kafka, output);
+    let meter = Meter::start(&reader);
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let producer: ThreadedProducer<Ctx> = kafka
         .producer()
@@ -200,11 +350,7 @@ pub fn native_loop(
         .create()
         .expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
-    let cpu0 = cpu_seconds(None);
-    let reader = {
-        let (kafka, output) = (kafka.clone(), output.to_owned());
-        std::thread::spawn(move || wait_for(&kafka, &output, expect))
-    };
+    let reader = std::thread::spawn(move || reader.count(expect));
     let mut seen = 0;
     while seen < n {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
@@ -255,7 +401,7 @@ pub fn native_loop(
         }
     }
     let (first, last) = reader.join().expect("reader");
-    (last - first, cpu_seconds(None) - cpu0)
+    (last - first, meter.stop())
 }
 
 /// End-to-end latency of a pipeline's outputs: from the moment each input

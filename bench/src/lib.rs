@@ -44,6 +44,43 @@ pub fn stat_cpu_seconds(stat: &str) -> f64 {
     ticks / 100.0
 }
 
+/// This process's threads now: each one's id, its name (`comm`) and the CPU
+/// time it has run so far (`/proc/self/task/<tid>/schedstat`, nanoseconds;
+/// the time of threads that have ended is not in it).
+pub fn threads() -> std::collections::HashMap<u32, (String, Duration)> {
+    let mut all = std::collections::HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let ns: u64 = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        all.insert(
+            tid,
+            (read("comm").trim_end().to_owned(), Duration::from_nanos(ns)),
+        );
+    }
+    all
+}
+
+/// The id of the calling thread (from `/proc/thread-self`).
+pub fn thread_id() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
+}
+
 pub mod kafka;
 
 /// The flight-delay example's files, for the benchmarks of its scorer.

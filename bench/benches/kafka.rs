@@ -12,7 +12,9 @@
 //! Run: `cargo bench -p runnel-bench --bench kafka`; with
 //! `RUNNEL_BENCH_RUNS=5` every row runs five times (in turn) and the table
 //! shows medians; with `RUNNEL_BENCH_THREADS=1` it also shows where each
-//! row's CPU went, by thread. Nothing is asserted.
+//! row's CPU went, by thread; with `RUNNEL_BENCH_ROWS=text` it runs only
+//! the rows whose name contains `text`, and the rows they are compared
+//! with (`RUNNEL_BENCH_ROWS="provenance none"`). Nothing is asserted.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,7 @@ use runnel_tests::kafka::spec;
 const N: usize = 1_000_000;
 const PARTITIONS: i32 = 2;
 /// Rows in the table, each with an output topic of its own.
-const ROWS: usize = 14;
+const ROWS: usize = 16;
 
 fn value(i: usize) -> Vec<u8> {
     let mut v = format!("{{\"n\":{},\"pad\":\"", i % 100).into_bytes();
@@ -82,28 +84,29 @@ fn main() {
     );
     println!("(input produced in {:.2} s)", t.elapsed().as_secs_f64());
     println!();
+    let run = selected();
     let mut all = Vec::new();
-    for run in 0..runs() {
+    for r in 0..runs() {
         if runs() > 1 {
-            eprintln!("run {} of {}...", run + 1, runs());
+            eprintln!("run {} of {}...", r + 1, runs());
         }
-        all.push(rows(&kafka, &input, &outs[ROWS * run..ROWS * (run + 1)]));
+        all.push(rows(&kafka, &input, &outs[ROWS * r..ROWS * (r + 1)], &run));
     }
     // Each row's median over the runs, of its rate and of its CPU.
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rows: Vec<Row> = (0..all[0].len())
+    let measured: Vec<Option<Measured>> = (0..ROWS)
         .map(|i| {
-            let (name, _, versus) = &all[0][i];
-            let secs = median(all.iter().map(|r| r[i].1.0.as_secs_f64()).collect());
-            let of = |f: &dyn Fn(&Cpu) -> f64| median(all.iter().map(|r| f(&r[i].1.1)).collect());
+            let first = all[0][i].as_ref()?;
+            let each = || all.iter().map(|r| r[i].as_ref().expect("run in every run"));
+            let secs = median(each().map(|m| m.0.as_secs_f64()).collect());
+            let of = |f: &dyn Fn(&Cpu) -> f64| median(each().map(|m| f(&m.1)).collect());
             let cpu = Cpu {
                 process: of(&|c| c.process),
                 pipeline: of(&|c| c.pipeline),
-                by_thread: all[0][i]
-                    .1
+                by_thread: first
                     .1
                     .by_thread
                     .keys()
@@ -115,18 +118,20 @@ fn main() {
                     })
                     .collect(),
             };
-            (*name, (Duration::from_secs_f64(secs), cpu), *versus)
+            Some((Duration::from_secs_f64(secs), cpu))
         })
         .collect();
     if runs() > 1 {
         println!("(each figure the median of {} runs)", runs());
     }
-    print(&rows);
+    print(&measured);
     if std::env::var_os("RUNNEL_BENCH_THREADS").is_some() {
         println!();
         println!("CPU µs/record by thread:");
-        for (name, (_, cpu), _) in &rows {
-            println!("- {name}: {}", cpu.threads(N));
+        for (spec, m) in SPECS.iter().zip(&measured) {
+            if let Some((_, cpu)) = m {
+                println!("- {}: {}", spec.name, cpu.threads(N));
+            }
         }
     }
 }
@@ -141,168 +146,219 @@ fn runs() -> usize {
         .unwrap_or(1)
 }
 
-/// A row: its name, (time between the first and last output, CPU), and the
-/// rows it is compared with.
-type Row = (&'static str, (Duration, Cpu), Option<(usize, usize)>);
-
-fn rows(kafka: &KafkaOptions, input: &str, outs: &[String]) -> Vec<Row> {
-    let (kafka, input) = (kafka.clone(), input.to_owned());
-    let kept = N / 2;
-    let filter_cfg: &[(&str, &str)] = &[("field", "n"), ("min", "50")];
-    let f = guests::THRESHOLD_FILTER;
-    // Each block: the native loop writing what runnel writes (the same
-    // records, with runnel's provenance headers), the baseline of the ratio;
-    // runnel with one and two workers, naming the rows they are compared
-    // with; the native loop writing no headers, to show what the headers
-    // cost; runnel with `provenance` compact and none; and the native loop
-    // writing runnel's one compact header, which the compact rows are
-    // compared with (what that header costs any client of this broker).
-    vec![
-        (
-            "identity, native loop, runnel's outputs (with its 3 headers)",
-            native(&kafka, &input, &outs[0], |_| true, N, PROVENANCE),
-            None,
-        ),
-        (
-            "identity, runnel, 1 worker",
-            runnel(
-                &kafka,
-                &input,
-                &outs[1],
-                guests::IDENTITY_MAP,
-                &[],
-                N,
-                (1, Headers),
-            ),
-            Some((0, 3)),
-        ),
-        (
-            "identity, runnel, 2 workers",
-            runnel(
-                &kafka,
-                &input,
-                &outs[2],
-                guests::IDENTITY_MAP,
-                &[],
-                N,
-                (2, Headers),
-            ),
-            Some((0, 3)),
-        ),
-        (
-            "identity, native loop, no headers",
-            native(&kafka, &input, &outs[3], |_| true, N, &[]),
-            None,
-        ),
-        (
-            "identity, runnel, 2 workers, provenance compact (1 header)",
-            runnel(
-                &kafka,
-                &input,
-                &outs[8],
-                guests::IDENTITY_MAP,
-                &[],
-                N,
-                (2, Compact),
-            ),
-            Some((6, 3)),
-        ),
-        (
-            "identity, runnel, 2 workers, provenance none",
-            runnel(
-                &kafka,
-                &input,
-                &outs[9],
-                guests::IDENTITY_MAP,
-                &[],
-                N,
-                (2, Provenance::None),
-            ),
-            Some((3, 3)),
-        ),
-        (
-            "identity, native loop, runnel's compact outputs (1 header)",
-            native(&kafka, &input, &outs[12], |_| true, N, PROVENANCE_COMPACT),
-            None,
-        ),
-        (
-            "filter n >= 50, native loop, runnel's outputs (with its 3 headers)",
-            native(&kafka, &input, &outs[4], keep_half, kept, PROVENANCE),
-            None,
-        ),
-        (
-            "filter n >= 50, runnel, 1 worker",
-            runnel(&kafka, &input, &outs[5], f, filter_cfg, kept, (1, Headers)),
-            Some((7, 10)),
-        ),
-        (
-            "filter n >= 50, runnel, 2 workers",
-            runnel(&kafka, &input, &outs[6], f, filter_cfg, kept, (2, Headers)),
-            Some((7, 10)),
-        ),
-        (
-            "filter n >= 50, native loop, no headers",
-            native(&kafka, &input, &outs[7], keep_half, kept, &[]),
-            None,
-        ),
-        (
-            "filter n >= 50, runnel, 2 workers, provenance compact (1 header)",
-            runnel(&kafka, &input, &outs[10], f, filter_cfg, kept, (2, Compact)),
-            Some((13, 10)),
-        ),
-        (
-            "filter n >= 50, runnel, 2 workers, provenance none",
-            runnel(
-                &kafka,
-                &input,
-                &outs[11],
-                f,
-                filter_cfg,
-                kept,
-                (2, Provenance::None),
-            ),
-            Some((10, 10)),
-        ),
-        (
-            "filter n >= 50, native loop, runnel's compact outputs (1 header)",
-            native(
-                &kafka,
-                &input,
-                &outs[13],
-                keep_half,
-                kept,
-                PROVENANCE_COMPACT,
-            ),
-            None,
-        ),
-    ]
+/// A row's pipeline: the native loop writing these headers, or runnel with
+/// this many workers and this provenance.
+#[derive(Clone, Copy)]
+enum Pipeline {
+    Native(&'static [(&'static str, &'static str)]),
+    Runnel(usize, Provenance),
 }
 
-fn print(rows: &[Row]) {
+/// A row of the table: its name, whether it runs the identity or the
+/// filter, its pipeline, and the rows it is compared with (the native loop
+/// writing the same records, and the native loop writing no headers).
+struct Spec {
+    name: &'static str,
+    identity: bool,
+    pipeline: Pipeline,
+    versus: Option<(usize, usize)>,
+}
+
+/// Every row. For each function: the native loop writing what runnel
+/// writes (the same records, with runnel's provenance headers), the baseline
+/// of the first ratio; runnel with one and two workers; the native loop
+/// writing no headers, to show what the headers cost; runnel with
+/// `provenance = "none"`; the native loop writing runnel's one compact
+/// header, which the `compact` rows after it are compared with (what that
+/// header costs any client of this broker).
+const SPECS: [Spec; ROWS] = {
+    use Pipeline::{Native, Runnel};
+    const NONE: Provenance = Provenance::None;
+    const fn row(
+        name: &'static str,
+        identity: bool,
+        pipeline: Pipeline,
+        versus: Option<(usize, usize)>,
+    ) -> Spec {
+        Spec {
+            name,
+            identity,
+            pipeline,
+            versus,
+        }
+    }
+    [
+        row(
+            "identity, native loop, runnel's outputs (with its 3 headers)",
+            true,
+            Native(PROVENANCE),
+            None,
+        ),
+        row(
+            "identity, runnel, 1 worker",
+            true,
+            Runnel(1, Headers),
+            Some((0, 3)),
+        ),
+        row(
+            "identity, runnel, 2 workers",
+            true,
+            Runnel(2, Headers),
+            Some((0, 3)),
+        ),
+        row("identity, native loop, no headers", true, Native(&[]), None),
+        row(
+            "identity, runnel, 1 worker, provenance none",
+            true,
+            Runnel(1, NONE),
+            Some((3, 3)),
+        ),
+        row(
+            "identity, runnel, 2 workers, provenance none",
+            true,
+            Runnel(2, NONE),
+            Some((3, 3)),
+        ),
+        row(
+            "identity, native loop, runnel's compact outputs (1 header)",
+            true,
+            Native(PROVENANCE_COMPACT),
+            None,
+        ),
+        row(
+            "identity, runnel, 1 worker, provenance compact (1 header)",
+            true,
+            Runnel(1, Compact),
+            Some((6, 3)),
+        ),
+        row(
+            "identity, runnel, 2 workers, provenance compact (1 header)",
+            true,
+            Runnel(2, Compact),
+            Some((6, 3)),
+        ),
+        row(
+            "filter n >= 50, native loop, runnel's outputs (with its 3 headers)",
+            false,
+            Native(PROVENANCE),
+            None,
+        ),
+        row(
+            "filter n >= 50, runnel, 1 worker",
+            false,
+            Runnel(1, Headers),
+            Some((9, 12)),
+        ),
+        row(
+            "filter n >= 50, runnel, 2 workers",
+            false,
+            Runnel(2, Headers),
+            Some((9, 12)),
+        ),
+        row(
+            "filter n >= 50, native loop, no headers",
+            false,
+            Native(&[]),
+            None,
+        ),
+        row(
+            "filter n >= 50, runnel, 2 workers, provenance none",
+            false,
+            Runnel(2, NONE),
+            Some((12, 12)),
+        ),
+        row(
+            "filter n >= 50, native loop, runnel's compact outputs (1 header)",
+            false,
+            Native(PROVENANCE_COMPACT),
+            None,
+        ),
+        row(
+            "filter n >= 50, runnel, 2 workers, provenance compact (1 header)",
+            false,
+            Runnel(2, Compact),
+            Some((14, 12)),
+        ),
+    ]
+};
+
+/// The rows to run: those whose name contains `RUNNEL_BENCH_ROWS` (every
+/// row when it is unset), and the rows they are compared with.
+fn selected() -> Vec<bool> {
+    let only = std::env::var("RUNNEL_BENCH_ROWS").unwrap_or_default();
+    let mut run: Vec<bool> = SPECS.iter().map(|s| s.name.contains(&only)).collect();
+    for (i, s) in SPECS.iter().enumerate() {
+        if let (true, Some((same, bare))) = (run[i], s.versus) {
+            run[same] = true;
+            run[bare] = true;
+        }
+    }
+    run
+}
+
+/// A row's result: time between the first and the last output, and CPU.
+type Measured = (Duration, Cpu);
+
+/// Runs the selected rows, each into an output topic of its own.
+fn rows(kafka: &KafkaOptions, input: &str, outs: &[String], run: &[bool]) -> Vec<Option<Measured>> {
+    let filter_cfg: &[(&str, &str)] = &[("field", "n"), ("min", "50")];
+    SPECS
+        .iter()
+        .zip(outs)
+        .zip(run)
+        .map(|((spec, out), &run)| {
+            if !run {
+                return None;
+            }
+            let (keep, expect, module, config): (fn(&[u8]) -> bool, _, _, _) = if spec.identity {
+                (|_| true, N, guests::IDENTITY_MAP, &[][..])
+            } else {
+                (keep_half, N / 2, guests::THRESHOLD_FILTER, filter_cfg)
+            };
+            Some(match spec.pipeline {
+                Pipeline::Native(headers) => native(kafka, input, out, keep, expect, headers),
+                Pipeline::Runnel(workers, provenance) => runnel(
+                    kafka,
+                    input,
+                    out,
+                    module,
+                    config,
+                    expect,
+                    (workers, provenance),
+                ),
+            })
+        })
+        .collect()
+}
+
+fn print(rows: &[Option<Measured>]) {
     println!(
         "| pipeline | records/s | CPU µs/record | pipeline CPU µs/record | runnel / native loop writing the same records | runnel / native loop writing no headers | by CPU: native loop writing no headers / runnel | by pipeline CPU: the same |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let rate = |row: usize| N as f64 / rows[row].1.0.as_secs_f64();
+    // Input records per second between the first and the last output.
+    let rate = |m: &Measured| N as f64 / m.0.as_secs_f64();
     let us = |secs: f64| secs * 1e6 / N as f64;
-    for (i, (name, (_, cpu), native)) in rows.iter().enumerate() {
-        // Input records per second between the first and the last output.
-        let ratios = native.map_or(Default::default(), |(same, bare)| {
-            let bare_cpu = &rows[bare].1.1;
+    for (spec, m) in SPECS.iter().zip(rows) {
+        let Some(m) = m else { continue };
+        let ratios = spec.versus.map_or(Default::default(), |(same, bare)| {
+            let (same, bare) = (rows[same].as_ref(), rows[bare].as_ref());
+            let (same, bare) = (same.expect("selected"), bare.expect("selected"));
             [
-                rate(i) / rate(same),
-                rate(i) / rate(bare),
-                bare_cpu.process / cpu.process,
-                bare_cpu.pipeline / cpu.pipeline,
+                rate(m) / rate(same),
+                rate(m) / rate(bare),
+                bare.1.process / m.1.process,
+                bare.1.pipeline / m.1.pipeline,
             ]
             .map(|r| format!("{r:.2}"))
         });
         let [same, bare, by_cpu, by_pipeline] = ratios;
         println!(
-            "| {name} | {:.0} | {:.1} | {:.1} | {same} | {bare} | {by_cpu} | {by_pipeline} |",
-            rate(i),
-            us(cpu.process),
-            us(cpu.pipeline)
+            "| {} | {:.0} | {:.1} | {:.1} | {same} | {bare} | {by_cpu} | {by_pipeline} |",
+            spec.name,
+            rate(m),
+            us(m.1.process),
+            us(m.1.pipeline)
         );
     }
 }

@@ -2,7 +2,7 @@
 //! batches to the workers, the rebalance callbacks, and storing and
 //! committing offsets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,8 @@ pub(super) struct Pending {
     pub(super) batch: BatchBuilder,
 }
 
-pub(super) type Buffers = HashMap<(String, i32), Pending>;
+/// Looked up once per record polled: hashed with Fx, not SipHash.
+pub(super) type Buffers = rustc_hash::FxHashMap<(String, i32), Pending>;
 
 pub(super) struct RebalanceContext {
     pub(super) shared: Arc<Shared>,

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -163,25 +163,69 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
-        let shared = ack.owner.clone();
         let bytes = match result {
             Ok(m) | Err((_, m)) => record_bytes(m.key(), m.payload()),
         };
         // This runs on the producer's polling thread, called from C: a panic
-        // must not unwind out of it, and must not pass unnoticed.
-        let _journal = crate::journal::enter(shared.journal.clone());
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            report(&shared, result, ack);
-        }));
-        if let Err(panic) = caught {
-            shared.fail(format!(
-                "the delivery callback panicked: {}",
-                super::panic_message(&*panic)
-            ));
+        // must not unwind out of it, and must not pass unnoticed. An
+        // acknowledgement (once per output: kept lean) logs nothing; a
+        // failure may, so it is journalled as its deployment's.
+        match result {
+            Ok(_) => {
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    acknowledged(&ack);
+                }));
+                caught_panic(&ack.owner, caught);
+                counted(&ack.owner, bytes);
+            }
+            Err((e, m)) => {
+                let shared = ack.owner.clone();
+                let _journal = crate::journal::enter(shared.journal.clone());
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    refused(&shared, e, m, ack);
+                }));
+                caught_panic(&shared, caught);
+                counted(&shared, bytes);
+            }
         }
-        // Last: a flush waits for this, so the tracker already knows.
-        shared.in_flight_bytes.fetch_sub(bytes, Ordering::SeqCst);
-        shared.reported.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a delivery report as handled: last, as a flush waits for this
+/// (so the tracker already knows), and while the caller still holds the
+/// deployment, which a flush that sees it may let go.
+fn counted(shared: &Shared, bytes: u64) {
+    shared.in_flight_bytes.fetch_sub(bytes, Ordering::SeqCst);
+    shared.reported.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Fails the deployment if its delivery callback panicked.
+fn caught_panic(shared: &Shared, caught: std::thread::Result<()>) {
+    if let Err(panic) = caught {
+        let _journal = crate::journal::enter(shared.journal.clone());
+        shared.fail(format!(
+            "the delivery callback panicked: {}",
+            super::panic_message(&*panic)
+        ));
+    }
+}
+
+/// An output (or a dead letter) acknowledged: its input's count in the
+/// tracker, and for an output the latency histograms, with one clock
+/// reading.
+fn acknowledged(ack: &Ack) {
+    let shared = &*ack.owner;
+    super::fault::point(&shared.name, super::fault::Site::Delivery);
+    lock(&shared.tracker).ack(&ack.topic, ack.partition, ack.offset);
+    if let Some((polled, timestamp)) = ack.latency {
+        let now = Instant::now();
+        let age = timestamp.and_then(|ts| event_age(now, ts));
+        let mut s = lock(&shared.status);
+        s.output_seconds
+            .observe(now.saturating_duration_since(polled).as_secs_f64());
+        if let Some(age) = age {
+            s.event_age_seconds.observe(age);
+        }
     }
 }
 
@@ -217,46 +261,56 @@ impl NodeProducer {
     }
 }
 
-fn report(shared: &Shared, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+/// A record the broker did not take: kept, with its [`Ack`], to be sent
+/// again or dead-lettered ([`resend_failed`]).
+fn refused(shared: &Shared, e: &KafkaError, m: &BorrowedMessage<'_>, ack: Box<Ack>) {
     super::fault::point(&shared.name, super::fault::Site::Delivery);
-    match result {
-        Ok(_) => {
-            lock(&shared.tracker).ack(&ack.topic, ack.partition, ack.offset);
-            if let Some((polled, timestamp)) = ack.latency {
-                let mut s = lock(&shared.status);
-                s.output_seconds.observe(polled.elapsed().as_secs_f64());
-                if let Some(age) = timestamp.and_then(event_age) {
-                    s.event_age_seconds.observe(age);
-                }
-            }
-        }
-        Err((e, m)) => {
-            // Never `m.headers().iter()`: it panics on a name that is not
-            // UTF-8. `detach` copies them as they are.
-            lock(&shared.retries).push(Retry {
-                topic: m.topic().to_owned(),
-                partition: (ack.sent == Sent::Changelog).then(|| m.partition()),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
-                timestamp: m.timestamp().to_millis(),
-                ack,
-                error: e.clone(),
-                attempts: 0,
-                due: Instant::now(),
-            });
-        }
-    }
+    // Never `m.headers().iter()`: it panics on a name that is not
+    // UTF-8. `detach` copies them as they are.
+    lock(&shared.retries).push(Retry {
+        topic: m.topic().to_owned(),
+        partition: (ack.sent == Sent::Changelog).then(|| m.partition()),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m.headers().map(|h| h.detach()).unwrap_or_default(),
+        timestamp: m.timestamp().to_millis(),
+        ack,
+        error: e.clone(),
+        attempts: 0,
+        due: Instant::now(),
+    });
 }
 
-/// Seconds from `timestamp_ms` to now, if it is not in the future.
-fn event_age(timestamp_ms: i64) -> Option<f64> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_millis();
-    let age = i128::try_from(now).ok()? - i128::from(timestamp_ms);
-    (age >= 0).then(|| age as f64 / 1000.0)
+/// Seconds from `timestamp_ms` to `now`, if it is not in the future.
+fn event_age(now: Instant, timestamp_ms: i64) -> Option<f64> {
+    let age_us = wall_clock_us(now)? - timestamp_ms.checked_mul(1000)?;
+    (age_us >= 0).then(|| age_us as f64 / 1e6)
+}
+
+/// The wall clock at `now`, in µs since the epoch: read once a second per
+/// thread and carried forward on the monotonic clock in between, so that a
+/// delivery report reads one clock, not two. A step of the wall clock shows
+/// within a second.
+fn wall_clock_us(now: Instant) -> Option<i64> {
+    use std::cell::Cell;
+    thread_local! {
+        static READ: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
+    }
+    READ.with(|read| {
+        if let Some((at, us)) = read.get()
+            && let Some(since) = now.checked_duration_since(at)
+            && since < Duration::from_secs(1)
+        {
+            return Some(us + since.as_micros() as i64);
+        }
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_micros();
+        let us = i64::try_from(us).ok()?;
+        read.set(Some((now, us)));
+        Some(us)
+    })
 }
 
 /// Waits until every record the deployment sent was delivered and its
@@ -717,6 +771,39 @@ pub(super) fn cut_str(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn system_us() -> i64 {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        i64::try_from(d.as_micros()).unwrap()
+    }
+
+    #[test]
+    fn the_wall_clock_carried_on_the_monotonic_one_keeps_time() {
+        let before = system_us();
+        let first = wall_clock_us(Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // Within the second: carried forward, not read.
+        let second = wall_clock_us(Instant::now()).unwrap();
+        let after = system_us();
+        assert!(before <= first && first <= second && second <= after + 1000);
+        assert!(second - first >= 20_000, "{first} then {second}");
+        // An instant before the one it was read at reads the clock again.
+        let earlier = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        let then = wall_clock_us(earlier).unwrap();
+        assert!(then >= before, "read again: now, not 5 s ago");
+    }
+
+    #[test]
+    fn an_event_age_is_from_its_timestamp_to_now_and_never_negative() {
+        let now = Instant::now();
+        let now_ms = system_us() / 1000;
+        let age = event_age(now, now_ms - 1500).unwrap();
+        assert!((1.4..1.6).contains(&age), "{age}");
+        assert_eq!(event_age(now, now_ms + 60_000), None, "in the future");
+        assert_eq!(event_age(now, i64::MIN), None, "no sensible time");
+    }
 
     #[test]
     fn permanent_failures_are_told_from_retriable_ones() {

@@ -104,6 +104,91 @@ fn records(range: std::ops::Range<usize>) -> Vec<Rec> {
         .collect()
 }
 
+/// A consumed record without headers is recognised as such without asking
+/// librdkafka for its headers (which costs it an allocation), by reading
+/// librdkafka's private message struct: this fails if the librdkafka this
+/// build links lays it out otherwise than `kafka::headers::certainly_none`
+/// expects, which then answers `false` for every record and costs what it
+/// saves. Records with headers, empty values, null values and names that
+/// are not UTF-8 are never taken for records without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_without_headers_are_known_without_parsing_and_no_others_are() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::BaseRecord;
+    use runnel_host::kafka::headers::certainly_none;
+    let (_broker, kafka) = broker().await;
+    let topic = unique("headers");
+    topics(&kafka, &[&topic], 1).await;
+    // An empty header list, then a named header (the helper sends a list,
+    // empty or not).
+    produce(
+        &kafka,
+        &topic,
+        &[
+            (None, "empty list".into(), vec![]),
+            (None, "one".into(), vec![("h".into(), "v".into())]),
+            (
+                None,
+                "empty value".into(),
+                vec![("h".into(), String::new())],
+            ),
+        ],
+    )
+    .await;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(BaseRecord::<(), _>::to(&topic).payload("no list"))
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::<(), _>::to(&topic)
+                .payload("null value")
+                .headers(OwnedHeaders::new().insert(Header::<&[u8]> {
+                    key: "h",
+                    value: None,
+                })),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    produce_with_raw_headers(&kafka.brokers, &topic, b"k", b"not utf-8", &[b"\xff\xfe"]);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < 6 {
+        assert!(Instant::now() < deadline, "read {seen:?} of 6 records");
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let value = String::from_utf8_lossy(m.payload().unwrap()).into_owned();
+        let none = certainly_none(&m);
+        let count = m
+            .headers()
+            .map_or(0, |h| runnel_host::kafka::headers::raw(h).count());
+        match value.as_str() {
+            "empty list" | "no list" => assert!(
+                none,
+                "{value:?}: a record without headers must be known as such; \
+                 has librdkafka's rd_kafka_msg_t changed?"
+            ),
+            _ => assert!(!none && count == 1, "{value:?}: {count} headers"),
+        }
+        // Asked again, after librdkafka parsed them: the same answer.
+        assert_eq!(certainly_none(&m), none, "{value:?}");
+        seen.insert(value);
+    }
+}
+
 /// Finding 1: a header name that is not UTF-8 used to panic the consumer
 /// thread (rdkafka unwraps the name's `to_str`), on every node, for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -470,7 +470,7 @@ pub fn push_message(
     m: &BorrowedMessage<'_>,
 ) -> Result<(), BadHeaderName> {
     let mut headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
-    if let Some(h) = m.headers() {
+    if let Some(h) = headers_of(m) {
         for (index, (name, value)) in headers::raw(h).enumerate() {
             let name = std::str::from_utf8(name).map_err(|_| BadHeaderName {
                 index,
@@ -491,8 +491,7 @@ pub fn push_message(
 /// Like [`push_message`], for showing a record rather than running it: a
 /// header name that is not UTF-8 has its invalid bytes replaced.
 pub fn push_message_lossy(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMessage<'_>) {
-    let names: Vec<(std::borrow::Cow<'_, str>, Option<&[u8]>)> = m
-        .headers()
+    let names: Vec<(std::borrow::Cow<'_, str>, Option<&[u8]>)> = headers_of(m)
         .map(|h| {
             headers::raw(h)
                 .map(|(k, v)| (String::from_utf8_lossy(k), v))
@@ -501,6 +500,16 @@ pub fn push_message_lossy(batch: &mut runnel_abi::BatchBuilder, m: &BorrowedMess
         .unwrap_or_default();
     let headers: Vec<(&str, Option<&[u8]>)> = names.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
     push_with(batch, m, &headers);
+}
+
+/// A consumed record's headers, if it has any: not asked of librdkafka
+/// when it certainly has none ([`headers::certainly_none`]).
+fn headers_of<'a>(m: &'a BorrowedMessage<'_>) -> Option<&'a rdkafka::message::BorrowedHeaders> {
+    if headers::certainly_none(m) {
+        None
+    } else {
+        m.headers()
+    }
 }
 
 fn push_with(

@@ -139,9 +139,25 @@ async fn records_without_headers_are_known_without_parsing_and_no_others_are() {
         .set("bootstrap.servers", &kafka.brokers)
         .create()
         .unwrap();
-    producer
+    // And a delivery report, which is a producer's message: never certain.
+    struct Reports(std::sync::Mutex<Vec<bool>>);
+    impl rdkafka::ClientContext for Reports {}
+    impl rdkafka::producer::ProducerContext for Reports {
+        type DeliveryOpaque = ();
+        fn delivery(&self, r: &rdkafka::producer::DeliveryResult<'_>, (): ()) {
+            let m = r.as_ref().unwrap();
+            self.0.lock().unwrap().push(certainly_none(m));
+        }
+    }
+    let reporting: BaseProducer<Reports> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create_with_context(Reports(std::sync::Mutex::default()))
+        .unwrap();
+    reporting
         .send(BaseRecord::<(), _>::to(&topic).payload("no list"))
         .unwrap();
+    reporting.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!(*reporting.context().0.lock().unwrap(), [false]);
     producer
         .send(
             BaseRecord::<(), _>::to(&topic)

@@ -26,8 +26,9 @@ use rdkafka::message::{BorrowedHeaders, BorrowedMessage, OwnedHeaders};
 /// fields around them are found to hold what librdkafka's public getters
 /// return for this record: in a librdkafka whose layout differs, the answer
 /// is `false` and the record's headers are asked for as before.
-/// `tests/tests/headers.rs` checks that the layout is the one of the
-/// librdkafka this build links.
+/// `tests/tests/hardening.rs` checks that the layout is the one of the
+/// librdkafka this build links. A produced record (a delivery report) is
+/// never certain: its private fields are a producer's.
 pub fn certainly_none(m: &BorrowedMessage<'_>) -> bool {
     let ptr = m.ptr().cast_const();
     let msg = ptr.cast::<Msg>();
@@ -46,6 +47,7 @@ pub fn certainly_none(m: &BorrowedMessage<'_>) -> bool {
         let timestamp = rd::rd_kafka_message_timestamp(ptr, &raw mut tstype);
         let m = &*msg;
         if m.message.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || m.flags & MSG_F_PRODUCER != 0
             || !m.headers.is_null()
             || m.timestamp != timestamp
             || m.tstype != tstype as c_int
@@ -84,6 +86,10 @@ struct Msg {
     /// `rkm_u.consumer.leader_epoch`.
     leader_epoch: i32,
 }
+
+/// `RD_KAFKA_MSG_F_PRODUCER` of `rd_kafka_msg_t`'s flags: the union after
+/// the broker id holds a producer's fields, not a consumer's.
+const MSG_F_PRODUCER: c_int = 0x40000;
 
 /// librdkafka's `rd_kafkap_bytes_t`.
 #[repr(C)]
